@@ -1,0 +1,86 @@
+"""Probe every registered ComfyUI endpoint on an interval and keep the registry's health current."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from comfyfleet.comfy.client import ComfyClient
+from comfyfleet.comfy.errors import ComfyError
+from comfyfleet.dispatch.registry import Endpoint, Registry
+from comfyfleet.dispatch.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+# Refresh the model lists and node catalog every N healthy probes (object_info is ~100 ms on real ComfyUI).
+CATALOG_REFRESH_EVERY = 12
+
+
+class HealthMonitor:
+    def __init__(self, registry: Registry, scheduler: Scheduler, *, interval: float, timeout: float,
+                 unhealthy_after: int):
+        self.registry = registry
+        self.scheduler = scheduler
+        self.interval = interval
+        self.timeout = timeout
+        self.unhealthy_after = unhealthy_after
+        self._probes: dict[str, int] = {}
+
+    async def run_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.probe_all()
+            except Exception:  # noqa: BLE001 - a monitor that dies silently would freeze the fleet's health
+                log.exception("health probe round failed")
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def probe_all(self) -> None:
+        endpoints = await asyncio.to_thread(self.registry.list)
+        await asyncio.gather(*(self.probe(e) for e in endpoints))
+
+    async def probe(self, endpoint: Endpoint) -> bool:
+        """One probe: /system_stats and /queue; models and catalog when new or due. True if healthy."""
+        count = self._probes.get(endpoint.id, 0)
+        refresh = (not endpoint.healthy) or count % CATALOG_REFRESH_EVERY == 0
+        try:
+            async with ComfyClient(endpoint.url, timeout=self.timeout) as client:
+                stats = await client.system_stats()
+                queue = await client.queue()
+                models = catalog = None
+                if refresh:
+                    catalog = await client.object_info()
+                    models = await client.available_models()
+        except (ComfyError, OSError, ValueError) as exc:
+            failures = await asyncio.to_thread(
+                self.registry.record_probe_failed, endpoint.id, str(exc) or type(exc).__name__, self.unhealthy_after
+            )
+            if endpoint.healthy and failures >= self.unhealthy_after:
+                log.warning("endpoint %s (%s) is unhealthy: %s", endpoint.id, endpoint.url, exc)
+            return False
+        self._probes[endpoint.id] = count + 1
+        info = _info(stats)
+        await asyncio.to_thread(
+            self.registry.record_probe_ok, endpoint.id,
+            checkpoints=models.checkpoints if models else None, loras=models.loras if models else None,
+            queue_remaining=len(queue.running) + len(queue.pending), info=info,
+        )
+        if catalog is not None:
+            await asyncio.to_thread(self.registry.store_catalog, endpoint.id, catalog)
+        if not endpoint.healthy:
+            log.info("endpoint %s (%s) is healthy", endpoint.id, endpoint.url)
+            await asyncio.to_thread(self.scheduler.wake)
+        return True
+
+
+def _info(stats: dict) -> dict:
+    system = stats.get("system", {}) if isinstance(stats, dict) else {}
+    devices = stats.get("devices", []) if isinstance(stats, dict) else []
+    device = devices[0] if devices else {}
+    return {
+        "comfyui_version": system.get("comfyui_version"),
+        "device": device.get("name"),
+        "vram_total": device.get("vram_total"),
+        "vram_free": device.get("vram_free"),
+    }

@@ -1,0 +1,185 @@
+"""The registry of ComfyUI endpoints in Redis: who exists, who is healthy, what models, who is leased."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from pydantic import BaseModel, Field
+
+from comfyfleet.dispatch.selection import Candidate
+from comfyfleet.keys import Keys
+
+# Compare-and-delete / compare-and-extend, so a worker never frees or renews a lease it no longer holds.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
+    "else return 0 end"
+)
+
+
+class Endpoint(BaseModel):
+    """One ComfyUI server (a pod, or a local process) as registered for dispatch."""
+
+    id: str
+    url: str
+    pool: str = "default"
+    source: str = "static"
+    healthy: bool = False
+    consecutive_failures: int = 0
+    checkpoints: list[str] = Field(default_factory=list)
+    loras: list[str] = Field(default_factory=list)
+    last_checkpoint: str | None = None
+    last_assigned_at: float = 0.0
+    last_seen_at: float | None = None
+    queue_remaining: int = 0
+    last_error: str | None = None
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+_JSON_FIELDS = {"checkpoints", "loras", "info"}
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in fields.items():
+        if k in _JSON_FIELDS:
+            out[k] = json.dumps(v)
+        elif isinstance(v, bool):
+            out[k] = "1" if v else "0"
+        else:
+            out[k] = "" if v is None else str(v)
+    return out
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for k, v in raw.items():
+        key, text = k.decode(), v.decode()
+        if key in _JSON_FIELDS:
+            data[key] = json.loads(text) if text else ([] if key != "info" else {})
+        elif key == "healthy":
+            data[key] = text == "1"
+        elif text == "" and key in {"last_checkpoint", "last_seen_at", "last_error"}:
+            data[key] = None
+        else:
+            data[key] = text
+    return data
+
+
+def endpoint_id_for_url(url: str) -> str:
+    return "url:" + url.rstrip("/")
+
+
+class Registry:
+    """Endpoints are one Redis hash each (fields written independently, so probes and dispatch don't race)."""
+
+    def __init__(self, conn: redis.Redis, keys: Keys):
+        self.conn = conn
+        self.keys = keys
+
+    # --- membership -------------------------------------------------------------------------------
+    def upsert(self, endpoint_id: str, url: str, pool: str = "default", source: str = "static") -> None:
+        """Add an endpoint (unhealthy until probed) or update its address and pool."""
+        key = self.keys.pod(endpoint_id)
+        with self.conn.pipeline() as pipe:
+            pipe.sadd(self.keys.pods, endpoint_id)
+            pipe.hset(key, mapping=_encode({"id": endpoint_id, "url": url.rstrip("/"), "pool": pool, "source": source}))
+            pipe.hsetnx(key, "healthy", "0")
+            pipe.execute()
+
+    def remove(self, endpoint_id: str) -> None:
+        with self.conn.pipeline() as pipe:
+            pipe.srem(self.keys.pods, endpoint_id)
+            pipe.delete(self.keys.pod(endpoint_id), self.keys.catalog(endpoint_id))
+            pipe.execute()
+
+    def ids(self) -> list[str]:
+        return sorted(i.decode() for i in self.conn.smembers(self.keys.pods))
+
+    def get(self, endpoint_id: str) -> Endpoint | None:
+        raw = self.conn.hgetall(self.keys.pod(endpoint_id))
+        return Endpoint.model_validate(_decode(raw)) if raw else None
+
+    def list(self) -> list[Endpoint]:
+        ids = self.ids()
+        with self.conn.pipeline() as pipe:
+            for i in ids:
+                pipe.hgetall(self.keys.pod(i))
+            raws = pipe.execute()
+        return [Endpoint.model_validate(_decode(r)) for r in raws if r and b"url" in r]
+
+    # --- health -----------------------------------------------------------------------------------
+    def record_probe_ok(self, endpoint_id: str, *, checkpoints: list[str] | None, loras: list[str] | None,
+                        queue_remaining: int, info: dict[str, Any]) -> None:
+        fields: dict[str, Any] = {"healthy": True, "consecutive_failures": 0, "last_seen_at": time.time(),
+                                  "queue_remaining": queue_remaining, "last_error": None, "info": info}
+        if checkpoints is not None:
+            fields["checkpoints"] = checkpoints
+        if loras is not None:
+            fields["loras"] = loras
+        if self.conn.sismember(self.keys.pods, endpoint_id):
+            self.conn.hset(self.keys.pod(endpoint_id), mapping=_encode(fields))
+
+    def record_probe_failed(self, endpoint_id: str, error: str, unhealthy_after: int) -> int:
+        """Count a failed probe; the endpoint turns unhealthy after unhealthy_after in a row."""
+        key = self.keys.pod(endpoint_id)
+        if not self.conn.sismember(self.keys.pods, endpoint_id):
+            return 0
+        failures = int(self.conn.hincrby(key, "consecutive_failures", 1))
+        fields: dict[str, Any] = {"last_error": error}
+        if failures >= unhealthy_after:
+            fields["healthy"] = False
+        self.conn.hset(key, mapping=_encode(fields))
+        return failures
+
+    def mark_unhealthy(self, endpoint_id: str, error: str) -> None:
+        """Dispatch saw the pod fail (connection refused, crash): skip it until a probe succeeds again."""
+        if self.conn.sismember(self.keys.pods, endpoint_id):
+            self.conn.hset(self.keys.pod(endpoint_id), mapping=_encode({"healthy": False, "last_error": error}))
+
+    def note_assignment(self, endpoint_id: str, checkpoint: str | None) -> None:
+        fields: dict[str, Any] = {"last_assigned_at": time.time()}
+        if checkpoint:
+            fields["last_checkpoint"] = checkpoint
+        self.conn.hset(self.keys.pod(endpoint_id), mapping=_encode(fields))
+
+    def store_catalog(self, endpoint_id: str, object_info: dict[str, Any]) -> None:
+        self.conn.set(self.keys.catalog(endpoint_id), json.dumps(object_info))
+
+    def catalog(self, endpoint_id: str) -> dict[str, Any] | None:
+        raw = self.conn.get(self.keys.catalog(endpoint_id))
+        return json.loads(raw) if raw else None
+
+    # --- leases -----------------------------------------------------------------------------------
+    def try_lease(self, endpoint_id: str, job_id: str, ttl_seconds: float) -> bool:
+        return bool(self.conn.set(self.keys.lease(endpoint_id), job_id, nx=True, px=int(ttl_seconds * 1000)))
+
+    def renew_lease(self, endpoint_id: str, job_id: str, ttl_seconds: float) -> bool:
+        return bool(self.conn.eval(_RENEW, 1, self.keys.lease(endpoint_id), job_id, int(ttl_seconds * 1000)))
+
+    def release_lease(self, endpoint_id: str, job_id: str) -> bool:
+        return bool(self.conn.eval(_RELEASE, 1, self.keys.lease(endpoint_id), job_id))
+
+    def leases(self, endpoint_ids: list[str] | None = None) -> dict[str, str]:
+        ids = endpoint_ids if endpoint_ids is not None else self.ids()
+        if not ids:
+            return {}
+        values = self.conn.mget([self.keys.lease(i) for i in ids])
+        return {i: v.decode() for i, v in zip(ids, values, strict=True) if v}
+
+    def candidates(self) -> list[Candidate]:
+        """A snapshot for the selection policy: every endpoint with its lease state."""
+        endpoints = self.list()
+        leased = self.leases([e.id for e in endpoints])
+        return [to_candidate(e, e.id in leased) for e in endpoints]
+
+
+def to_candidate(e: Endpoint, busy: bool) -> Candidate:
+    return Candidate(
+        id=e.id, pool=e.pool, healthy=e.healthy, busy=busy, checkpoints=frozenset(e.checkpoints),
+        loras=frozenset(e.loras), last_checkpoint=e.last_checkpoint, last_assigned_at=float(e.last_assigned_at),
+        queue_remaining=int(e.queue_remaining),
+    )

@@ -1,0 +1,127 @@
+"""The dispatch front: put jobs on the priority queues, cancel them, and report queue figures.
+
+Shared by the API and the operator, so jobs from both take the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+from rq import Callback, Queue
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+from comfyfleet.dispatch.registry import Registry
+from comfyfleet.dispatch.rqconf import (
+    HARD_TIMEOUT_MARGIN_SECONDS,
+    ON_FAILURE,
+    RUN_JOB,
+    SERIALIZER,
+    retry_policy,
+)
+from comfyfleet.dispatch.scheduler import Scheduler, drop_rq_job, signals_deferred
+from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
+from comfyfleet.jobs.states import InvalidTransition, transition
+from comfyfleet.keys import PRIORITIES, Keys
+from comfyfleet.settings import DispatchSettings
+from comfyfleet.store.jobrepo import JobRepo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    waiting: int
+    active: int
+    retrying: int
+    completed: int
+    failed: int
+    cancelled: int
+    created: int
+    waiting_by_priority: dict[int, int]
+
+
+class Dispatcher:
+    def __init__(self, conn: redis.Redis, settings: DispatchSettings):
+        self.conn = conn
+        self.settings = settings
+        self.keys = Keys(settings.redis_prefix)
+        self.repo = JobRepo(conn, self.keys, settings.result_ttl_seconds)
+        self.registry = Registry(conn, self.keys)
+        self.scheduler = Scheduler(conn, self.keys, self.repo, self.registry,
+                                   lease_ttl=settings.lease_ttl_seconds, window=settings.schedule_window)
+
+    def queue(self, priority: int) -> Queue:
+        return Queue(self.keys.queue_name(priority), connection=self.conn, serializer=SERIALIZER)
+
+    def submit(self, job: Job) -> tuple[Job, bool]:
+        """Record the job and queue it; an idempotent repeat returns the first job (created=False)."""
+        job, created = self.repo.create(job)
+        if not created:
+            return job, False
+        self.queue(job.priority).enqueue_call(
+            RUN_JOB,
+            args=(job.id,),
+            job_id=job.id,
+            timeout=job.timeout_seconds + HARD_TIMEOUT_MARGIN_SECONDS,
+            result_ttl=self.settings.result_ttl_seconds,
+            failure_ttl=self.settings.result_ttl_seconds,
+            ttl=None,  # a queued job waits as long as it takes for capacity
+            retry=retry_policy(job.max_attempts, self.settings.retry_backoff_seconds),
+            on_failure=Callback(ON_FAILURE),
+            description=f"comfyfleet job {job.id} for {job.owner}",
+        )
+        self.scheduler.wake()
+        log.info("queued job %s (owner %s, priority %s)", job.id, job.owner, job.priority)
+        return job, True
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a queued one never runs; a running one is interrupted on its pod by its runner.
+
+        Raises JobNotFound, or InvalidTransition when the job already finished.
+        """
+        with signals_deferred(), self.scheduler.lock():
+            job = self.repo.require(job_id)
+            if job.state.is_terminal:
+                raise InvalidTransition(job.state, JobState.CANCELLED)
+            if job.state is JobState.QUEUED:
+                self.queue(job.priority).remove(job_id)
+                drop_rq_job(self.conn, job_id)
+                error = JobError(code=ErrorCode.CANCELLED, message="cancelled while queued")
+                return self.repo.update(job_id, lambda j: transition(j, JobState.CANCELLED, error=error))
+            # Dispatched or running: the runner watches this flag, interrupts the pod and finishes the job.
+            return self.repo.update(job_id, lambda j: j.model_copy(update={"cancel_requested": True}))
+
+    def stats(self) -> QueueStats:
+        by_priority = {p: self.queue(p).count for p in PRIORITIES}
+        active = sum(StartedJobRegistry(queue=self.queue(p)).count for p in PRIORITIES)
+        retrying = sum(ScheduledJobRegistry(queue=self.queue(p)).count for p in PRIORITIES)
+        counters = self.repo.counters()
+        return QueueStats(
+            waiting=sum(by_priority.values()),
+            active=active,
+            retrying=retrying,
+            completed=counters.get(JobState.SUCCEEDED.value, 0),
+            failed=counters.get(JobState.FAILED.value, 0),
+            cancelled=counters.get(JobState.CANCELLED.value, 0),
+            created=counters.get("created", 0),
+            waiting_by_priority=by_priority,
+        )
+
+    def clean(self, older_than: float | None = None) -> int:
+        """Forget finished jobs (records, RQ failed registry entries); returns how many were removed."""
+        removed = 0
+        for job_id in self.repo.all_job_ids(older_than):
+            job = self.repo.get(job_id)
+            if job is None:
+                self.conn.zrem(self.keys.all_jobs, job_id)
+                continue
+            if job.state.is_terminal:
+                self.repo.delete(job)
+                removed += 1
+        for p in PRIORITIES:
+            registry = FailedJobRegistry(queue=self.queue(p))
+            for rq_id in registry.get_job_ids():
+                registry.remove(rq_id, delete_job=True)
+        return removed

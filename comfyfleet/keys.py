@@ -1,0 +1,63 @@
+"""Redis key names, in one place, under a configurable prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRIORITIES = tuple(range(10, 0, -1))  # highest first: the order RQ workers look at the queues
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "cf"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def idempotency(self, owner: str, key: str) -> str:
+        return f"{self.prefix}:idem:{owner}:{key}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    def owner_jobs(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}"
+
+    @property
+    def all_jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
+
+    @property
+    def pods(self) -> str:
+        return f"{self.prefix}:pods"
+
+    def pod(self, pod_id: str) -> str:
+        return f"{self.prefix}:pod:{pod_id}"
+
+    def catalog(self, pod_id: str) -> str:
+        return f"{self.prefix}:catalog:{pod_id}"
+
+    def lease(self, pod_id: str) -> str:
+        return f"{self.prefix}:lease:{pod_id}"
+
+    def claim(self, job_id: str) -> str:
+        return f"{self.prefix}:claim:{job_id}"
+
+    @property
+    def schedule_lock(self) -> str:
+        return f"{self.prefix}:sched:lock"
+
+    @property
+    def wake(self) -> str:
+        return f"{self.prefix}:sched:wake"
+
+    def queue_name(self, priority: int) -> str:
+        """RQ queue name for a priority level (RQ itself prefixes its keys with rq:queue:)."""
+        return f"{self.prefix}-p{priority:02d}"
+
+    def queue_names(self) -> list[str]:
+        return [self.queue_name(p) for p in PRIORITIES]

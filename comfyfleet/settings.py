@@ -1,0 +1,167 @@
+"""Process settings from the environment (prefix COMFYFLEET_), one class per process."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "token", "dev", "example"}
+
+
+def _split_csv(value: object) -> object:
+    """Accept `a,b,c` as well as a JSON list for list-valued settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COMFYFLEET_", extra="ignore", env_nested_delimiter="__")
+
+
+class CommonSettings(_Base):
+    """Settings every comfyfleet process shares."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Key prefix in Redis, so several installs (or test runs) can share one Redis.
+    redis_prefix: str = "cf"
+    data_dir: Path = Path(".data")
+    dev_mode: bool = False
+    log_level: str = "INFO"
+
+
+class DispatchSettings(CommonSettings):
+    """RQ dispatch workers: queueing, retries, leases and timeouts."""
+
+    # Default per-job timeout: a 1024px SDXL image takes ~10-40 s on one GPU; 5 min covers queue jitter
+    # and cold model loads while still catching wedged pods.
+    job_timeout_seconds: int = Field(300, ge=5, le=24 * 3600)
+    # 3 attempts in all: one retry rarely fixes a dead pod if the first replacement is cold, two does.
+    max_attempts: int = Field(3, ge=1, le=10)
+    # Backoff before retry N is base * 2**(N-1) seconds; short because the failure was the pod, not the job.
+    retry_backoff_seconds: float = Field(1.0, ge=0, le=600)
+    # A lease is renewed every lease_ttl/3; a dead RQ worker frees its pod within lease_ttl seconds.
+    lease_ttl_seconds: int = Field(15, ge=3, le=600)
+    # No websocket frame for this long while a job runs triggers a /history + /queue check on the pod.
+    silence_timeout_seconds: float = Field(10.0, gt=0)
+    # Finished job records stay in Redis this long (the API reads them); outputs live in the store.
+    result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # How many queued jobs per priority level the scheduler looks past the head to backfill a free pod.
+    schedule_window: int = Field(64, ge=1, le=10_000)
+
+
+class PoolSettings(CommonSettings):
+    """Health monitoring of the ComfyUI endpoints in the registry."""
+
+    health_interval_seconds: float = Field(5.0, gt=0)
+    # One failed probe can be a GC pause; two in a row means the pod is not answering.
+    unhealthy_after_failures: int = Field(2, ge=1)
+    probe_timeout_seconds: float = Field(3.0, gt=0)
+    # Static endpoints registered at start (COMFYFLEET_COMFYUI_URLS=http://a:8188,http://b:8188).
+    comfyui_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    default_pool: str = "default"
+
+    @field_validator("comfyui_urls", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+
+class StaticToken(BaseModel):
+    """One static API bearer token and who it stands for."""
+
+    token: str
+    owner: str
+    admin: bool = False
+
+
+class ApiSettings(PoolSettings, DispatchSettings):
+    """The REST API process."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    auth_mode: Literal["none", "static", "firebase"] = "static"
+    # JSON list: [{"token": "...", "owner": "alice", "admin": true}]
+    api_tokens: list[StaticToken] = Field(default_factory=list)
+    # 1 MiB is far above any real API-format workflow (~10-50 KiB) and keeps abuse cheap to reject.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    sync_timeout_seconds: float = Field(120.0, gt=0, le=3600)
+    # Run the endpoint health monitor inside the API (off when the operator publishes pods).
+    run_health_monitor: bool = True
+    public_url: str = ""
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> ApiSettings:
+        if self.auth_mode == "none" and not _is_loopback(self.host):
+            raise ValueError(
+                f"auth_mode=none is for local development only and refuses to bind to non-loopback host {self.host!r}"
+            )
+        if self.auth_mode == "static":
+            if not self.api_tokens:
+                raise ValueError("auth_mode=static needs COMFYFLEET_API_TOKENS (a JSON list of {token, owner, admin})")
+            if not self.dev_mode:
+                weak = [t.owner for t in self.api_tokens if t.token.lower() in PLACEHOLDER_SECRETS or len(t.token) < 16]
+                if weak:
+                    raise ValueError(f"api_tokens for {weak} are placeholders or shorter than 16 characters")
+        return self
+
+
+class SimSettings(_Base):
+    """The ComfyUI simulator (`comfyfleet sim`); flags override these."""
+
+    model_config = SettingsConfigDict(env_prefix="COMFYFLEET_SIM_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8188, ge=1, le=65535)
+    data_dir: Path | None = None
+    # Seconds per KSampler step; real GPUs run 0.05-0.5 s per SDXL step.
+    step_seconds: float = Field(0.02, ge=0)
+    checkpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["sd_xl_base_1.0.safetensors", "v1-5-pruned-emaonly.safetensors"]
+    )
+    loras: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["detail_tweaker_xl.safetensors", "pixel_art_xl.safetensors"]
+    )
+    # Probability that a prompt fails at run time with an execution_error.
+    failure_rate: float = Field(0.0, ge=0, le=1)
+    # Exit the process (as a crashed GPU pod would) after this many sampler steps of a job; 0 = never.
+    crash_after_steps: int = Field(0, ge=0)
+    # Accept prompts but never finish them, and go silent on the websocket.
+    hang: bool = False
+    # Seconds before the server starts listening, like a cold ComfyUI loading custom nodes.
+    slow_start_seconds: float = Field(0.0, ge=0)
+    # ComfyUI caches node outputs keyed on inputs; --cache-none turns it off.
+    cache: bool = True
+
+    @field_validator("checkpoints", "loras", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+
+class OperatorSettings(CommonSettings):
+    """The kopf operator."""
+
+    namespace: str = ""  # empty = all namespaces
+    # How often the operator probes each pod's ComfyUI and re-evaluates autoscaling.
+    probe_interval_seconds: float = Field(5.0, gt=0)
+    metrics_port: int = Field(9090, ge=0, le=65535)
+    liveness_port: int = Field(8080, ge=0, le=65535)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in {"localhost", ""}:
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
