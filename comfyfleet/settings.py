@@ -92,8 +92,8 @@ class ApiSettings(PoolSettings, DispatchSettings):
     auth_mode: Literal["none", "static", "firebase"] = "static"
     # JSON list: [{"token": "...", "owner": "alice", "admin": true}]
     api_tokens: list[StaticToken] = Field(default_factory=list)
-    # 1 MiB is far above any real API-format workflow (~10-50 KiB) and keeps abuse cheap to reject.
-    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # 16 MiB: an API-format workflow is ~10-50 KiB, but bodies may carry base64 input images (a few MiB each).
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     sync_timeout_seconds: float = Field(120.0, gt=0, le=3600)
     # Run the endpoint health monitor inside the API (off when the operator publishes pods).
     run_health_monitor: bool = True

@@ -24,6 +24,7 @@ from comfyfleet.dispatch.scheduler import Scheduler
 from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState, OutputFile
 from comfyfleet.jobs.progress import ProgressTracker
 from comfyfleet.jobs.states import can_transition, transition
+from comfyfleet.jobs.workflow import rename_input_images
 from comfyfleet.keys import Keys
 from comfyfleet.settings import DispatchSettings
 from comfyfleet.store.factory import output_store
@@ -162,8 +163,9 @@ class JobRun:
         settings = self.ctx.settings
         tracker = ProgressTracker(total_nodes=len(job.workflow))
         async with ComfyClient(endpoint.url) as client:
+            workflow = await self._upload_inputs(client, job)
             run = asyncio.create_task(
-                client.run(job.workflow, job.id, self._on_event(tracker),
+                client.run(workflow, job.id, self._on_event(tracker),
                            silence_timeout=settings.silence_timeout_seconds, resume=job.attempts > 1)
             )
             watcher = asyncio.create_task(self._watch_cancel(client, run))
@@ -181,12 +183,31 @@ class JobRun:
                 raise JobOutcome(JobError(code=ErrorCode.WORKER_LOST,
                                           message=f"lost ComfyUI at {endpoint.url}: {exc}")) from None
             except ComfyError as exc:
-                raise JobOutcome(JobError(code=ErrorCode.WORKER_LOST, message=f"ComfyUI protocol error: {exc}")) from None
+                error = JobError(code=ErrorCode.WORKER_LOST, message=f"ComfyUI protocol error: {exc}")
+                raise JobOutcome(error) from None
             finally:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             return await self._finish(client, result)
+
+    async def _upload_inputs(self, client: ComfyClient, job: Job) -> dict[str, Any]:
+        """Upload the job's input images to the pod (own subfolder per job) and point LoadImage at them."""
+        if not job.inputs:
+            return job.workflow
+        names: dict[str, str] = {}
+        for item in job.inputs:
+            try:
+                data = await self.io(self.ctx.store.read, item.key)
+            except StorageError as exc:
+                raise JobOutcome(JobError(code=ErrorCode.STORAGE, message=str(exc))) from None
+            try:
+                uploaded = await client.upload_image(data, item.name, subfolder=f"comfyfleet-{job.id}", overwrite=True)
+            except (ComfyUnavailable, ComfyError) as exc:
+                raise JobOutcome(JobError(code=ErrorCode.WORKER_LOST,
+                                          message=f"could not upload {item.name}: {exc}")) from None
+            names[item.name] = uploaded.load_image_value
+        return rename_input_images(job.workflow, names)
 
     def _on_event(self, tracker: ProgressTracker) -> Callable[[ComfyEvent], Awaitable[None]]:
         async def handle(event: ComfyEvent) -> None:

@@ -88,6 +88,14 @@ class OutputFile(BaseModel):
     url: str | None = None
 
 
+class InputFile(BaseModel):
+    """An input image sent with the job; uploaded to the pod before the prompt, named as LoadImage uses it."""
+
+    name: str
+    key: str
+    size: int = 0
+
+
 class Job(BaseModel):
     """The durable job record, shared by the API, the dispatcher and the operator."""
 
@@ -105,6 +113,7 @@ class Job(BaseModel):
     timeout_seconds: int = 300
     error: JobError | None = None
     outputs: list[OutputFile] = Field(default_factory=list)
+    inputs: list[InputFile] = Field(default_factory=list)
     idempotency_key: str | None = None
     source: str = "api"
     worker: str | None = None

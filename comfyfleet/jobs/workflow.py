@@ -209,3 +209,14 @@ def _apply_lora(wf: Workflow, given: dict[str, Any]) -> None:
         insert_lora(wf, given["lora"], 1.0 if strength is None else strength)
     else:
         raise ParamError("lora_strength", "the workflow has no LoraLoader and no lora was given")
+
+
+def rename_input_images(workflow: Workflow, names: dict[str, str]) -> Workflow:
+    """Point LoadImage nodes at the names the pod gave our uploaded images (pure, returns a copy)."""
+    wf: Workflow = copy.deepcopy(workflow)
+    for node in wf.values():
+        if node.get("class_type") == "LoadImage":
+            image = node.get("inputs", {}).get("image")
+            if isinstance(image, str) and image in names:
+                node["inputs"]["image"] = names[image]
+    return wf

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Protocol
 
-from comfyfleet.jobs.model import Job, OutputFile
+from comfyfleet.jobs.model import InputFile, Job, OutputFile
 
 
 class StorageError(Exception):
@@ -18,6 +18,8 @@ class OutputStore(Protocol):
     """Stores a job's output files and says where clients fetch them."""
 
     def put(self, job: Job, node_id: str, filename: str, data: bytes, content_type: str) -> OutputFile: ...
+
+    def put_input(self, job: Job, name: str, data: bytes) -> InputFile: ...
 
     def read(self, key: str) -> bytes: ...
 
@@ -39,9 +41,7 @@ class LocalOutputStore:
         self.root = Path(root) / "outputs"
         self.url_prefix = url_prefix.rstrip("/")
 
-    def put(self, job: Job, node_id: str, filename: str, data: bytes, content_type: str) -> OutputFile:
-        name = safe_name(filename)
-        key = f"{safe_name(job.owner)}/{job.id}/{name}"
+    def _write(self, key: str, data: bytes) -> None:
         path = self.root / key
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,10 +50,20 @@ class LocalOutputStore:
             tmp.replace(path)
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc}") from exc
+
+    def put(self, job: Job, node_id: str, filename: str, data: bytes, content_type: str) -> OutputFile:
+        name = safe_name(filename)
+        key = f"{safe_name(job.owner)}/{job.id}/{name}"
+        self._write(key, data)
         return OutputFile(
             filename=name, node_id=node_id, content_type=content_type, size=len(data), key=key,
             url=f"{self.url_prefix}/{job.id}/{name}",
         )
+
+    def put_input(self, job: Job, name: str, data: bytes) -> InputFile:
+        key = f"{safe_name(job.owner)}/{job.id}/inputs/{safe_name(name)}"
+        self._write(key, data)
+        return InputFile(name=safe_name(name), key=key, size=len(data))
 
     def path_of(self, key: str) -> Path:
         path = (self.root / key).resolve()

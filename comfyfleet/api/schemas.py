@@ -1,0 +1,168 @@
+"""Request and response models of the REST API (camelCase on the wire)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from comfyfleet.jobs.model import Job, JobState
+from comfyfleet.jobs.params import GenerateParams
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class JobCreate(ApiModel):
+    """A generation: a ComfyUI API-format workflow or a named template, plus optional parameter overrides."""
+
+    workflow: dict[str, Any] | None = Field(None, description="ComfyUI API graph {node_id: {class_type, inputs}}")
+    template: str | None = Field(None, max_length=64, description="a named template instead of a workflow")
+    params: GenerateParams = Field(default_factory=GenerateParams)
+    priority: int = Field(5, ge=1, le=10, description="1 (lowest) to 10 (highest)")
+    pool: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    timeout_seconds: int | None = Field(None, ge=5, le=24 * 3600)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+    input_images: dict[str, str] = Field(
+        default_factory=dict, max_length=8,
+        description="images for LoadImage nodes: {name: base64 PNG/JPEG/WebP}; LoadImage's image input names them",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobCreate:
+        if (self.workflow is None) == (self.template is None):
+            raise ValueError("give exactly one of workflow or template")
+        return self
+
+
+class ProgressPublic(ApiModel):
+    value: int
+    max: int
+    node: str | None
+    percent: int
+
+
+class OutputPublic(ApiModel):
+    filename: str
+    node_id: str
+    content_type: str
+    size: int
+    url: str | None
+
+
+class ErrorPublic(ApiModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class JobPublic(ApiModel):
+    job_id: str
+    owner: str
+    state: JobState
+    priority: int
+    pool: str | None
+    template: str | None
+    progress: ProgressPublic
+    attempts: int
+    max_attempts: int
+    error: ErrorPublic | None
+    outputs: list[OutputPublic]
+    worker: str | None
+    source: str
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        return cls(
+            job_id=job.id, owner=job.owner, state=job.state, priority=job.priority, pool=job.pool,
+            template=job.template,
+            progress=ProgressPublic(value=job.progress.value, max=job.progress.max, node=job.progress.node,
+                                    percent=int(job.progress.fraction * 100)),
+            attempts=job.attempts, max_attempts=job.max_attempts,
+            error=ErrorPublic(code=job.error.code.value, message=job.error.message, details=job.error.details)
+            if job.error else None,
+            outputs=[OutputPublic(filename=o.filename, node_id=o.node_id, content_type=o.content_type, size=o.size,
+                                  url=o.url) for o in job.outputs],
+            worker=job.worker, source=job.source, cancel_requested=job.cancel_requested, created_at=job.created_at,
+            updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+        )
+
+
+class JobsPublic(ApiModel):
+    jobs: list[JobPublic]
+    next_before: float | None = None
+
+
+class WorkerPublic(ApiModel):
+    id: str
+    url: str
+    pool: str
+    state: str  # ready | busy | unhealthy
+    current_job: str | None
+    checkpoints: list[str]
+    loras: list[str]
+    queue_remaining: int
+    last_seen_at: float | None
+    last_error: str | None
+    info: dict[str, Any]
+
+
+class WorkersPublic(ApiModel):
+    workers: list[WorkerPublic]
+    ready: int
+    busy: int
+    unhealthy: int
+
+
+class VerifyLoraRequest(ApiModel):
+    loras: list[str] = Field(min_length=1, max_length=100)
+    pool: str | None = None
+
+
+class LoraAvailability(ApiModel):
+    name: str
+    available: bool
+    workers: list[str]
+
+
+class VerifyLoraPublic(ApiModel):
+    results: list[LoraAvailability]
+    all_available: bool
+
+
+class QueueStatsPublic(ApiModel):
+    waiting: int
+    active: int
+    retrying: int
+    completed: int
+    failed: int
+    cancelled: int
+    created: int
+    by_priority: dict[str, int]
+
+
+class QueueCleanRequest(ApiModel):
+    older_than_seconds: float | None = Field(None, ge=0)
+
+
+class QueueCleanPublic(ApiModel):
+    removed: int
+
+
+class HealthPublic(ApiModel):
+    status: str
+    version: str
+
+
+class HealthDetailedPublic(HealthPublic):
+    redis: str
+    workers: dict[str, int]
+    queue: dict[str, int]

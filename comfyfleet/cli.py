@@ -1,0 +1,199 @@
+"""The `comfyfleet` command: up, demo, submit, api, worker, sim, operator."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from comfyfleet.api.app import create_app
+    from comfyfleet.settings import ApiSettings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = ApiSettings(**overrides)
+    _logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                access_log=False)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from comfyfleet.dispatch.worker import run_worker
+    from comfyfleet.settings import DispatchSettings
+
+    settings = DispatchSettings()
+    _logging(settings.log_level)
+    if args.concurrency <= 1:
+        run_worker(settings, burst=args.burst)
+        return
+    # One RQ worker per process (RQ forks a work horse per job); this parent only supervises them.
+    children = [subprocess.Popen([sys.executable, "-m", "comfyfleet", "worker", *(["--burst"] if args.burst else [])])
+                for _ in range(args.concurrency)]
+
+    def stop(signum: int, frame: object) -> None:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    codes = [c.wait() for c in children]
+    sys.exit(max(codes, default=0))
+
+
+def cmd_sim(args: argparse.Namespace, rest: list[str]) -> None:
+    from comfyfleet.sim.__main__ import main as sim_main
+
+    sim_main(rest)
+
+
+def cmd_operator(args: argparse.Namespace) -> None:
+    from comfyfleet.operator.main import run as run_operator
+
+    run_operator()
+
+
+def _stack(args: argparse.Namespace):  # noqa: ANN202
+    from comfyfleet.local import LocalStack
+
+    return LocalStack(port=args.port, data_dir=Path(args.data_dir), workers=args.workers, sims=args.sims,
+                      comfyui_urls=args.comfyui_url or [], redis_url=args.redis_url)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from comfyfleet.local import StackError
+
+    _logging()
+    stack = _stack(args)
+    stopping = {"flag": False}
+
+    def stop(signum: int, frame: object) -> None:
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        stack.start()
+        print(f"comfyfleet is up: API {stack.api_url} (docs {stack.api_url}/docs), "
+              f"{args.workers} RQ workers, ComfyUI at {', '.join(stack.sim_urls + (args.comfyui_url or []))}")
+        print("Ctrl-C stops everything.")
+        while not stopping["flag"]:
+            stack.check_children()
+            time.sleep(0.5)
+    except StackError as exc:
+        print(f"comfyfleet up: {exc}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        stack.stop()
+        print("comfyfleet stopped.")
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from comfyfleet.submit import SubmitError, SubmitOptions, build_body, parse_params, submit
+
+    try:
+        if (args.workflow is None) == (args.template is None):
+            raise SubmitError("give a WORKFLOW.json or --template NAME (not both)")
+        body = build_body(Path(args.workflow) if args.workflow else None, args.template, parse_params(args.param),
+                          [Path(p) for p in args.image], args.priority)
+        opts = SubmitOptions(api=args.api, token=args.token or os.environ.get("COMFYFLEET_TOKEN"),
+                             wait=args.wait, out_dir=Path(args.out), quiet=args.quiet)
+        job, paths = submit(body, opts)
+    except (SubmitError, OSError, ValueError) as exc:
+        print(f"comfyfleet submit: {exc}", file=sys.stderr)
+        sys.exit(1)
+    if not args.wait:
+        print(job["jobId"])
+    for path in paths:
+        print(path)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from comfyfleet.local import StackError
+    from comfyfleet.submit import SubmitError, SubmitOptions, build_body, submit
+
+    _logging("WARNING")
+    stack = _stack(args)
+    try:
+        stack.start()
+        print(f"stack up: API {stack.api_url}, {args.sims} simulated ComfyUI pods, {args.workers} RQ workers",
+              file=sys.stderr)
+        body = build_body(REPO_EXAMPLES / "txt2img.json", None,
+                          {"prompt": "a lighthouse on a cliff at dawn, oil painting", "seed": 42, "steps": 12}, [], 5)
+        _, paths = submit(body, SubmitOptions(api=stack.api_url, out_dir=Path(args.data_dir) / "demo-outputs"))
+    except (StackError, SubmitError) as exc:
+        print(f"comfyfleet demo: {exc}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        stack.stop()
+    for path in paths:
+        print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfyfleet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stack_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+        p.add_argument("--data-dir", default=".data", help="outputs, logs and simulator files (default .data)")
+        p.add_argument("--workers", type=int, default=2, help="RQ dispatch worker processes (default 2)")
+        p.add_argument("--sims", type=int, default=2, help="ComfyUI simulators to start (default 2)")
+        p.add_argument("--comfyui-url", action="append", help="a real ComfyUI to use (repeatable)")
+        p.add_argument("--redis-url", help="use this Redis instead of starting one")
+
+    up = sub.add_parser("up", help="run the whole system locally (Redis, API, workers, simulators)")
+    stack_args(up)
+    up.set_defaults(func=cmd_up)
+    demo = sub.add_parser("demo", help="start the local system, generate one image, print its path, stop")
+    stack_args(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    sm = sub.add_parser("submit", help="submit a workflow or template to the API")
+    sm.add_argument("workflow", nargs="?", help="API-format workflow JSON file")
+    sm.add_argument("--template", help="a named template instead of a workflow file")
+    sm.add_argument("--param", action="append", default=[], help="parameter override key=value (repeatable)")
+    sm.add_argument("--image", action="append", default=[], help="input image for LoadImage (repeatable)")
+    sm.add_argument("--priority", type=int, default=5)
+    sm.add_argument("--api", default=os.environ.get("COMFYFLEET_API", "http://127.0.0.1:8000"))
+    sm.add_argument("--token", help="bearer token (or COMFYFLEET_TOKEN)")
+    sm.add_argument("--wait", action="store_true", help="follow progress and download the outputs")
+    sm.add_argument("--out", default="outputs", help="where --wait downloads outputs (default ./outputs)")
+    sm.add_argument("--quiet", action="store_true", help="no progress bar")
+    sm.set_defaults(func=cmd_submit)
+
+    api = sub.add_parser("api", help="run the REST API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.set_defaults(func=cmd_api)
+    worker = sub.add_parser("worker", help="run RQ dispatch workers")
+    worker.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument("--burst", action="store_true", help="exit when nothing can run now")
+    worker.set_defaults(func=cmd_worker)
+    sub.add_parser("sim", help="run the ComfyUI simulator (flags: --help)", add_help=False).set_defaults(func=cmd_sim)
+    sub.add_parser("operator", help="run the Kubernetes operator (kopf)").set_defaults(func=cmd_operator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if argv and argv[0] == "sim":
+        cmd_sim(argparse.Namespace(), argv[1:])
+        return
+    args = parser.parse_args(argv)
+    args.func(args)

@@ -1,0 +1,88 @@
+import pytest
+from pydantic import ValidationError
+
+from comfyfleet.jobs.params import GenerateParams
+from comfyfleet.jobs.templates import TEMPLATES, UnknownTemplate, render_template
+from comfyfleet.jobs.workflow import (
+    ParamError,
+    apply_params,
+    check_shape,
+    model_needs,
+    rename_input_images,
+)
+
+TXT2IMG = TEMPLATES["txt2img"]
+
+
+def test_overrides_land_on_the_right_nodes():
+    wf = apply_params(TXT2IMG, GenerateParams(prompt="a fox", negative_prompt="ugly", seed=7, steps=9, cfg=4.5,
+                                              width=512, height=768, checkpoint="v1-5.safetensors"))
+    assert wf["6"]["inputs"]["text"] == "a fox"  # linked to KSampler.positive
+    assert wf["7"]["inputs"]["text"] == "ugly"  # linked to KSampler.negative
+    assert wf["3"]["inputs"]["seed"] == 7 and wf["3"]["inputs"]["steps"] == 9 and wf["3"]["inputs"]["cfg"] == 4.5
+    assert (wf["5"]["inputs"]["width"], wf["5"]["inputs"]["height"]) == (512, 768)
+    assert wf["4"]["inputs"]["ckpt_name"] == "v1-5.safetensors"
+    assert TXT2IMG["6"]["inputs"]["text"] == "a photo of a cat", "the template itself is untouched"
+
+
+def test_lora_is_inserted_and_consumers_rewired():
+    wf = apply_params(TXT2IMG, GenerateParams(lora="pixel.safetensors", lora_strength=0.6))
+    lora_id = next(n for n, node in wf.items() if node["class_type"] == "LoraLoader")
+    assert wf[lora_id]["inputs"] == {"model": ["4", 0], "clip": ["4", 1], "lora_name": "pixel.safetensors",
+                                     "strength_model": 0.6, "strength_clip": 0.6}
+    assert wf["3"]["inputs"]["model"] == [lora_id, 0]
+    assert wf["6"]["inputs"]["clip"] == [lora_id, 1] and wf["7"]["inputs"]["clip"] == [lora_id, 1]
+    assert wf["8"]["inputs"]["vae"] == ["4", 2], "VAE still comes from the checkpoint"
+    assert model_needs(wf).loras == {"pixel.safetensors"}
+
+
+def test_existing_lora_loader_is_updated_not_duplicated():
+    wf = apply_params(TXT2IMG, GenerateParams(lora="a.safetensors"))
+    wf2 = apply_params(wf, GenerateParams(lora="b.safetensors", lora_strength=0.3))
+    loaders = [n for n in wf2.values() if n["class_type"] == "LoraLoader"]
+    assert len(loaders) == 1 and loaders[0]["inputs"]["lora_name"] == "b.safetensors"
+    assert loaders[0]["inputs"]["strength_model"] == 0.3
+
+
+def test_param_without_a_target_node_names_the_param():
+    weightless = TEMPLATES["weightless"]
+    with pytest.raises(ParamError) as err:
+        apply_params(weightless, GenerateParams(prompt="x"))
+    assert err.value.param == "prompt"
+    with pytest.raises(ParamError, match="lora"):
+        apply_params(weightless, GenerateParams(lora="x.safetensors"))
+    # width applies to EmptyImage too
+    assert apply_params(weightless, GenerateParams(width=256))["1"]["inputs"]["width"] == 256
+
+
+def test_params_are_validated_with_field_names():
+    with pytest.raises(ValidationError, match="steps"):
+        GenerateParams(steps=0)
+    with pytest.raises(ValidationError, match="width"):
+        GenerateParams(width=1000 + 1)
+    with pytest.raises(ValidationError, match="nonsense"):
+        GenerateParams.model_validate({"nonsense": 1})
+
+
+def test_render_template_picks_random_seed_once_and_rejects_unknown():
+    a = render_template("txt2img", GenerateParams())
+    b = render_template("txt2img", GenerateParams())
+    assert a["3"]["inputs"]["seed"] != b["3"]["inputs"]["seed"]
+    assert render_template("txt2img", GenerateParams(seed=5))["3"]["inputs"]["seed"] == 5
+    with pytest.raises(UnknownTemplate, match="txt2img"):
+        render_template("nope", GenerateParams())
+
+
+def test_model_needs_and_shape_checks():
+    assert model_needs(TXT2IMG).checkpoints == {"sd_xl_base_1.0.safetensors"}
+    assert check_shape({}) and check_shape({})[0].type == "prompt_no_outputs"
+    issues = check_shape({"1": {"inputs": {}}, "2": {"class_type": "ImageInvert", "inputs": {"image": ["9", 0]}}})
+    assert [(i.node_id, i.input_name) for i in issues] == [("1", None), ("2", "image")]
+
+
+def test_rename_input_images_points_loadimage_at_uploaded_name():
+    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "cat.png"}},
+          "2": {"class_type": "LoadImage", "inputs": {"image": "other.png"}}}
+    out = rename_input_images(wf, {"cat.png": "comfyfleet-x/cat.png"})
+    assert out["1"]["inputs"]["image"] == "comfyfleet-x/cat.png" and out["2"]["inputs"]["image"] == "other.png"
+    assert wf["1"]["inputs"]["image"] == "cat.png"
