@@ -1,0 +1,138 @@
+"""The capacity-aware scheduler against a real Redis: priorities, backfill, leases, fail-fast."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.jobs.model import ErrorCode, Job, JobState
+from comfyfleet.jobs.templates import TEMPLATES
+from comfyfleet.settings import DispatchSettings
+
+
+@pytest.fixture
+def dispatcher(redis_server) -> Dispatcher:
+    settings = DispatchSettings(redis_url=redis_server.url, redis_prefix="s" + uuid.uuid4().hex[:8])
+    return Dispatcher(redis.Redis.from_url(redis_server.url), settings)
+
+
+def add_pod(d: Dispatcher, pod_id: str, *, checkpoints=("sd_xl_base_1.0.safetensors",), loras=(), pool="default"):
+    d.registry.upsert(pod_id, f"http://{pod_id}:8188", pool)
+    d.registry.record_probe_ok(pod_id, checkpoints=list(checkpoints), loras=list(loras), queue_remaining=0, info={})
+
+
+def job(priority=5, lora=None, pool=None) -> Job:
+    wf = {k: dict(v, inputs=dict(v["inputs"])) for k, v in TEMPLATES["txt2img"].items()}
+    if lora:
+        wf["10"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": lora,
+                                                           "strength_model": 1, "strength_clip": 1}}
+    return Job(owner="alice", workflow=wf, priority=priority, pool=pool)
+
+
+def test_highest_priority_first_fifo_within_a_priority(dispatcher):
+    add_pod(dispatcher, "a")
+    low, high1, high2 = job(2), job(9), job(9)
+    for j in (low, high1, high2):
+        dispatcher.submit(j)
+    order = []
+    for _ in range(3):
+        claim = dispatcher.scheduler.claim()
+        order.append(claim.job_id)
+        dispatcher.registry.release_lease(claim.endpoint_id, claim.job_id)
+    assert order == [high1.id, high2.id, low.id]
+
+
+def test_no_free_pod_means_nothing_leaves_the_queue(dispatcher):
+    add_pod(dispatcher, "a")
+    first, second = job(), job()
+    dispatcher.submit(first)
+    dispatcher.submit(second)
+    claim = dispatcher.scheduler.claim()
+    assert claim.job_id == first.id
+    assert dispatcher.scheduler.claim() is None, "the only pod is leased: the second job must stay queued"
+    assert dispatcher.stats().waiting == 1
+    assert dispatcher.repo.get(first.id).state is JobState.DISPATCHED
+    assert dispatcher.repo.get(second.id).state is JobState.QUEUED
+    dispatcher.registry.release_lease("a", first.id)
+    assert dispatcher.scheduler.claim().job_id == second.id
+
+
+def test_backfill_skips_a_job_whose_only_pod_is_busy(dispatcher):
+    add_pod(dispatcher, "plain")
+    add_pod(dispatcher, "pixel", loras=("pixel.safetensors",))
+    needs_pixel, needs_pixel_too, plain = job(9, lora="pixel.safetensors"), job(9, lora="pixel.safetensors"), job(1)
+    for j in (needs_pixel, needs_pixel_too, plain):
+        dispatcher.submit(j)
+    c1 = dispatcher.scheduler.claim()
+    assert (c1.job_id, c1.endpoint_id) == (needs_pixel.id, "pixel")
+    c2 = dispatcher.scheduler.claim()
+    assert (c2.job_id, c2.endpoint_id) == (plain.id, "plain"), "the free plain pod serves the low-priority job"
+    assert dispatcher.repo.get(needs_pixel_too.id).state is JobState.QUEUED
+
+
+def test_job_no_ready_pod_can_run_fails_fast(dispatcher):
+    add_pod(dispatcher, "a")
+    doomed = job(lora="nowhere.safetensors")
+    dispatcher.submit(doomed)
+    assert dispatcher.scheduler.claim() is None
+    failed = dispatcher.repo.get(doomed.id)
+    assert failed.state is JobState.FAILED and failed.error.code is ErrorCode.NO_CAPABLE_WORKER
+    assert "nowhere.safetensors" in failed.error.message
+    assert dispatcher.stats().waiting == 0
+
+
+def test_jobs_wait_when_the_pool_is_empty_or_unhealthy(dispatcher):
+    waiting = job()
+    dispatcher.submit(waiting)
+    assert dispatcher.scheduler.claim() is None
+    add_pod(dispatcher, "a")
+    dispatcher.registry.mark_unhealthy("a", "down")
+    assert dispatcher.scheduler.claim() is None
+    assert dispatcher.repo.get(waiting.id).state is JobState.QUEUED, "no healthy pod: wait, do not fail"
+    add_pod(dispatcher, "a")
+    assert dispatcher.scheduler.claim().job_id == waiting.id
+
+
+def test_pool_is_respected(dispatcher):
+    add_pod(dispatcher, "gpu-1", pool="gpu")
+    add_pod(dispatcher, "cpu-1", pool="cpu")
+    j = job(pool="cpu")
+    dispatcher.submit(j)
+    assert dispatcher.scheduler.claim().endpoint_id == "cpu-1"
+
+
+def test_lease_is_exclusive_and_expires(dispatcher):
+    add_pod(dispatcher, "a")
+    reg = dispatcher.registry
+    assert reg.try_lease("a", "job1", 0.3)
+    assert not reg.try_lease("a", "job2", 5)
+    assert not reg.release_lease("a", "job2"), "only the holder may release"
+    assert reg.renew_lease("a", "job1", 0.3)
+    import time
+
+    time.sleep(0.5)
+    assert reg.leases() == {}, "a lease held by a dead worker expires"
+    assert reg.try_lease("a", "job2", 5)
+
+
+def test_cancel_of_a_queued_job_removes_it(dispatcher):
+    add_pod(dispatcher, "a")
+    j = job()
+    dispatcher.submit(j)
+    cancelled = dispatcher.cancel(j.id)
+    assert cancelled.state is JobState.CANCELLED
+    assert dispatcher.scheduler.claim() is None, "a cancelled job never runs"
+
+
+def test_idempotent_submit_returns_the_first_job(dispatcher):
+    a = job()
+    a.idempotency_key = "k1"
+    b = job()
+    b.idempotency_key = "k1"
+    first, created = dispatcher.submit(a)
+    again, created_again = dispatcher.submit(b)
+    assert created and not created_again and again.id == first.id
+    assert dispatcher.stats().waiting == 1
