@@ -109,6 +109,16 @@ class Dispatcher:
             waiting_by_priority=by_priority,
         )
 
+    def queued_by_pool(self) -> dict[str | None, int]:
+        """Queued jobs per target pool (None = any pool), for the operator's autoscaler."""
+        counts: dict[str | None, int] = {}
+        for p in PRIORITIES:
+            ids = self.queue(p).get_job_ids()
+            for job in self.repo.get_many(ids):
+                if job is not None and not job.state.is_terminal:
+                    counts[job.pool] = counts.get(job.pool, 0) + 1
+        return counts
+
     def clean(self, older_than: float | None = None) -> int:
         """Forget finished jobs (records, RQ failed registry entries); returns how many were removed."""
         removed = 0

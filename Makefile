@@ -1,0 +1,52 @@
+# The README's two commands are `make demo` and `make test`; the rest are development chores.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install demo up test test-unit test-integration test-k8s k8s-binaries lint fmt sync-crds bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	scripts/bootstrap
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install  ## start everything locally, generate one image, print its path
+	$(VENV)/bin/comfyfleet demo
+
+up: install  ## run the whole system locally until Ctrl-C
+	$(VENV)/bin/comfyfleet up
+
+k8s-binaries:  ## build (or reuse) etcd, kube-apiserver, kubectl and helm under ~/.cache/comfyfleet
+	scripts/k8s-binaries >/dev/null
+	scripts/helm-binary >/dev/null
+
+test: install k8s-binaries  ## every tier: unit, integration (real Redis + simulators), k8s (real apiserver)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-k8s: install k8s-binaries
+	$(PY) -m pytest tests/k8s $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+fmt: install
+	$(VENV)/bin/ruff check --fix .
+
+sync-crds:  ## copy crds/ (the source of truth) into the chart
+	scripts/sync-crds
+
+bench: install
+	$(PY) bench/dispatch_overhead.py
+
+clean:
+	rm -rf .data outputs
