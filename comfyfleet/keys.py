@@ -28,6 +28,11 @@ class Keys:
         return f"{self.prefix}:jobs"
 
     @property
+    def dirty(self) -> str:
+        """Job ids changed since the durable mirror (Firestore) last wrote them."""
+        return f"{self.prefix}:mirror:dirty"
+
+    @property
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 

@@ -37,6 +37,17 @@ class CommonSettings(_Base):
     data_dir: Path = Path(".data")
     dev_mode: bool = False
     log_level: str = "INFO"
+    # Where outputs go: local files under data_dir, or Firebase Storage (needs the firebase_* settings).
+    output_store: Literal["local", "firebase"] = "local"
+    # Mirror every job record into Firestore (write-behind from Redis; Redis stays the live truth).
+    firestore_enabled: bool = False
+    firebase_project_id: str = ""
+    firebase_bucket: str = ""
+    # Path to a service-account JSON (mounted from a Secret); empty = application default credentials.
+    firebase_credentials_file: Path | None = None
+    firestore_collection: str = "comfyfleet_jobs"
+    # Signed download URLs for outputs in Storage live this long (7 days is the V4 signing maximum).
+    storage_url_expiry_seconds: int = Field(7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
 
 
 class DispatchSettings(CommonSettings):
@@ -90,6 +101,10 @@ class ApiSettings(PoolSettings, DispatchSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     auth_mode: Literal["none", "static", "firebase"] = "static"
+    # Firebase auth: also reject revoked tokens (one extra Auth API call per request).
+    firebase_check_revoked: bool = False
+    # Custom claim that grants admin routes to a Firebase user.
+    firebase_admin_claim: str = "admin"
     # JSON list: [{"token": "...", "owner": "alice", "admin": true}]
     api_tokens: list[StaticToken] = Field(default_factory=list)
     # 16 MiB: an API-format workflow is ~10-50 KiB, but bodies may carry base64 input images (a few MiB each).

@@ -21,6 +21,7 @@ from comfyfleet.comfy.messages import ComfyEvent, Executing, ExecutionCached, Ex
 from comfyfleet.comfy.models import RunResult
 from comfyfleet.dispatch.registry import Endpoint, Registry
 from comfyfleet.dispatch.scheduler import Scheduler
+from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState, OutputFile
 from comfyfleet.jobs.progress import ProgressTracker
 from comfyfleet.jobs.states import can_transition, transition
@@ -66,11 +67,8 @@ class RunnerContext:
     def from_settings(cls, settings: DispatchSettings | None = None) -> RunnerContext:
         settings = settings or DispatchSettings()
         conn = redis.Redis.from_url(settings.redis_url)
-        keys = Keys(settings.redis_prefix)
-        repo = JobRepo(conn, keys, settings.result_ttl_seconds)
-        registry = Registry(conn, keys)
-        scheduler = Scheduler(conn, keys, repo, registry, settings.lease_ttl_seconds, settings.schedule_window)
-        return cls(settings, conn, keys, repo, registry, scheduler, output_store(settings))
+        d = Dispatcher(conn, settings)
+        return cls(settings, conn, d.keys, d.repo, d.registry, d.scheduler, output_store(settings))
 
 
 def run_job(job_id: str) -> dict[str, Any]:

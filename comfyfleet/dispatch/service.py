@@ -47,7 +47,7 @@ class Dispatcher:
         self.conn = conn
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
-        self.repo = JobRepo(conn, self.keys, settings.result_ttl_seconds)
+        self.repo = JobRepo(conn, self.keys, settings.result_ttl_seconds, track_dirty=settings.firestore_enabled)
         self.registry = Registry(conn, self.keys)
         self.scheduler = Scheduler(conn, self.keys, self.repo, self.registry,
                                    lease_ttl=settings.lease_ttl_seconds, window=settings.schedule_window)

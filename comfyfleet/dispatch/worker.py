@@ -11,12 +11,10 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.worker import WorkerStatus
 
-from comfyfleet.dispatch.registry import Registry
 from comfyfleet.dispatch.rqconf import SERIALIZER
-from comfyfleet.dispatch.scheduler import Scheduler
+from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.keys import Keys
 from comfyfleet.settings import DispatchSettings
-from comfyfleet.store.jobrepo import JobRepo
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +28,7 @@ class CapacityWorker(Worker):
 
     def __init__(self, *args: Any, dispatch_settings: DispatchSettings | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        settings = dispatch_settings or DispatchSettings()
-        keys = Keys(settings.redis_prefix)
-        repo = JobRepo(self.connection, keys, settings.result_ttl_seconds)
-        self.scheduler_ = Scheduler(self.connection, keys, repo, Registry(self.connection, keys),
-                                    lease_ttl=settings.lease_ttl_seconds, window=settings.schedule_window)
+        self.scheduler_ = Dispatcher(self.connection, dispatch_settings or DispatchSettings()).scheduler
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None

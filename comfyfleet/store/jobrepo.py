@@ -24,10 +24,13 @@ class JobNotFound(LookupError):
 class JobRepo:
     """Reads and writes Job records; every change is published on the job's events channel."""
 
-    def __init__(self, conn: redis.Redis, keys: Keys, finished_ttl_seconds: int = 7 * 24 * 3600):
+    def __init__(self, conn: redis.Redis, keys: Keys, finished_ttl_seconds: int = 7 * 24 * 3600,
+                 track_dirty: bool = False):
         self.conn = conn
         self.keys = keys
         self.finished_ttl = finished_ttl_seconds
+        # With a durable mirror (Firestore) on, every write also marks the job dirty for the write-behind.
+        self.track_dirty = track_dirty
 
     def create(self, job: Job) -> tuple[Job, bool]:
         """Store a new job; with an idempotency key, return the existing job instead (created=False)."""
@@ -45,6 +48,8 @@ class JobRepo:
             pipe.zadd(self.keys.owner_jobs(job.owner), {job.id: score})
             pipe.zadd(self.keys.all_jobs, {job.id: score})
             pipe.hincrby(self.keys.stats, "created", 1)
+            if self.track_dirty:
+                pipe.sadd(self.keys.dirty, job.id)
             pipe.execute()
         self._publish(job, "state")
         return job, True
@@ -87,6 +92,8 @@ class JobRepo:
                             pipe.hincrby(self.keys.stats, after.state.value, 1)
                     else:
                         pipe.set(key, after.model_dump_json())
+                    if self.track_dirty and event == "state":
+                        pipe.sadd(self.keys.dirty, job_id)
                     pipe.execute()
                     break
                 except redis.WatchError:
