@@ -62,7 +62,7 @@ def test_job_exceeding_its_timeout_fails_with_timeout_error(sim_factory, stack_f
     sim = sim_factory(step_seconds=0.2)
     stack = stack_factory([sim.url], workers=1)
     stack.wait_workers_ready(1)
-    job_id = stack.generate(txt2img(5, steps=200, timeoutSeconds=5)).json()["jobId"]
+    job_id = stack.generate(txt2img(5, steps=120, timeoutSeconds=5)).json()["jobId"]
     done = stack.wait_state(job_id, timeout=40)
     assert done["state"] == "failed" and done["error"]["code"] == "timeout"
     assert "5 s" in done["error"]["message"] and done["attempts"] == 1, "a timeout is not retried"
