@@ -171,6 +171,14 @@ class OperatorSettings(CommonSettings):
     probe_interval_seconds: float = Field(5.0, gt=0)
     metrics_port: int = Field(9090, ge=0, le=65535)
     liveness_port: int = Field(8080, ge=0, le=65535)
+    # How often a GenerationJob's status is refreshed from its job record while it runs; 2 s keeps
+    # `kubectl get gj -w` lively without a status write per progress event.
+    job_sync_interval_seconds: float = Field(2.0, gt=0)
+    # The API's public base URL; GenerationJob outputs get absolute download URLs when it is set.
+    public_url: str = ""
+    # kopf peering: empty runs standalone (one operator replica, as the chart deploys it); a name
+    # makes several replicas elect one active operator through kopf's KopfPeering objects.
+    peering_name: str = ""
 
 
 def _is_loopback(host: str) -> bool:

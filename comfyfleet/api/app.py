@@ -47,9 +47,20 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                     timeout=settings.probe_timeout_seconds,
                                     unhealthy_after=settings.unhealthy_after_failures)
             monitor_task = asyncio.create_task(monitor.run_forever(), name="health-monitor")
+        mirror_task = None
+        if settings.firestore_enabled:  # Firestore write-behind of job records (comfyfleet.store.firestore)
+            from comfyfleet.store.firestore import FirestoreMirror, MirrorCollector
+
+            mirror = FirestoreMirror.from_settings(settings, conn, dispatcher.repo)
+            app.state.metrics.registry.register(MirrorCollector(mirror))
+            mirror_task = asyncio.create_task(mirror.run_forever(), name="firestore-mirror")
         try:
             yield
         finally:
+            if mirror_task:
+                mirror_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await mirror_task
             if monitor_task:
                 monitor_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -378,7 +378,12 @@ def prompt_worker(queue: PromptQueue, executor: PromptExecutor, hub: Hub) -> Non
             started = time.perf_counter()
             number, prompt_id, prompt, extra_data, outputs, sensitive = item
             hub.last_prompt_id = prompt_id
-            executor.execute(prompt, prompt_id, {**extra_data, **sensitive}, outputs)
+            try:
+                executor.execute(prompt, prompt_id, {**extra_data, **sensitive}, outputs)
+            except Exception:  # noqa: BLE001 - a simulator bug must not kill the only worker thread
+                log.exception("simulator error while executing prompt %s", prompt_id)
+                executor.success = False
+                executor.history_result = {"outputs": {}, "meta": {}}
             status = {
                 "status_str": "success" if executor.success else "error",
                 "completed": executor.success,

@@ -7,4 +7,8 @@ from comfyfleet.store.outputs import LocalOutputStore, OutputStore
 
 
 def output_store(settings: CommonSettings) -> OutputStore:
+    if settings.output_store == "firebase":
+        from comfyfleet.store.firebase import FirebaseOutputStore  # optional dependency, imported only when used
+
+        return FirebaseOutputStore.from_settings(settings)
     return LocalOutputStore(settings.data_dir)

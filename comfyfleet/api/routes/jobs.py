@@ -17,6 +17,7 @@ from comfyfleet.api.schemas import JobPublic, JobsPublic
 from comfyfleet.api.state import AppState
 from comfyfleet.jobs.model import Job
 from comfyfleet.jobs.states import InvalidTransition
+from comfyfleet.store.history import job_history
 from comfyfleet.store.jobrepo import JobNotFound
 from comfyfleet.store.outputs import StorageError, safe_name
 
@@ -93,10 +94,8 @@ async def list_jobs(principal: PrincipalDep, state: StateDep,
         if not principal.admin:
             raise ApiError(403, "only admins may list another user's jobs", details={"field": "user"})
         owner = user
-    ids = await io(state.dispatcher.repo.owner_job_ids, owner, limit, before)
-    jobs = [j for j in await io(state.dispatcher.repo.get_many, ids) if j is not None]
-    next_before = jobs[-1].created_at.timestamp() if len(ids) == limit and jobs else None
-    return JobsPublic(jobs=[JobPublic.of(j) for j in jobs], next_before=next_before)
+    page = await io(job_history(state.settings, state.dispatcher.repo).page, owner, limit, before)
+    return JobsPublic(jobs=[JobPublic.of(j) for j in page.jobs], next_before=page.next_before)
 
 
 @router.get("/outputs/{job_id}/{filename}", response_class=Response,

@@ -1,0 +1,112 @@
+"""GenerationJob handlers: queue the job once, mirror its record into status, cancel it on delete.
+
+- create: validate the spec (invalid: phase Failed + PermanentError), build the same Job the API
+  would, and submit it through the shared `Dispatcher` with idempotency key = metadata.uid. An
+  operator that crashes after queueing but before kopf records the handler as done runs create
+  again on restart and gets the first job back: exactly one job per GenerationJob.
+- timer (while a job is in flight): copy state, progress, outputs, error, attempts and times from
+  the job record into status; it stops by itself once the phase is final (its `when` filter).
+- delete (kopf's finalizer): cancel a job that has not finished; a finished one is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import redis
+
+from comfyfleet.jobs.states import InvalidTransition
+from comfyfleet.operator.jobstatus import InvalidJobSpec, invalid_spec_status, is_terminal
+from comfyfleet.operator.jobsync import build_job, lost_job_status, owner_for, parse_spec, status_for_job
+from comfyfleet.operator.runtime import Runtime
+from comfyfleet.store.jobrepo import JobNotFound
+
+
+def job_in_flight(status: Mapping[str, Any], **_: Any) -> bool:
+    """`when` filter of the status timer: queued (has a jobId) and not final yet."""
+    return bool(status.get("jobId")) and not is_terminal(status.get("phase"))
+
+
+async def generationjob_create(
+    body: kopf.Body, meta: kopf.Meta, namespace: str, uid: str, patch: kopf.Patch, memo: kopf.Memo,
+    logger: logging.Logger, **_: Any,
+) -> None:
+    """Validate and queue the job (idempotently), then record its jobId and phase in status."""
+    rt: Runtime = memo.runtime
+    generation = meta.get("generation")
+    try:
+        job = build_job(parse_spec(body), uid=uid, namespace=namespace, defaults=rt.job_defaults)
+    except InvalidJobSpec as exc:
+        patch.status.update(invalid_spec_status(str(exc), now=time.time(), generation=generation))
+        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+        raise kopf.PermanentError(str(exc)) from None
+    try:
+        job, created = await asyncio.to_thread(rt.dispatcher.submit, job)
+    except redis.RedisError as exc:
+        raise kopf.TemporaryError(f"could not queue the job: {exc}",
+                                  delay=rt.settings.job_sync_interval_seconds) from exc
+    patch.status.update(status_for_job(job, now=time.time(), previous=body.get("status"), generation=generation,
+                                       public_url=rt.settings.public_url))
+    if created:
+        rt.metrics.jobs_submitted.labels(namespace).inc()
+        kopf.info(body, reason="Queued", message=f"queued as job {job.id} (pool {job.pool or 'any'})")
+    else:
+        logger.info("already queued as job %s; not queueing again", job.id)
+
+
+async def generationjob_sync(
+    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
+    """Timer: mirror the job record into status until the job is final."""
+    rt: Runtime = memo.runtime
+    job_id = str(status["jobId"])
+    try:
+        job = await asyncio.to_thread(rt.dispatcher.repo.get, job_id)
+    except redis.RedisError as exc:
+        raise kopf.TemporaryError(f"could not read job {job_id}: {exc}",
+                                  delay=rt.settings.job_sync_interval_seconds) from exc
+    now, generation = time.time(), meta.get("generation")
+    if job is None:
+        new = lost_job_status(job_id, now=now, previous=status, generation=generation)
+    else:
+        new = status_for_job(job, now=now, previous=status, generation=generation, public_url=rt.settings.public_url)
+    if not any(status.get(key) != value for key, value in new.items()):
+        return
+    patch.status.update(new)
+    phase = new.get("phase")
+    if is_terminal(phase) and phase != status.get("phase"):
+        message = f"job {job_id} {str(phase).lower()}"
+        if new.get("error"):
+            message += f": {new['error'].get('code')}: {new['error'].get('message', '')}"
+        (kopf.info if phase == "Succeeded" else kopf.warn)(body, reason=str(phase), message=message)
+
+
+async def generationjob_delete(
+    status: kopf.Status, namespace: str, uid: str, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    """Finalizer: cancel the job unless it already finished."""
+    rt: Runtime = memo.runtime
+    try:
+        job_id = status.get("jobId") or await asyncio.to_thread(_job_id_for, rt, namespace, uid)
+        if not job_id:
+            return  # never queued (invalid spec, or deleted before the create handler ran)
+        if is_terminal(status.get("phase")):
+            return
+        job = await asyncio.to_thread(rt.dispatcher.cancel, str(job_id))
+    except (JobNotFound, InvalidTransition):
+        return  # gone or finished meanwhile: nothing to cancel
+    except redis.RedisError as exc:
+        raise kopf.TemporaryError(f"could not cancel: {exc}",
+                                  delay=rt.settings.job_sync_interval_seconds) from exc
+    logger.info("cancelled job %s (%s)", job.id, job.state.value)
+
+
+def _job_id_for(rt: Runtime, namespace: str, uid: str) -> str | None:
+    """The job a GenerationJob was queued as, from its idempotency key (status may not have it yet)."""
+    raw = rt.dispatcher.conn.get(rt.dispatcher.keys.idempotency(owner_for(namespace), uid))
+    return raw.decode() if raw else None

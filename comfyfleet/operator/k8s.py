@@ -1,0 +1,158 @@
+"""The operator's thin gateway to the Kubernetes API for the objects it owns: pods and Services.
+
+Objects travel as plain JSON dicts (camelCase, exactly as the API serves them and as the builders
+make them), so the pure code never sees client model classes. The official client is synchronous;
+every call runs in a worker thread so kopf's event loop never blocks on the network.
+
+Custom-resource reads and status writes are kopf's job (its watch streams and `patch`); this module
+only does what kopf does not: create-if-missing of children, listing and deleting them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import kubernetes
+from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+# Seconds before a single API call gives up: a hung connection must not stall a reconcile pass for
+# longer than a handful of probe intervals (kopf retries the pass).
+REQUEST_TIMEOUT_SECONDS = 30
+
+
+class KubeError(RuntimeError):
+    """A Kubernetes API call failed for a reason other than the expected 404/409."""
+
+    def __init__(self, action: str, exc: ApiException):
+        super().__init__(f"{action}: {exc.status} {exc.reason}: {_message(exc)}")
+        self.status = exc.status
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.body)
+    except ValueError:
+        return str(exc.body)
+
+
+def load_api_client() -> ApiClient:
+    """An ApiClient for the operator's own identity: in-cluster ServiceAccount, else $KUBECONFIG."""
+    config = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=config)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=config)
+    return ApiClient(config)
+
+
+def quantities_as_strings(pod: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a pod manifest whose resource quantities are strings (`{"nvidia.com/gpu": "1"}`).
+
+    The API server takes numbers or strings, but the official client (v37+) validates bodies into
+    its typed models, which declare quantities as strings only.
+    """
+    out = copy.deepcopy(pod)
+    spec = out.get("spec") or {}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        resources = container.get("resources") or {}
+        for kind in ("limits", "requests"):
+            if resources.get(kind):
+                resources[kind] = {name: str(value) for name, value in resources[kind].items()}
+    return out
+
+
+class KubeGateway:
+    """Pods and Services of the pools, through the official client in threads."""
+
+    def __init__(self, api: ApiClient):
+        self.api = api
+        self.core = CoreV1Api(api)
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Pods matching a label selector, as JSON dicts (a consistent read, not a cache)."""
+
+        def call() -> list[dict[str, Any]]:
+            resp = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False,
+                                                 _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            return list(json.loads(resp.data).get("items") or [])
+
+        return await self._call(f"list pods {namespace}/{selector}", call)
+
+    async def create_owned(self, obj: dict[str, Any], owner: Mapping[str, Any]) -> bool:
+        """Create a pod or Service owned by owner (kopf.adopt); False if one of that name exists (409)."""
+        kopf.adopt(obj, owner=owner)  # type: ignore[arg-type]
+        kind, namespace = obj["kind"], obj["metadata"]["namespace"]
+        if kind == "Pod":
+            obj = quantities_as_strings(obj)
+        create = self.core.create_namespaced_pod if kind == "Pod" else self.core.create_namespaced_service
+
+        def call() -> bool:
+            try:
+                create(namespace, obj, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            except ApiException as exc:
+                if exc.status == 409:
+                    return False
+                raise
+            return True
+
+        return await self._call(f"create {kind} {namespace}/{obj['metadata']['name']}", call)
+
+    async def ensure_service(self, obj: dict[str, Any], owner: Mapping[str, Any]) -> bool:
+        """Create the Service unless it exists; True when it was created now."""
+        if await self.read_service(obj["metadata"]["namespace"], obj["metadata"]["name"]) is not None:
+            return False
+        return await self.create_owned(obj, owner)
+
+    async def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Service as a JSON dict, or None if it does not exist."""
+
+        def call() -> dict[str, Any] | None:
+            try:
+                resp = self.core.read_namespaced_service(name, namespace, _preload_content=False,
+                                                         _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return dict(json.loads(resp.data))
+
+        return await self._call(f"read Service {namespace}/{name}", call)
+
+    async def delete_pod(self, namespace: str, name: str) -> bool:
+        """Delete a pod (its grace period applies); False if it was already gone."""
+        return await self._delete("Pod", namespace, name, self.core.delete_namespaced_pod)
+
+    async def delete_service(self, namespace: str, name: str) -> bool:
+        """Delete a Service; False if it was already gone."""
+        return await self._delete("Service", namespace, name, self.core.delete_namespaced_service)
+
+    async def _delete(self, kind: str, namespace: str, name: str, delete: Any) -> bool:
+        def call() -> bool:
+            try:
+                delete(name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+            return True
+
+        return await self._call(f"delete {kind} {namespace}/{name}", call)
+
+    @staticmethod
+    async def _call(action: str, fn: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn)
+        except ApiException as exc:
+            raise KubeError(action, exc) from exc
+
+    def close(self) -> None:
+        self.api.close()

@@ -1,0 +1,116 @@
+"""The operator process (`comfyfleet operator`): kopf settings, handler registration, liveness, metrics.
+
+Registration is explicit, into a registry built here (`build_registry`), not by decorators at
+import time: importing a handler module has no side effects, and tests can build an operator
+with other intervals. kopf keeps its bookkeeping where our CRDs let it live: handler progress and
+the last-handled spec go into `comfyfleet.io/...` annotations (the status schemas are structural
+and would prune kopf's own status fields), and the finalizer is `comfyfleet.io/finalizer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+import redis
+
+from comfyfleet.operator import jobs, workers
+from comfyfleet.operator.models import GROUP, JOB_PLURAL, VERSION, WORKER_PLURAL
+from comfyfleet.operator.runtime import Runtime
+from comfyfleet.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+FINALIZER = f"{GROUP}/finalizer"
+ANNOTATION_PREFIX = GROUP
+LIVENESS_PATH = "/healthz"
+# Watch requests are cut by the server after this long and re-established by kopf, so a silently
+# dropped connection (load balancer idle timeout) can never leave the operator deaf for long.
+WATCH_SERVER_TIMEOUT_SECONDS = 300
+WATCH_CLIENT_TIMEOUT_SECONDS = WATCH_SERVER_TIMEOUT_SECONDS + 30
+WATCH_CONNECT_TIMEOUT_SECONDS = 30
+
+
+def build_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    """kopf's settings: annotation persistence, our finalizer, posting, peering and watch timeouts."""
+    kopf_settings = kopf.OperatorSettings()
+    kopf_settings.persistence.finalizer = FINALIZER
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    # Events: only the handlers' explicit ones (scale actions, replacements, job outcomes). Log lines
+    # as events (`loggers`) would flood `kubectl describe` from a timer that runs every few seconds;
+    # the level must stay INFO or kopf drops the explicit kopf.info() events too.
+    kopf_settings.posting.level = logging.INFO
+    kopf_settings.posting.loggers = False
+    kopf_settings.peering.standalone = not settings.peering_name
+    kopf_settings.peering.mandatory = bool(settings.peering_name)
+    kopf_settings.peering.name = settings.peering_name or "default"
+    kopf_settings.peering.clusterwide = not settings.namespace
+    kopf_settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_SECONDS
+    kopf_settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_SECONDS
+    kopf_settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT_SECONDS
+    return kopf_settings
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """All handlers, registered with explicit ids (`<kind>_<event>`), plus kopf's client login
+    (in-cluster ServiceAccount, else the kubeconfig in $KUBECONFIG)."""
+    registry = kopf.OperatorRegistry()
+    pool = (GROUP, VERSION, WORKER_PLURAL)
+    job = (GROUP, VERSION, JOB_PLURAL)
+    interval = settings.probe_interval_seconds
+    # A failed pass (API or Redis hiccup) is retried on the next interval, not after kopf's 60 s default.
+    on = kopf.on
+    on.create(*pool, id="comfyuiworker_create", backoff=interval, registry=registry)(workers.comfyuiworker_create)
+    on.update(*pool, id="comfyuiworker_update", field="spec", backoff=interval,
+              registry=registry)(workers.comfyuiworker_update)
+    on.resume(*pool, id="comfyuiworker_resume", backoff=interval, registry=registry)(workers.comfyuiworker_resume)
+    on.delete(*pool, id="comfyuiworker_delete", backoff=interval, registry=registry)(workers.comfyuiworker_delete)
+    kopf.timer(*pool, id="comfyuiworker_reconcile", interval=interval, backoff=interval,
+               registry=registry)(workers.comfyuiworker_reconcile)
+
+    sync = settings.job_sync_interval_seconds
+    on.create(*job, id="generationjob_create", backoff=sync, registry=registry)(jobs.generationjob_create)
+    on.delete(*job, id="generationjob_delete", backoff=sync, registry=registry)(jobs.generationjob_delete)
+    kopf.timer(*job, id="generationjob_sync", interval=sync, backoff=sync, when=jobs.job_in_flight,
+               registry=registry)(jobs.generationjob_sync)
+
+    on.login(id="login", registry=registry)(kopf.login_via_client)
+    on.probe(id="redis", registry=registry)(probe_redis)
+    on.cleanup(id="operator_cleanup", registry=registry)(operator_cleanup)
+    return registry
+
+
+async def probe_redis(memo: kopf.Memo, **_: Any) -> bool:
+    """Liveness: the dispatch store answers (a failing probe makes /healthz answer 500)."""
+    runtime: Runtime = memo.runtime
+    try:
+        return bool(await asyncio.to_thread(runtime.dispatcher.conn.ping))
+    except redis.RedisError as exc:
+        raise kopf.PermanentError(f"redis is unreachable: {exc}") from exc
+
+
+async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.close()
+
+
+def run() -> None:
+    """Run the operator until SIGTERM/SIGINT (`comfyfleet operator`)."""
+    settings = OperatorSettings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime = Runtime.create(settings)
+    runtime.metrics.serve(settings.metrics_port)
+    liveness = f"http://0.0.0.0:{settings.liveness_port}{LIVENESS_PATH}" if settings.liveness_port else None
+    log.info("comfyfleet operator: %s, probe interval %ss, redis prefix %r",
+             f"namespace {settings.namespace}" if settings.namespace else "all namespaces",
+             settings.probe_interval_seconds, settings.redis_prefix)
+    kopf.run(
+        registry=build_registry(settings),
+        settings=build_settings(settings),
+        memo=kopf.Memo(runtime=runtime),
+        clusterwide=not settings.namespace,
+        namespaces=[settings.namespace] if settings.namespace else [],
+        liveness_endpoint=liveness,
+    )

@@ -1,0 +1,248 @@
+"""ComfyUIWorker handlers: own the pool's pods and Service, publish them for dispatch, scale them.
+
+Every handler runs the same level-triggered pass (`reconcile_pool`), so create, a spec change
+(`kubectl scale` included), an operator restart and the periodic timer all converge the same way:
+
+1. read the pool's pods from the API server (owned by this ComfyUIWorker's uid);
+2. publish serving pods to the dispatch registry, withdraw the rest, probe each one's ComfyUI;
+3. read the queue depth and the leases (busy pods), let `scaling.decide_scale` choose;
+4. delete failed/removed pods (a pod chosen for scale-down is withdrawn from dispatch under the
+   scheduler's lock first, so it cannot be handed a job on its way out), create missing ones;
+5. write status (only when it changed) and post an event for each scale action.
+
+Handlers return nothing (status schemas keep no unknown fields); they write `patch.status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import redis
+from pydantic import ValidationError
+
+from comfyfleet.operator.builders import (
+    build_headless_service,
+    build_worker_pod,
+    pod_name_for,
+    selector_for,
+    service_name_for,
+)
+from comfyfleet.operator.k8s import KubeError
+from comfyfleet.operator.models import ComfyUIWorkerSpec, set_condition
+from comfyfleet.operator.pods import (
+    ObservedPod,
+    after_changes,
+    assess_pool,
+    endpoint_health,
+    endpoint_id_for,
+    endpoint_url,
+    observe_pod,
+    owned_by,
+    queue_depth,
+    stale_endpoints,
+)
+from comfyfleet.operator.publish import PoolPublisher
+from comfyfleet.operator.runtime import Runtime
+from comfyfleet.operator.scaling import ScaleDecision, decide_scale, worker_status
+
+# A random pod name can clash with one that exists (or just went away); a few tries always suffice.
+CREATE_ATTEMPTS = 5
+
+
+class InvalidWorkerSpec(ValueError):
+    """A ComfyUIWorker spec the operator cannot act on (cross-field rules the CRD schema cannot state)."""
+
+
+def parse_spec(body: Mapping[str, Any]) -> ComfyUIWorkerSpec:
+    try:
+        return ComfyUIWorkerSpec.from_body(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        raise InvalidWorkerSpec(f"spec.{loc}: {err['msg']}" if loc else f"spec: {err['msg']}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers (registered in main.py)
+
+
+async def comfyuiworker_create(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """A new pool: create its Service and pods."""
+    await _reconcile_or_fail(memo.runtime, body, patch)
+
+
+async def comfyuiworker_update(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """A spec change (replicas through `kubectl scale`, autoscaling, pod shape): converge now."""
+    await _reconcile_or_fail(memo.runtime, body, patch)
+
+
+async def comfyuiworker_resume(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Operator (re)start: re-derive the pool from the cluster and Redis."""
+    await _reconcile_or_fail(memo.runtime, body, patch)
+
+
+async def comfyuiworker_reconcile(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    """Timer, every probe interval: probe pods, publish/withdraw, autoscale, replace failures, status."""
+    try:
+        await reconcile_pool(memo.runtime, body, patch)
+    except InvalidWorkerSpec as exc:
+        _mark_invalid(body, patch, str(exc))  # already reported by the event handlers; keep status right
+        logger.debug("not reconciling an invalid spec: %s", exc)
+
+
+async def comfyuiworker_delete(
+    body: kopf.Body, name: str, namespace: str, uid: str, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    """The pool is being deleted: withdraw its endpoints, delete its pods and Service (finalizer)."""
+    rt: Runtime = memo.runtime
+    publisher = PoolPublisher(rt.dispatcher, namespace, name)
+    try:
+        async with rt.lock_for(uid):
+            withdrawn = await asyncio.to_thread(publisher.withdraw_all)
+            pods = [p for p in await rt.kube.list_pods(namespace, selector_for(name)) if owned_by(p, uid)]
+            for pod in pods:
+                await rt.kube.delete_pod(namespace, pod["metadata"]["name"])
+            service = await rt.kube.read_service(namespace, service_name_for(name))
+            if service is not None and owned_by(service, uid):
+                await rt.kube.delete_service(namespace, service_name_for(name))
+    except (KubeError, redis.RedisError) as exc:
+        raise kopf.TemporaryError(f"cleanup of pool {name} failed: {exc}",
+                                  delay=rt.settings.probe_interval_seconds) from exc
+    logger.info("pool %s deleted: withdrew %d endpoint(s), deleted %d pod(s)", name, len(withdrawn), len(pods))
+    rt.forget(uid)
+    rt.metrics.forget_pool(namespace, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass
+
+
+async def _reconcile_or_fail(rt: Runtime, body: kopf.Body, patch: kopf.Patch) -> None:
+    try:
+        await reconcile_pool(rt, body, patch)
+    except InvalidWorkerSpec as exc:
+        _mark_invalid(body, patch, str(exc))
+        raise kopf.PermanentError(str(exc)) from None
+
+
+def _mark_invalid(body: kopf.Body, patch: kopf.Patch, message: str) -> None:
+    status = dict(body.get("status") or {})
+    conditions = set_condition(status.get("conditions"), "Ready", "False", "InvalidSpec", message, time.time(),
+                               body["metadata"].get("generation"))
+    new = {"phase": "Failed", "conditions": conditions, "observedGeneration": body["metadata"].get("generation")}
+    if _changed(status, new):
+        patch.status.update(new)
+
+
+async def reconcile_pool(rt: Runtime, body: kopf.Body, patch: kopf.Patch) -> None:
+    """One level-triggered pass over a pool (see the module docstring); writes patch.status."""
+    meta = body["metadata"]
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    spec = parse_spec(body)
+    publisher = PoolPublisher(rt.dispatcher, namespace, name)
+    try:
+        async with rt.lock_for(uid):
+            await rt.kube.ensure_service(build_headless_service(name, namespace, spec, uid), owner=body)
+            listed = await rt.kube.list_pods(namespace, selector_for(name))
+            pods = [observe_pod(p, spec.port) for p in listed if owned_by(p, uid)]
+            health, jobs = await _sync_registry(rt, publisher, spec, uid, namespace, pods)
+            queued = queue_depth(await asyncio.to_thread(publisher.queued_by_pool), name)
+            now = time.time()
+            views, entries = assess_pool(spec, pods, health, jobs, body.get("status"), now)
+            decision = decide_scale(spec, queued, views, now)
+            deleted, created = await _apply(rt, body, spec, publisher, decision)
+    except (KubeError, redis.RedisError) as exc:
+        rt.metrics.reconcile_errors.labels(namespace, name).inc()
+        raise kopf.TemporaryError(f"pool {name}: {exc}",
+                                  delay=rt.settings.probe_interval_seconds) from exc
+    workers = after_changes(entries, deleted, created)
+    applied = _as_applied(decision, len(created), [n for n in deleted if n in decision.remove])
+    status = worker_status(selector=selector_for(name), decision=applied, workers=workers, queue_depth=queued,
+                           previous=body.get("status"), generation=meta.get("generation"), now=now)
+    if _changed(body.get("status") or {}, status):
+        patch.status.update(status)
+    rt.metrics.observe_pool(namespace, name, [w.state for w in workers], applied.desired, queued)
+    _announce(rt, body, decision, created, deleted)
+
+
+async def _sync_registry(
+    rt: Runtime, publisher: PoolPublisher, spec: ComfyUIWorkerSpec, uid: str, namespace: str,
+    pods: list[ObservedPod],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Publish serving pods, withdraw the rest, probe; return (pod -> health, pod -> leased job)."""
+    serving = {endpoint_id_for(namespace, p.name): endpoint_url(p.ip, p.port) for p in pods if p.serving and p.ip}
+    known = await asyncio.to_thread(publisher.published)
+    stale = stale_endpoints(known, serving)
+    if stale:
+        await asyncio.to_thread(publisher.withdraw, stale)
+    endpoints = await asyncio.to_thread(publisher.publish, serving, known)
+    monitor = rt.monitor_for(uid, spec.probe)
+    await asyncio.gather(*(monitor.probe(e) for e in endpoints.values()))
+    fresh = await asyncio.to_thread(publisher.refresh, list(endpoints))
+    ids = {endpoint_id_for(namespace, p.name): p.name for p in pods}
+    leases = await asyncio.to_thread(publisher.leases, list(ids))
+    health = {p.name: endpoint_health(fresh.get(endpoint_id_for(namespace, p.name))) for p in pods}
+    jobs = {ids[endpoint_id]: job for endpoint_id, job in leases.items()}
+    return health, jobs
+
+
+async def _apply(
+    rt: Runtime, body: kopf.Body, spec: ComfyUIWorkerSpec, publisher: PoolPublisher, decision: ScaleDecision
+) -> tuple[list[str], list[str]]:
+    """Delete replaced and removed pods, create missing ones; return (deleted names, created names)."""
+    meta = body["metadata"]
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    deleted: list[str] = []
+    for pod in decision.replace:
+        await asyncio.to_thread(publisher.withdraw, [endpoint_id_for(namespace, pod)])
+        await rt.kube.delete_pod(namespace, pod)
+        deleted.append(pod)
+    for pod in decision.remove:
+        # Withdrawn under the scheduler's lock only while it holds no lease: a pod that picked up a
+        # job since the decision stays (the next pass decides again).
+        if await asyncio.to_thread(publisher.withdraw_if_idle, endpoint_id_for(namespace, pod)):
+            await rt.kube.delete_pod(namespace, pod)
+            deleted.append(pod)
+    created: list[str] = []
+    for _ in range(decision.create):
+        for _attempt in range(CREATE_ATTEMPTS):
+            pod_name = pod_name_for(name)
+            if await rt.kube.create_owned(build_worker_pod(name, namespace, spec, pod_name, uid), owner=body):
+                created.append(pod_name)
+                break
+    replaced = len(decision.replace)
+    rt.metrics.count_actions(namespace, name, created=max(0, len(created) - replaced),
+                             removed=len(deleted) - replaced, replaced=replaced)
+    return deleted, created
+
+
+def _as_applied(decision: ScaleDecision, created: int, removed: list[str]) -> ScaleDecision:
+    """The decision as carried out (a pod that turned busy is kept), for status and events."""
+    if created == decision.create and len(removed) == len(decision.remove):
+        return decision
+    return ScaleDecision(decision.target, decision.desired, decision.current, created, tuple(removed),
+                         decision.replace, decision.reason)
+
+
+def _announce(rt: Runtime, body: kopf.Body, decision: ScaleDecision, created: list[str], deleted: list[str]) -> None:
+    """Kubernetes events for what this pass did (kubectl describe comfyuiworker/NAME)."""
+    if decision.replace:
+        kopf.warn(body, reason="PodsReplaced", message=f"replaced {', '.join(decision.replace)}; {decision.reason}")
+    removed = [n for n in deleted if n not in decision.replace]
+    added = len(created) - len(decision.replace)
+    if added > 0:
+        kopf.info(body, reason="ScaledUp", message=f"created {', '.join(created)}; {decision.reason}")
+    if removed:
+        kopf.info(body, reason="ScaledDown", message=f"deleted idle {', '.join(removed)}; {decision.reason}")
+
+
+def _changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return any(current.get(key) != value for key, value in new.items())
+
