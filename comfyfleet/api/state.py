@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -21,3 +24,20 @@ class AppState:
     dispatcher: Dispatcher
     authenticator: Authenticator
     store: OutputStore
+    _catalogs: dict[str | None, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
+
+    def cached_catalog(self, pool: str | None, load: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+        """The node catalog for a pool, reloaded at most every CATALOG_TTL_SECONDS (it is ~1 MB on real ComfyUI)."""
+        now = time.monotonic()
+        hit = self._catalogs.get(pool)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        catalog = load()
+        # Only a found catalog is cached: with no ready worker yet, look again on the next request.
+        if catalog is not None:
+            self._catalogs[pool] = (now + CATALOG_TTL_SECONDS, catalog)
+        return catalog
+
+
+# Pods refresh their catalog every ~minute; 30 s keeps validation current without parsing it per request.
+CATALOG_TTL_SECONDS = 30.0

@@ -48,7 +48,8 @@ async def build_job(state: AppState, body: JobCreate, principal: Principal, idem
     except ParamError as exc:
         raise ApiError(422, str(exc), details=[{"field": f"params.{exc.param}", "message": str(exc)}]) from None
     images = decode_input_images(body.input_images)
-    issues = validate_workflow(workflow or {}, await io(_catalog, state, body.pool), frozenset(images))
+    catalog = await io(state.cached_catalog, body.pool, lambda: _catalog(state, body.pool))
+    issues = validate_workflow(workflow or {}, catalog, frozenset(images))
     if issues:
         raise ApiError(
             422,
