@@ -33,6 +33,16 @@ class Keys:
         return f"{self.prefix}:mirror:dirty"
 
     @property
+    def mirror_inflight(self) -> str:
+        """Job ids the mirror is writing now (moved back to dirty if the write fails)."""
+        return f"{self.prefix}:mirror:inflight"
+
+    @property
+    def mirror_lock(self) -> str:
+        """Lease that makes one process the mirror's single writer."""
+        return f"{self.prefix}:mirror:lock"
+
+    @property
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 

@@ -22,6 +22,10 @@ class AuthError(Exception):
     """The credentials are missing or not valid (401)."""
 
 
+class AuthUnavailable(AuthError):
+    """The credentials could not be checked right now (identity backend unreachable): 503, not 401."""
+
+
 class Authenticator(Protocol):
     async def authenticate(self, token: str | None) -> Principal: ...
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
-from comfyfleet.api.auth import AuthError, Principal
+from comfyfleet.api.auth import AuthError, AuthUnavailable, Principal
 from comfyfleet.api.errors import ApiError
 from comfyfleet.api.state import AppState
 
@@ -29,6 +29,8 @@ async def get_principal(request: Request, state: StateDep) -> Principal:
         raise ApiError(401, "the Authorization header must be 'Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
     try:
         return await state.authenticator.authenticate(token.strip() or None)
+    except AuthUnavailable as exc:
+        raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from None
     except AuthError as exc:
         raise ApiError(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 

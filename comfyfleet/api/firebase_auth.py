@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from comfyfleet.api.auth import AuthError, Principal
+from comfyfleet.api.auth import AuthError, AuthUnavailable, Principal
 from comfyfleet.firebase_app import firebase_app
 from comfyfleet.settings import ApiSettings
 
@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 CLOCK_SKEW_SECONDS = 5
 # Firebase ID tokens are ~1 KiB (a few KiB with large custom claims); anything far longer is not one.
 MAX_TOKEN_CHARS = 8192
-
-
-class AuthUnavailable(AuthError):
-    """The token could not be checked right now (certificates or the Auth backend unreachable)."""
 
 
 class FirebaseAuth:

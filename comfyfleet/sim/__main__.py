@@ -17,10 +17,11 @@ from aiohttp import web
 from PIL import Image
 
 from comfyfleet.settings import SimSettings
+from comfyfleet.sim.app import create_app
 from comfyfleet.sim.catalog import Models
 from comfyfleet.sim.executor import Faults
 from comfyfleet.sim.paths import DataDirs
-from comfyfleet.sim.server import ServerOptions, create_app
+from comfyfleet.sim.server import ServerOptions
 
 log = logging.getLogger("comfyfleet.sim")
 
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-cors-header", nargs="?", const="*", default=None, metavar="ORIGIN",
                    help="send CORS headers instead of the Origin check (ComfyUI flag)")
     p.add_argument("--cpu", action="store_true", help="report a CPU device in /system_stats (ComfyUI flag)")
+    p.add_argument("--preview-method", default="none", choices=["none", "auto", "latent2rgb", "taesd"],
+                   help="send binary latent previews while sampling (ComfyUI flag; default none)")
     p.add_argument("--step-seconds", type=float, default=None, help="seconds per KSampler step")
     p.add_argument("--checkpoints", default=None, help="comma list of checkpoint names offered")
     p.add_argument("--loras", default=None, help="comma list of LoRA names offered")
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         crash_after_steps=settings.crash_after_steps,
         hang=settings.hang,
         cache=settings.cache,
+        preview_method=args.preview_method,
     )
     argv_shown = ("main.py", *(argv if argv is not None else sys.argv[1:]))
     options = ServerOptions(cors_origin=args.enable_cors_header, cpu=args.cpu, argv=tuple(argv_shown))

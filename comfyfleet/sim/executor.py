@@ -8,16 +8,21 @@ execution_error / execution_interrupted; history is written before the final `ex
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import logging
 import os
 import random
+import struct
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from PIL import Image
 
 from comfyfleet.sim.catalog import NODE_CLASSES, Models
 from comfyfleet.sim.graph import DependencyCycleError, ExecutionList, cache_keys, execution_order, is_link
@@ -41,7 +46,9 @@ class Hub(Protocol):
     last_node_id: str | None
     last_prompt_id: str | None
 
-    def send(self, event: str, data: dict[str, Any], sid: str | None = None) -> None: ...
+    def send(self, event: str | int, data: Any, sid: str | None = None) -> None: ...
+
+    def supports_preview_metadata(self, sid: str) -> bool: ...
 
     def flush(self, timeout: float) -> None: ...
 
@@ -87,6 +94,8 @@ class Faults:
     crash_after_steps: int = 0
     hang: bool = False
     cache: bool = True
+    # ComfyUI's --preview-method: "none" (its default) sends no binary preview frames.
+    preview_method: str = "none"
 
 
 @dataclass
@@ -99,6 +108,17 @@ class _NodeFailed(Exception):
     def __init__(self, node_id: str, details: dict[str, Any], ex: BaseException):
         super().__init__(node_id)
         self.node_id, self.details, self.ex = node_id, details, ex
+
+
+# Binary websocket event types (ComfyUI's BinaryEventTypes).
+PREVIEW_IMAGE = 1
+PREVIEW_IMAGE_WITH_METADATA = 4
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
 
 
 def _now_ms() -> int:
@@ -301,17 +321,31 @@ class PromptExecutor:
             extra_pnginfo=run.extra_data.get("extra_pnginfo"),
             dirs=self.dirs,
             step_seconds=self.faults.step_seconds,
-            progress=lambda value, total: self._step(run, node_id, value, total),
+            progress=lambda value, total, preview=None: self._step(run, node_id, value, total, preview),
             temp_prefix=temp_prefix,
         )
 
-    def _step(self, run: _Run, node_id: str, value: int, total: int) -> None:
-        """ComfyUI's progress hook: interrupt check, progress_state, then the legacy `progress` frame."""
+    def _step(
+        self, run: _Run, node_id: str, value: int, total: int, preview: Callable[[], Image.Image] | None = None
+    ) -> None:
+        """ComfyUI's progress hook: interrupt check, progress_state (+ preview with metadata), `progress`,
+        then the legacy binary preview for clients that did not declare supports_preview_metadata."""
         self.interrupt.throw_if_set()
         self._progress(run, node_id, "running", value, total)
-        if self.hub.client_id is not None:
+        client = self.hub.client_id
+        image = preview() if preview is not None and self.faults.preview_method != "none" and client else None
+        modern = image is not None and client is not None and self.hub.supports_preview_metadata(client)
+        if modern:
+            assert image is not None
+            meta = json.dumps({"node_id": node_id, "prompt_id": run.prompt_id, "display_node_id": node_id,
+                               "parent_node_id": None, "real_node_id": node_id, "image_type": "image/jpeg"}).encode()
+            frame = struct.pack(">I", len(meta)) + meta + _jpeg(image)
+            self.hub.send(PREVIEW_IMAGE_WITH_METADATA, frame, client)
+        if client is not None:
             self.hub.send("progress", {"value": value, "max": total, "prompt_id": run.prompt_id, "node": node_id},
-                          self.hub.client_id)  # fmt: skip
+                          client)
+        if image is not None and not modern:
+            self.hub.send(PREVIEW_IMAGE, struct.pack(">I", 1) + _jpeg(image), client)
         run.steps += 1
         if self.faults.crash_after_steps and run.steps >= self.faults.crash_after_steps:
             log.error("crash knob: exiting after %d sampler steps of prompt %s", run.steps, run.prompt_id)

@@ -87,7 +87,8 @@ class NodeContext:
     extra_pnginfo: dict[str, Any] | None
     dirs: DataDirs
     step_seconds: float
-    progress: Callable[[int, int], None]
+    # progress(value, total, preview): preview() renders the latent preview, called only when enabled.
+    progress: Callable[[int, int, Callable[[], Image.Image] | None], None]
     temp_prefix: Callable[[], str]
 
 
@@ -149,16 +150,23 @@ def ksampler(
     latent_image: Latent,
     denoise: float,
 ) -> NodeResult:
+    lat = latent_image
     for step in range(steps):
         if ctx.step_seconds:
             time.sleep(ctx.step_seconds)
-        ctx.progress(step + 1, steps)
+        ctx.progress(step + 1, steps, lambda step=step: _preview(seed, lat, step + 1, steps))
     fp = _fingerprint(
         "sample", model.ckpt, model.loras, seed, steps, cfg, sampler_name, scheduler,
         positive.text, positive.clip.loras, negative.text, latent_image.fingerprint, denoise,
     )  # fmt: skip
-    lat = latent_image
     return NodeResult((Latent(lat.width, lat.height, lat.batch, fp, lat.source, denoise),))
+
+
+def _preview(seed: int, latent: Latent, step: int, steps: int) -> Image.Image:
+    """A latent-sized preview that sharpens from grey noise towards the final colours as steps go by."""
+    size = (max(8, latent.width // 8), max(8, latent.height // 8))
+    target = render(_fingerprint("preview", seed, latent.fingerprint), *size)
+    return Image.blend(Image.new("RGB", size, (128, 128, 128)), target, step / steps)
 
 
 def render(fingerprint: str, width: int, height: int) -> Image.Image:

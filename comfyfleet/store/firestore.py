@@ -162,8 +162,8 @@ class FirestoreMirror:
         self.collection = collection
         self.client_factory = client_factory
         self.batch_size = batch_size
-        self.inflight_key = f"{keys.prefix}:mirror:inflight"
-        self.lease_key = f"{keys.prefix}:mirror:lock"
+        self.inflight_key = keys.mirror_inflight
+        self.lease_key = keys.mirror_lock
         self.holder = uuid.uuid4().hex
         self._claim = conn.register_script(_CLAIM)
         self._lease = conn.register_script(_LEASE)
@@ -175,6 +175,9 @@ class FirestoreMirror:
 
     @classmethod
     def from_settings(cls, settings: CommonSettings, conn: redis.Redis, repo: JobRepo) -> FirestoreMirror:
+        from comfyfleet.firebase_app import firebase_app
+
+        firebase_app(settings)  # a missing project id or key file fails the API's start, not every write
         return cls(conn, Keys(settings.redis_prefix), repo, settings.firestore_collection,
                    lambda: firestore_client(settings))
 

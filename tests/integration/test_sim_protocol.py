@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.support.procs import wait_for
 from tests.support.sim import SimProcess, running_sim, start_sim
-from tests.unit.sim.conftest import capture
+from tests.unit.sim.recorded import capture
 
 REPO = Path(__file__).resolve().parents[2]
 REQUEST = capture("post_prompt_basic_request.json")
@@ -169,6 +169,41 @@ async def test_txt2img_reports_progress_and_writes_a_png_with_the_prompt(sim: Si
         assert json.loads(img.text["prompt"])["3"]["inputs"]["seed"] == 7
 
 
+async def test_binary_previews_follow_each_clients_feature_flags(tmp_path: Path) -> None:
+    with running_sim(tmp_path, preview_method="auto") as sim:
+        modern = await connect(sim)
+        await modern.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+        assert (await recv(modern))["type"] == "feature_flags"
+        pid = post(sim, {"prompt": txt2img(steps=2), "client_id": CLIENT}).json()["prompt_id"]
+        binary: list[bytes] = []
+        async with asyncio.timeout(FRAME_TIMEOUT):
+            while True:
+                raw = await modern.recv()
+                if isinstance(raw, bytes):
+                    binary.append(raw)
+                elif json.loads(raw)["type"] == "executing" and json.loads(raw)["data"]["node"] is None:
+                    break
+        assert len(binary) == 2
+        for frame in binary:
+            assert int.from_bytes(frame[:4], "big") == 4
+            size = int.from_bytes(frame[4:8], "big")
+            meta = json.loads(frame[8 : 8 + size])
+            assert meta == {"node_id": "3", "prompt_id": pid, "display_node_id": "3", "parent_node_id": None,
+                            "real_node_id": "3", "image_type": "image/jpeg"}
+            Image.open(io.BytesIO(frame[8 + size :])).verify()
+        await modern.close()
+
+        legacy = await connect(sim, "legacy")
+        post(sim, {"prompt": txt2img(seed=2, steps=1), "client_id": "legacy"})
+        frames = []
+        while not frames or isinstance(frames[-1], bytes) or json.loads(frames[-1])["type"] != "progress":
+            frames.append(await asyncio.wait_for(legacy.recv(), FRAME_TIMEOUT))
+        raw = await asyncio.wait_for(legacy.recv(), FRAME_TIMEOUT)
+        assert isinstance(raw, bytes) and raw[:8] == (1).to_bytes(4, "big") + (1).to_bytes(4, "big")
+        assert raw[8:10] == b"\xff\xd8"  # JPEG
+        await legacy.close()
+
+
 # --- routing traps ---------------------------------------------------------------------------------
 async def test_other_clients_see_only_status_frames(sim: SimProcess) -> None:
     mine, other = await connect(sim), await connect(sim, "someone-else")
@@ -207,6 +242,18 @@ async def test_second_socket_with_same_client_id_takes_over(sim: SimProcess) -> 
         await recv(first, timeout=0.3)
     assert first.state.name == "OPEN"
     await first.close()
+    await second.close()
+
+
+async def test_closing_the_replaced_socket_unregisters_its_replacement(sim: SimProcess) -> None:
+    # ComfyUI forgets a clientId when any socket with that id closes, even an older, replaced one.
+    first = await connect(sim)
+    second = await connect(sim)
+    await first.close()
+    await asyncio.sleep(0.2)
+    post(sim, REQUEST)
+    with pytest.raises(TimeoutError):
+        await recv(second, timeout=1.0)
     await second.close()
 
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import kubernetes
 import redis
 import yaml
 from kubernetes.client import CoreV1Api

@@ -184,7 +184,8 @@ def test_scale_to_zero_and_back(fleet: OperatorFleet, namespace: str) -> None:
                == "ScaledToZero", 15, "phase ScaledToZero")
     assert fleet.pod_names(namespace, "zero") == set()
     apply_yaml(fleet.plane, [txt2img_job("wake", "zero")], namespace)
-    assert fleet.wait_job_phase(namespace, "wake", ("Succeeded", "Failed"), timeout=40)["status"]["phase"] == "Succeeded"
+    woken = fleet.wait_job_phase(namespace, "wake", ("Succeeded", "Failed"), timeout=40)
+    assert woken["status"]["phase"] == "Succeeded"
     fleet.wait(lambda: fleet.pod_names(namespace, "zero") == set(), 20, "back to zero pods")
 
 

@@ -4,7 +4,7 @@
         httpx.get(sim.url + "/system_stats")
 
 Knobs are SimSettings field names (step_seconds, checkpoints, loras, failure_rate, crash_after_steps, hang,
-slow_start_seconds, cache, data_dir) and are passed as command-line flags.
+slow_start_seconds, cache, data_dir) plus preview_method, and are passed as command-line flags.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ _FLAGS = {
     "slow_start_seconds": "--slow-start",
     "checkpoints": "--checkpoints",
     "loras": "--loras",
+    "preview_method": "--preview-method",
 }
 
 

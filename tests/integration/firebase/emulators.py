@@ -50,8 +50,10 @@ class AuthEmulator:
         }}
         (workdir / "firebase.json").write_text(json.dumps(config))
         cli = node_modules / "firebase-tools" / "lib" / "bin" / "firebase.js"
-        env = {"HOME": str(workdir), "XDG_CONFIG_HOME": str(workdir / ".config"), "NO_UPDATE_NOTIFIER": "1",
-               "FIREBASE_CLI_DISABLE_UPDATE_CHECK": "true", "CI": "true"}
+        # HOME and TMPDIR inside workdir: firebase-tools keeps its config and its hub locator file there, so
+        # parallel test sessions neither share state nor leave files behind.
+        env = {"HOME": str(workdir), "XDG_CONFIG_HOME": str(workdir / ".config"), "TMPDIR": str(workdir),
+               "NO_UPDATE_NOTIFIER": "1", "CI": "true"}
         # Run from workdir: firebase-tools writes firebase-debug.log into its working directory.
         self.proc = ManagedProcess(["bash", "-c", 'cd "$0" && exec "$@"', str(workdir), "node", str(cli),
                                     "emulators:start", "--only", "auth", "--project", PROJECT,

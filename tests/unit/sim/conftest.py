@@ -1,20 +1,12 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 
 from comfyfleet.sim.catalog import Models
 from comfyfleet.sim.paths import DataDirs
-
-CAPTURES = Path(__file__).parent / "captures"
-
-
-def capture(name: str) -> Any:
-    return json.loads((CAPTURES / name).read_text())
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from comfyfleet.sim.catalog import NODE_CLASSES, Models, node_info, object_info
 from comfyfleet.sim.nodes import RUNNERS
-from tests.unit.sim.conftest import capture
+from tests.unit.sim.recorded import capture
 
 REQUIRED = [
     "CheckpointLoaderSimple", "LoraLoader", "LoraLoaderModelOnly", "CLIPTextEncode", "EmptyLatentImage", "KSampler",

@@ -15,7 +15,7 @@ from comfyfleet.sim.catalog import Models
 from comfyfleet.sim.executor import Faults, InterruptFlag, PromptExecutor
 from comfyfleet.sim.paths import DataDirs
 from comfyfleet.sim.validate import validate_prompt
-from tests.unit.sim.conftest import capture
+from tests.unit.sim.recorded import capture
 
 REQUEST = capture("post_prompt_basic_request.json")
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from comfyfleet.sim.graph import DependencyCycleError, ExecutionList, cache_keys, execution_order
-from tests.unit.sim.conftest import capture
+from tests.unit.sim.recorded import capture
 
 BASIC = capture("post_prompt_basic_request.json")["prompt"]
 

@@ -10,7 +10,7 @@ import pytest
 from comfyfleet.sim.catalog import Models
 from comfyfleet.sim.paths import DataDirs
 from comfyfleet.sim.validate import validate_prompt
-from tests.unit.sim.conftest import capture
+from tests.unit.sim.recorded import capture
 
 INVALID = capture("post_prompt_invalid.json")
 BASIC = capture("post_prompt_basic_request.json")["prompt"]

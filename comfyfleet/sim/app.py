@@ -1,0 +1,37 @@
+"""The simulator's aiohttp application: routes (plain and under /api), middleware, worker startup."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from comfyfleet.sim.catalog import Models
+from comfyfleet.sim.executor import Faults
+from comfyfleet.sim.paths import DataDirs
+from comfyfleet.sim.routes import HTTP_ROUTES
+from comfyfleet.sim.server import (
+    APP_STATE,
+    MAX_UPLOAD_SIZE,
+    ServerOptions,
+    SimServer,
+    cors_middleware,
+    origin_only_middleware,
+    websocket_handler,
+)
+
+
+def create_app(models: Models, dirs: DataDirs, faults: Faults, options: ServerOptions | None = None) -> web.Application:
+    """The simulator's aiohttp application; the worker thread starts with the app."""
+    options = options or ServerOptions()
+    middleware = cors_middleware(options.cors_origin) if options.cors_origin else origin_only_middleware
+    app = web.Application(client_max_size=MAX_UPLOAD_SIZE, middlewares=[middleware])
+    srv = SimServer(models, dirs, faults, options)
+    app[APP_STATE] = srv
+    # ComfyUI serves every route twice: under /api first, then plain.
+    routes = [("GET", "/ws", websocket_handler), *HTTP_ROUTES]
+    for method, path, handler in routes:
+        app.router.add_route(method, "/api" + path, handler)
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    app.on_startup.append(srv.start)
+    app.on_shutdown.append(srv.stop)
+    return app
