@@ -44,7 +44,8 @@ def validate_workflow(workflow: Workflow, catalog: dict[str, Any] | None,
         has_output = has_output or bool(info.get("output_node"))
         inputs = node.get("inputs", {})
         uploaded = cls == "LoadImage" and inputs.get("image") in input_images
-        issues.extend(_check_inputs(workflow, node_id, cls, inputs, info, catalog, skip={"image"} if uploaded else set()))
+        skip = {"image"} if uploaded else set()
+        issues.extend(_check_inputs(workflow, node_id, cls, inputs, info, catalog, skip=skip))
     if not has_output and not issues:
         issues.append(NodeIssue("", "the workflow has no output node (e.g. SaveImage)", type="prompt_no_outputs"))
     return issues
