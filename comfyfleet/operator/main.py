@@ -31,6 +31,8 @@ LIVENESS_PATH = "/healthz"
 WATCH_SERVER_TIMEOUT_SECONDS = 300
 WATCH_CLIENT_TIMEOUT_SECONDS = WATCH_SERVER_TIMEOUT_SECONDS + 30
 WATCH_CONNECT_TIMEOUT_SECONDS = 30
+# A reconcile pass takes well under a second (probes time out after spec.probe.timeoutSeconds).
+CANCELLATION_POLLING_SECONDS = 1.0
 
 
 def build_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
@@ -48,6 +50,9 @@ def build_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     kopf_settings.peering.mandatory = bool(settings.peering_name)
     kopf_settings.peering.name = settings.peering_name or "default"
     kopf_settings.peering.clusterwide = not settings.namespace
+    # A timer caught mid-pass when its object is deleted is re-checked after this long before kopf
+    # releases the finalizer; kopf's 60 s default would hold every pool deletion for a minute.
+    kopf_settings.background.cancellation_polling = CANCELLATION_POLLING_SECONDS
     kopf_settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_SECONDS
     kopf_settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_SECONDS
     kopf_settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT_SECONDS

@@ -145,6 +145,8 @@ async def reconcile_pool(rt: Runtime, body: kopf.Body, patch: kopf.Patch) -> Non
     """One level-triggered pass over a pool (see the module docstring); writes patch.status."""
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    if meta.get("deletionTimestamp"):
+        return  # being deleted: the delete handler withdraws and removes everything; create nothing now
     spec = parse_spec(body)
     publisher = PoolPublisher(rt.dispatcher, namespace, name)
     try:

@@ -122,6 +122,16 @@ expansion; an external URL with credentials must come from an existing Secret.
   value: {{ .Values.firebase.firestoreCollection | quote }}
 - name: COMFYFLEET_FIREBASE_CREDENTIALS_FILE
   value: /var/run/secrets/comfyfleet/firebase/{{ .Values.firebase.credentials.existingSecretKey }}
+- name: COMFYFLEET_OUTPUT_STORE
+  value: {{ ternary "firebase" "local" (ne .Values.firebase.bucket "") | quote }}
+- name: COMFYFLEET_FIRESTORE_ENABLED
+  value: {{ .Values.firebase.firestore | quote }}
+- name: COMFYFLEET_FIREBASE_CHECK_REVOKED
+  value: {{ .Values.firebase.checkRevoked | quote }}
+- name: COMFYFLEET_FIREBASE_ADMIN_CLAIM
+  value: {{ .Values.firebase.adminClaim | quote }}
+- name: COMFYFLEET_STORAGE_URL_EXPIRY_SECONDS
+  value: {{ .Values.firebase.urlExpirySeconds | quote }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
