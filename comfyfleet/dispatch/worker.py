@@ -67,6 +67,9 @@ def run_worker(settings: DispatchSettings, burst: bool = False, name: str | None
     # Import the job function's module (ComfyUI client, httpx, websockets...) once here: every work horse is a
     # fork of this process, so it starts with them loaded instead of importing them per job (~0.5 s).
     import comfyfleet.dispatch.runner  # noqa: F401
+    from comfyfleet.comfy.client import tls_context
+
+    tls_context()
 
     conn = redis.Redis.from_url(settings.redis_url)
     keys = Keys(settings.redis_prefix)

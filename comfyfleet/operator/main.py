@@ -69,8 +69,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     # A failed pass (API or Redis hiccup) is retried on the next interval, not after kopf's 60 s default.
     on = kopf.on
     on.create(*pool, id="comfyuiworker_create", backoff=interval, registry=registry)(workers.comfyuiworker_create)
-    on.update(*pool, id="comfyuiworker_update", field="spec", backoff=interval,
-              registry=registry)(workers.comfyuiworker_update)
+    on.update(*pool, id="comfyuiworker_update", backoff=interval, registry=registry)(workers.comfyuiworker_update)
     on.resume(*pool, id="comfyuiworker_resume", backoff=interval, registry=registry)(workers.comfyuiworker_resume)
     on.delete(*pool, id="comfyuiworker_delete", backoff=interval, registry=registry)(workers.comfyuiworker_delete)
     kopf.timer(*pool, id="comfyuiworker_reconcile", interval=interval, backoff=interval,
@@ -101,10 +100,28 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.close()
 
 
+class QuietTimerSuccess(logging.Filter):
+    """Drop kopf's "Timer '...' succeeded." lines: the pool timer runs every probe interval per pool,
+    so they would drown everything else; failures and everything the handlers log still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (record.levelno == logging.INFO and message.startswith("Timer ") and message.endswith(" succeeded."))
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(QuietTimerSuccess())
+    # One line per probe request and per /healthz hit is noise at INFO; their errors still show.
+    for noisy in ("httpx", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
 def run() -> None:
     """Run the operator until SIGTERM/SIGINT (`comfyfleet operator`)."""
     settings = OperatorSettings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     runtime = Runtime.create(settings)
     runtime.metrics.serve(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.liveness_port}{LIVENESS_PATH}" if settings.liveness_port else None

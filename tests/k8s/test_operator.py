@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from comfyfleet.operator.jobsync import JobDefaults, build_job, parse_spec
 from tests.k8s.envtest import ControlPlane
 from tests.k8s.operator_harness import (
     OperatorFleet,
@@ -242,7 +243,15 @@ def test_operator_restart_mid_run_keeps_pods_and_jobs_single(fleet: OperatorFlee
     fleet.wait_job_phase(namespace, "r-0", ("Queued", "Dispatched", "Running"), timeout=20)
     fleet.kill_operator()
     apply_yaml(fleet.plane, [txt2img_job("while-down", "steady", steps=5)], namespace)
+    # The dead operator had queued "while-down" but died before kopf recorded it (the crash window
+    # between Dispatcher.submit and the status patch): the restarted one must find that job, not add one.
+    body = fleet.get("generationjob", "while-down", namespace)
+    early = build_job(parse_spec(body), uid=body["metadata"]["uid"], namespace=namespace,
+                      defaults=JobDefaults(max_attempts=3, timeout_seconds=300))
+    early, created = fleet.dispatcher.submit(early)
+    assert created
     fleet.start_operator()
+    assert fleet.wait_job_phase(namespace, "while-down", ("Succeeded",), timeout=30)["status"]["jobId"] == early.id
 
     names = [f"r-{i}" for i in range(3)] + ["while-down"]
     for name in names:
