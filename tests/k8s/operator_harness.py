@@ -39,6 +39,7 @@ from tests.k8s.envtest import ControlPlane
 from tests.k8s.kubelet import COMFY_PORT, loopback_ip, mark_pod_failed, mark_pod_ready
 from tests.support.procs import REPO_ROOT, ManagedProcess, free_port, python_module, wait_for
 from tests.support.redis import RedisServer
+from tests.support.sim import start_sim
 from tests.unit.test_chart import CHART, helm
 
 log = logging.getLogger(__name__)
@@ -171,13 +172,8 @@ class SimKubelet:
         ip = self._free_ip()
         port = _container_port(pod)
         data = self.workdir / "sims" / f"{pod.metadata.namespace}-{pod.metadata.name}"
-        data.mkdir(parents=True, exist_ok=True)
-        proc = ManagedProcess(
-            python_module("comfyfleet", "sim", "--listen", ip, "--port", str(port), "--data-dir", str(data),
-                          "--step-seconds", str(self.step_seconds), "--log-level", "WARNING"),
-            log_path=data / "sim.log",
-        )
-        return SimPod(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, ip, proc)
+        sim = start_sim(data, host=ip, port=port, wait=False, step_seconds=self.step_seconds)
+        return SimPod(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, ip, sim.proc)
 
     def _advance(self, sim: SimPod) -> None:
         """A starting sim: mark its pod Ready once it answers; restart it elsewhere if it died."""
