@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from comfyfleet.settings import LocalSettings
 
 REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -110,7 +111,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
             raise SubmitError("give a WORKFLOW.json or --template NAME (not both)")
         body = build_body(Path(args.workflow) if args.workflow else None, args.template, parse_params(args.param),
                           [Path(p) for p in args.image], args.priority)
-        opts = SubmitOptions(api=args.api, token=args.token or os.environ.get("COMFYFLEET_TOKEN"),
+        opts = SubmitOptions(api=args.api or LocalSettings().api, token=args.token or LocalSettings().token,
                              wait=args.wait, out_dir=Path(args.out), quiet=args.quiet)
         job, paths = submit(body, opts)
     except (SubmitError, OSError, ValueError) as exc:
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--param", action="append", default=[], help="parameter override key=value (repeatable)")
     sm.add_argument("--image", action="append", default=[], help="input image for LoadImage (repeatable)")
     sm.add_argument("--priority", type=int, default=5)
-    sm.add_argument("--api", default=os.environ.get("COMFYFLEET_API", "http://127.0.0.1:8000"))
+    sm.add_argument("--api", help="API base URL (or COMFYFLEET_API; default http://127.0.0.1:8000)")
     sm.add_argument("--token", help="bearer token (or COMFYFLEET_TOKEN)")
     sm.add_argument("--wait", action="store_true", help="follow progress and download the outputs")
     sm.add_argument("--out", default="outputs", help="where --wait downloads outputs (default ./outputs)")

@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from comfyfleet.settings import LocalSettings
+
 log = logging.getLogger(__name__)
 
 # A cold simulator or API process starts in well under 10 s on 2 cores; 60 s covers a loaded CI machine.
@@ -74,6 +76,7 @@ class LocalStack:
     sim_args: list[str] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     sim_urls: list[str] = field(default_factory=list)
+    settings: LocalSettings = field(default_factory=LocalSettings)
 
     @property
     def api_url(self) -> str:
@@ -102,10 +105,10 @@ class LocalStack:
                 "COMFYFLEET_REDIS_URL": url,
                 "COMFYFLEET_DATA_DIR": str(self.data_dir),
                 "COMFYFLEET_COMFYUI_URLS": ",".join(urls),
-                "COMFYFLEET_AUTH_MODE": os.environ.get("COMFYFLEET_AUTH_MODE", "none"),
+                "COMFYFLEET_AUTH_MODE": self.settings.auth_mode,
                 "COMFYFLEET_HOST": "127.0.0.1",
                 "COMFYFLEET_PORT": str(self.port),
-                "COMFYFLEET_HEALTH_INTERVAL_SECONDS": os.environ.get("COMFYFLEET_HEALTH_INTERVAL_SECONDS", "1"),
+                "COMFYFLEET_HEALTH_INTERVAL_SECONDS": str(self.settings.health_interval_seconds),
             }
             self._spawn("api", [sys.executable, "-m", "comfyfleet", "api"], env)
             self._spawn("workers", [sys.executable, "-m", "comfyfleet", "worker", "--concurrency", str(self.workers)],
@@ -118,7 +121,7 @@ class LocalStack:
     def _ensure_redis(self) -> str:
         if self.redis_url:
             return self.redis_url
-        default = os.environ.get("COMFYFLEET_REDIS_URL")
+        default = self.settings.redis_url
         if default and _redis_ok(default):
             return default
         binary = shutil.which("redis-server")

@@ -181,6 +181,19 @@ class OperatorSettings(CommonSettings):
     peering_name: str = ""
 
 
+class LocalSettings(_Base):
+    """The CLI on a workstation: `comfyfleet submit` (API address, token) and `comfyfleet up` defaults."""
+
+    api: str = "http://127.0.0.1:8000"
+    token: str | None = None
+    # `comfyfleet up` is local development: auth off by default (it binds to loopback only).
+    auth_mode: Literal["none", "static", "firebase"] = "none"
+    # Probe the local simulators every second so a fresh stack is ready almost at once.
+    health_interval_seconds: float = Field(1.0, gt=0)
+    # Use this Redis when it answers; otherwise `comfyfleet up` starts its own redis-server.
+    redis_url: str | None = None
+
+
 def _is_loopback(host: str) -> bool:
     if host in {"localhost", ""}:
         return host == "localhost"
