@@ -22,7 +22,7 @@ from comfyfleet.jobs.templates import UnknownTemplate, render_template
 from comfyfleet.jobs.validation import validate_workflow
 from comfyfleet.jobs.workflow import ParamError, apply_params
 from comfyfleet.operator.jobstatus import InvalidJobSpec, generation_job_params, job_status
-from comfyfleet.operator.models import GenerationJobSpec
+from comfyfleet.operator.models import GenerationJobSpec, spec_problem
 
 SOURCE = "k8s"
 
@@ -45,9 +45,7 @@ def parse_spec(body: Mapping[str, Any]) -> GenerationJobSpec:
     try:
         return GenerationJobSpec.from_body(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(part) for part in err.get("loc", ()))
-        raise InvalidJobSpec(f"spec.{loc}: {err['msg']}" if loc else f"spec: {err['msg']}") from None
+        raise InvalidJobSpec(spec_problem(exc)) from None
 
 
 def build_workflow(spec: GenerationJobSpec) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from comfyfleet.jobs.params import MAX_SEED
@@ -350,3 +350,10 @@ class GenerationJobStatus(CamelModel):
     def from_body(cls, body: Mapping[str, Any]) -> GenerationJobStatus:
         """Parse the status of a GenerationJob object (missing status -> all fields unset)."""
         return cls.model_validate(dict(body.get("status") or {}))
+
+
+def spec_problem(exc: ValidationError) -> str:
+    """The first problem of an invalid spec, as `spec.<field>: <message>` for status and events."""
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err.get("loc", ()))
+    return f"spec.{loc}: {err['msg']}" if loc else f"spec: {err['msg']}"

@@ -33,7 +33,7 @@ from comfyfleet.operator.builders import (
     service_name_for,
 )
 from comfyfleet.operator.k8s import KubeError
-from comfyfleet.operator.models import ComfyUIWorkerSpec, set_condition
+from comfyfleet.operator.models import ComfyUIWorkerSpec, set_condition, spec_problem
 from comfyfleet.operator.pods import (
     ObservedPod,
     after_changes,
@@ -62,9 +62,7 @@ def parse_spec(body: Mapping[str, Any]) -> ComfyUIWorkerSpec:
     try:
         return ComfyUIWorkerSpec.from_body(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        raise InvalidWorkerSpec(f"spec.{loc}: {err['msg']}" if loc else f"spec: {err['msg']}") from None
+        raise InvalidWorkerSpec(spec_problem(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------
