@@ -10,35 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.procs import REPO_ROOT, free_port, wait_for
-
-
-def descendants(pid: int) -> set[int]:
-    """All live processes below pid, read from /proc (no extra dependency)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+from tests.support.procs import REPO_ROOT, alive, descendants, free_port, wait_for
 
 
 def test_up_serves_submit_and_stops_cleanly(tmp_path, redis_server):
