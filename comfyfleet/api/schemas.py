@@ -122,6 +122,14 @@ class WorkersPublic(ApiModel):
     unhealthy: int
 
 
+class WorkerCreate(ApiModel):
+    """A ComfyUI server to add to the registry at run time (it is probed before it gets jobs)."""
+
+    url: str = Field(max_length=2048, pattern=r"^https?://[^\s/]+(:\d+)?(/[^\s]*)?$",
+                     description="base URL of a ComfyUI server, e.g. http://gpu-box:8188")
+    pool: str = Field("default", max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
 class VerifyLoraRequest(ApiModel):
     loras: list[str] = Field(min_length=1, max_length=100)
     pool: str | None = None

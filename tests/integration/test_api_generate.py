@@ -201,3 +201,24 @@ def test_fleet_routes_stats_and_metrics(sim_factory, stack_factory):
     assert stack.http.get("/api/comfyui/jobs", headers=auth(BOB)).json()["jobs"] == []
     assert stack.http.get("/docs").status_code == 200
     assert "/api/comfyui/generate" in stack.http.get("/openapi.json").text
+
+
+def test_workers_are_added_and_removed_at_run_time(sim_factory, stack_factory):
+    first = sim_factory()
+    stack = stack_factory([first.url], workers=1)
+    stack.wait_workers_ready(1)
+    second = sim_factory()
+    assert stack.http.post("/api/comfyui/workers", json={"url": second.url}, headers=auth(ALICE)).status_code == 403
+    r = stack.http.post("/api/comfyui/workers", json={"url": "ftp://x"}, headers=auth(ADMIN))
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "url"
+    r = stack.http.post("/api/comfyui/workers", json={"url": second.url}, headers=auth(ADMIN))
+    assert r.status_code == 201 and r.json()["state"] == "unhealthy", "not trusted before its first probe"
+    added = r.json()["id"]
+    stack.wait_workers_ready(2)
+    r = stack.http.delete(f"/api/comfyui/workers/url:{first.url}", headers=auth(ADMIN))
+    assert r.status_code == 204
+    workers = stack.http.get("/api/comfyui/workers", headers=auth()).json()["workers"]
+    assert [w["id"] for w in workers] == [added]
+    job = stack.wait_state(stack.generate(txt2img(seed=21)).json()["jobId"])
+    assert job["state"] == "succeeded" and job["worker"] == added, "only the added worker is left"
+    assert stack.http.delete("/api/comfyui/workers/url:http://nowhere:1", headers=auth(ADMIN)).status_code == 404

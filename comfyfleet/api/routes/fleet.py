@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from comfyfleet.api.deps import AdminDep, PrincipalDep, StateDep, io
+from comfyfleet.api.errors import ApiError
 from comfyfleet.api.schemas import (
     LoraAvailability,
     QueueCleanPublic,
@@ -14,10 +15,12 @@ from comfyfleet.api.schemas import (
     QueueStatsPublic,
     VerifyLoraPublic,
     VerifyLoraRequest,
+    WorkerCreate,
     WorkerPublic,
     WorkersPublic,
 )
 from comfyfleet.api.state import AppState
+from comfyfleet.dispatch.registry import endpoint_id_for_url
 
 router = APIRouter(tags=["fleet"])
 
@@ -43,6 +46,23 @@ async def list_workers(principal: PrincipalDep, state: StateDep) -> WorkersPubli
     workers = await io(_workers, state)
     count = {s: sum(1 for w in workers if w.state == s) for s in ("ready", "busy", "unhealthy")}
     return WorkersPublic(workers=workers, **count)
+
+
+@router.post("/api/comfyui/workers", response_model=WorkerPublic, status_code=201)
+async def add_worker(body: WorkerCreate, admin: AdminDep, state: StateDep) -> WorkerPublic:
+    """Admin: register a ComfyUI server; it takes jobs once a health probe succeeds."""
+    endpoint_id = endpoint_id_for_url(body.url)
+    await io(state.dispatcher.registry.upsert, endpoint_id, body.url, body.pool, "api")
+    return next(w for w in await io(_workers, state) if w.id == endpoint_id)
+
+
+@router.delete("/api/comfyui/workers/{worker_id:path}", status_code=204, response_class=Response)
+async def remove_worker(worker_id: str, admin: AdminDep, state: StateDep) -> Response:
+    """Admin: withdraw a ComfyUI server; a job running on it finishes, no new job is sent to it."""
+    if await io(state.dispatcher.registry.get, worker_id) is None:
+        raise ApiError(404, f"no worker {worker_id}", details={"field": "workerId"})
+    await io(state.dispatcher.registry.remove, worker_id)
+    return Response(status_code=204)
 
 
 @router.post("/api/comfyui/verify-lora", response_model=VerifyLoraPublic)
