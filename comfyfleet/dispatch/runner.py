@@ -126,6 +126,8 @@ class JobRun:
         try:
             if endpoint is None:
                 raise JobOutcome(JobError(code=ErrorCode.WORKER_LOST, message="the pod leased for this job is gone"))
+            if job.cancel_requested:  # cancelled between its claim and this work horse starting
+                raise JobOutcome(JobError(code=ErrorCode.CANCELLED, message="cancelled before it started"))
             if job.state is JobState.QUEUED:  # claimed by a worker that did not mark it (defensive)
                 job = await self.update(lambda j: transition(j, JobState.DISPATCHED, worker=endpoint.id))
             final = await self._run_on(endpoint, job)

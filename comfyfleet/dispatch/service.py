@@ -42,6 +42,13 @@ class QueueStats:
     waiting_by_priority: dict[int, int]
 
 
+def request_cancel(job: Job) -> Job:
+    """Flag a dispatched or running job for its runner to cancel; a job that just finished stays as it is."""
+    if job.state.is_terminal:
+        raise InvalidTransition(job.state, JobState.CANCELLED)
+    return job.model_copy(update={"cancel_requested": True})
+
+
 class Dispatcher:
     def __init__(self, conn: redis.Redis, settings: DispatchSettings):
         self.conn = conn
@@ -91,7 +98,7 @@ class Dispatcher:
                 error = JobError(code=ErrorCode.CANCELLED, message="cancelled while queued")
                 return self.repo.update(job_id, lambda j: transition(j, JobState.CANCELLED, error=error))
             # Dispatched or running: the runner watches this flag, interrupts the pod and finishes the job.
-            return self.repo.update(job_id, lambda j: j.model_copy(update={"cancel_requested": True}))
+            return self.repo.update(job_id, request_cancel)
 
     def stats(self) -> QueueStats:
         by_priority = {p: self.queue(p).count for p in PRIORITIES}
