@@ -47,6 +47,21 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+def warm_up() -> None:
+    """Do once what every client would otherwise pay on first use in a fresh process: the TLS context and the
+    lazily imported transport (httpcore) and run loop. RQ workers call it before forking work horses."""
+    import mimetypes
+
+    import anyio
+    import httpcore  # noqa: F401 - httpx imports it lazily when the first client is built (~70 ms)
+
+    import comfyfleet.comfy.run  # noqa: F401 - imported lazily by ComfyClient.run()
+
+    tls_context()
+    mimetypes.init()
+    anyio.run(anyio.sleep, 0)  # loads anyio's asyncio backend (~30 ms), which httpcore picks at first request
+
+
 class ComfyClient:
     """One ComfyUI server. Each instance has its own client_id, so runs must not overlap on it.
 
