@@ -52,6 +52,9 @@ class HealthMonitor:
                 if refresh:
                     catalog = await client.object_info()
                     models = await client.available_models()
+            foreign = await asyncio.to_thread(self._foreign_prompts, endpoint.id, queue.running + queue.pending)
+            if foreign:
+                raise PodBusyElsewhere(foreign)
         except (ComfyError, OSError, ValueError) as exc:
             failures = await asyncio.to_thread(
                 self.registry.record_probe_failed, endpoint.id, str(exc) or type(exc).__name__, self.unhealthy_after
@@ -72,6 +75,23 @@ class HealthMonitor:
             log.info("endpoint %s (%s) is healthy", endpoint.id, endpoint.url)
             await asyncio.to_thread(self.scheduler.wake)
         return True
+
+
+    def _foreign_prompts(self, endpoint_id: str, prompt_ids: list[str]) -> list[str]:
+        """Prompts on the pod that no lease of ours accounts for: a prompt we gave up on (timeout or cancel the
+        pod never honoured, so the pod is wedged) or another client's work. Either way new jobs would queue
+        behind it, so such a pod counts as a failed probe until its queue is clear again."""
+        if not prompt_ids:
+            return []
+        lease = self.registry.leases([endpoint_id]).get(endpoint_id)
+        return [p for p in prompt_ids if p != lease]
+
+
+class PodBusyElsewhere(ComfyError):
+    def __init__(self, prompt_ids: list[str]):
+        super().__init__(f"ComfyUI is running prompts comfyfleet is not tracking ({', '.join(prompt_ids[:3])}): "
+                         "wedged or used by another client")
+        self.prompt_ids = prompt_ids
 
 
 def _info(stats: dict) -> dict:

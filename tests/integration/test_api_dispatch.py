@@ -143,3 +143,25 @@ def test_dead_rq_worker_frees_its_pod_and_its_job_is_retried(sim_factory, stack_
     done = stack.wait_state(job_id, timeout=150)
     assert done["state"] == "succeeded", done["error"]
     assert done["attempts"] == 2, "RQ's abandoned-job cleanup retried it once"
+
+
+def test_wedged_pod_is_taken_out_of_rotation(sim_factory, stack_factory):
+    from tests.support.stack import ADMIN
+
+    wedged = sim_factory(hang=True)
+    stack = stack_factory([wedged.url], workers=1)
+    stack.wait_workers_ready(1)
+    job_id = stack.generate(txt2img(8, steps=2, timeoutSeconds=5)).json()["jobId"]
+    done = stack.wait_state(job_id, timeout=60)
+    assert done["state"] == "failed" and done["error"]["code"] == "timeout"
+
+    def wedged_state() -> dict | None:
+        [worker] = stack.http.get("/api/comfyui/workers", headers=auth()).json()["workers"]
+        return worker if worker["state"] == "unhealthy" else None
+
+    worker = wait_until(wedged_state, timeout=20, what="the wedged pod to leave rotation")
+    assert "not tracking" in worker["lastError"], worker
+    healthy = sim_factory()
+    stack.http.post("/api/comfyui/workers", json={"url": healthy.url}, headers=auth(ADMIN)).raise_for_status()
+    second = stack.wait_state(stack.generate(txt2img(9, steps=2)).json()["jobId"], timeout=30)
+    assert second["state"] == "succeeded" and second["worker"] == f"url:{healthy.url}"
