@@ -37,7 +37,7 @@ class HealthMonitor:
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     async def probe_all(self) -> None:
-        endpoints = await asyncio.to_thread(self.registry.list)
+        endpoints = await asyncio.to_thread(self.registry.endpoints)
         await asyncio.gather(*(self.probe(e) for e in endpoints))
 
     async def probe(self, endpoint: Endpoint) -> bool:

@@ -103,7 +103,7 @@ class Registry:
         raw = self.conn.hgetall(self.keys.pod(endpoint_id))
         return Endpoint.model_validate(_decode(raw)) if raw else None
 
-    def list(self) -> list[Endpoint]:
+    def endpoints(self) -> list[Endpoint]:
         ids = self.ids()
         with self.conn.pipeline() as pipe:
             for i in ids:
@@ -172,7 +172,7 @@ class Registry:
 
     def candidates(self) -> list[Candidate]:
         """A snapshot for the selection policy: every endpoint with its lease state."""
-        endpoints = self.list()
+        endpoints = self.endpoints()
         leased = self.leases([e.id for e in endpoints])
         return [to_candidate(e, e.id in leased) for e in endpoints]
 

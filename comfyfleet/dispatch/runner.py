@@ -257,12 +257,12 @@ class JobRun:
                 return await self.update(lambda j: transition(j, JobState.CANCELLED, error=err))
             raise JobOutcome(JobError(code=ErrorCode.WORKER_LOST, message="the prompt was interrupted on its pod"))
         if result.status == "error":
-            err = result.error
-            if err is not None and err.is_oom:
+            failure = result.error
+            if failure is not None and failure.is_oom:
                 with contextlib.suppress(ComfyError):
                     await client.free(unload_models=True, free_memory=True)
-                raise JobOutcome(JobError(code=ErrorCode.OUT_OF_MEMORY, message=err.exception_message.strip()))
-            raise JobOutcome(execution_error(err))
+                raise JobOutcome(JobError(code=ErrorCode.OUT_OF_MEMORY, message=failure.exception_message.strip()))
+            raise JobOutcome(execution_error(failure))
         outputs = await self._store_outputs(client, job, result)
         return await self.update(lambda j: transition(j, JobState.SUCCEEDED).model_copy(update={"outputs": outputs}))
 

@@ -29,7 +29,7 @@ class PoolPublisher:
     def published(self) -> dict[str, Endpoint]:
         """This pool's endpoints in the registry, by id."""
         prefix = endpoint_prefix(self.namespace)
-        return {e.id: e for e in self.registry.list() if e.id.startswith(prefix) and e.pool == self.pool}
+        return {e.id: e for e in self.registry.endpoints() if e.id.startswith(prefix) and e.pool == self.pool}
 
     def publish(self, serving: dict[str, str], known: dict[str, Endpoint]) -> dict[str, Endpoint]:
         """Upsert each serving pod (id -> URL) that is new or moved; return the endpoints to probe."""

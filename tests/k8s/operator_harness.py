@@ -338,7 +338,7 @@ class OperatorFleet:
 
     def endpoints(self, namespace: str, pool: str) -> dict[str, Any]:
         prefix = f"k8s:{namespace}/"
-        return {e.id: e for e in self.dispatcher.registry.list() if e.id.startswith(prefix) and e.pool == pool}
+        return {e.id: e for e in self.dispatcher.registry.endpoints() if e.id.startswith(prefix) and e.pool == pool}
 
     def jobs_of(self, namespace: str) -> list[Job]:
         ids = [i.decode() for i in self.conn.zrange(self.dispatcher.keys.owner_jobs(f"k8s:{namespace}"), 0, -1)]

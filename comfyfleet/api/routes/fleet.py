@@ -27,7 +27,7 @@ router = APIRouter(tags=["fleet"])
 
 def _workers(state: AppState) -> list[WorkerPublic]:
     registry = state.dispatcher.registry
-    endpoints = registry.list()
+    endpoints = registry.endpoints()
     leases = registry.leases([e.id for e in endpoints])
     return [
         WorkerPublic(

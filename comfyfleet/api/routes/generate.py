@@ -29,7 +29,7 @@ def _catalog(state: AppState, pool: str | None) -> dict[str, Any] | None:
     """Node catalog of the ready workers (union), or None when no ready worker has reported one yet."""
     registry = state.dispatcher.registry
     merged: dict[str, Any] = {}
-    for endpoint in registry.list():
+    for endpoint in registry.endpoints():
         if endpoint.healthy and (pool is None or endpoint.pool == pool):
             catalog = registry.catalog(endpoint.id)
             if catalog:
