@@ -56,11 +56,20 @@ def build_body(workflow_path: Path | None, template: str | None, params: dict[st
 
 
 class ProgressBar:
+    """A redrawn bar on a terminal; one line per state change when stderr is a log or a pipe."""
+
     def __init__(self, quiet: bool):
         self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last_state: str | None = None
 
     def show(self, job: dict[str, Any]) -> None:
         if self.quiet:
+            return
+        if not self.tty:
+            if job["state"] != self.last_state:
+                self.last_state = job["state"]
+                sys.stderr.write(f"job {job['jobId']}: {job['state']}\n")
             return
         progress = job.get("progress", {})
         pct = int(progress.get("percent", 0))
@@ -71,7 +80,7 @@ class ProgressBar:
         sys.stderr.flush()
 
     def done(self) -> None:
-        if not self.quiet:
+        if not self.quiet and self.tty:
             sys.stderr.write("\n")
 
 
