@@ -34,6 +34,9 @@ from comfyfleet.comfy import (
     UnknownEvent,
     WatchdogCheck,
 )
+from comfyfleet.jobs.params import GenerateParams
+from comfyfleet.jobs.templates import TEMPLATES
+from comfyfleet.jobs.workflow import apply_params
 from tests.support.procs import free_port
 from tests.support.sim import SimProcess, start_sim
 from tests.unit.comfy.recorded import load_capture, ws_frames
@@ -278,30 +281,12 @@ def sim_factory(tmp_path):
 
 
 def txt2img(seed: int, steps: int = 4, ckpt: str = CHECKPOINTS[0], prefix: str = "t/img") -> dict[str, Any]:
-    """The default text-to-image graph, as the frontend exports it in API format."""
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "seed": seed,
-                "steps": steps,
-                "cfg": 7.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-                "model": ["4", 0],
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-            },
-        },  # fmt: skip
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
-    }
+    """The default text-to-image graph (the API's txt2img template) at 64x64; steps may exceed the API's limit."""
+    params = GenerateParams(seed=seed, checkpoint=ckpt, filename_prefix=prefix, width=64, height=64,
+                            prompt="a lighthouse", negative_prompt="blurry", sampler_name="euler", scheduler="normal")
+    workflow = apply_params(TEMPLATES["txt2img"], params)
+    workflow["3"]["inputs"]["steps"] = steps
+    return workflow
 
 
 def png_size(data: bytes) -> tuple[int, int]:
