@@ -1,4 +1,4 @@
-"""Raw captures of a real ComfyUI 0.3.64, copied from the protocol notes into captures/."""
+"""Raw captures of a real ComfyUI 0.3.64, copied from the protocol notes into tests/captures/."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-CAPTURES = Path(__file__).resolve().parent / "captures"
+CAPTURES = Path(__file__).resolve().parents[2] / "captures"
 
 
 def load_capture(name: str) -> Any:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from comfyfleet.jobs.validation import combo_options, validate_workflow
 
-CAPTURES = Path(__file__).resolve().parents[4] / "shared" / "comfyui-protocol" / "captures"
+CAPTURES = Path(__file__).resolve().parents[2] / "captures"
 
 
 def catalog() -> dict:

@@ -1,4 +1,4 @@
-"""The real ComfyUI 0.3.64 captures the simulator is compared with (see captures/README.md)."""
+"""The real ComfyUI 0.3.64 captures the simulator is compared with (see tests/captures/README.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-CAPTURES = Path(__file__).parent / "captures"
+CAPTURES = Path(__file__).resolve().parents[2] / "captures"
 
 
 def capture(name: str) -> Any:
