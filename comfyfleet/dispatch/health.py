@@ -78,13 +78,17 @@ class HealthMonitor:
 
 
     def _foreign_prompts(self, endpoint_id: str, prompt_ids: list[str]) -> list[str]:
-        """Prompts on the pod that no lease of ours accounts for: a prompt we gave up on (timeout or cancel the
-        pod never honoured, so the pod is wedged) or another client's work. Either way new jobs would queue
-        behind it, so such a pod counts as a failed probe until its queue is clear again."""
+        """Prompts on the pod that none of our live jobs accounts for: a prompt we gave up on (a timeout or cancel
+        the pod never honoured, so it is wedged) or another client's work. New jobs would queue behind it, so
+        such a pod counts as a failed probe until its queue is clear again. A prompt of a job that is still in
+        flight on this pod (its RQ worker died; the retry will re-attach to it) is ours, not foreign."""
         if not prompt_ids:
             return []
         lease = self.registry.leases([endpoint_id]).get(endpoint_id)
-        return [p for p in prompt_ids if p != lease]
+        others = [p for p in prompt_ids if p != lease]
+        jobs = self.scheduler.repo.get_many(others)
+        return [p for p, job in zip(others, jobs, strict=True)
+                if job is None or job.state.is_terminal or job.worker != endpoint_id]
 
 
 class PodBusyElsewhere(ComfyError):
