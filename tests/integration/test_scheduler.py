@@ -136,3 +136,22 @@ def test_idempotent_submit_returns_the_first_job(dispatcher):
     again, created_again = dispatcher.submit(b)
     assert created and not created_again and again.id == first.id
     assert dispatcher.stats().waiting == 1
+
+
+def test_prompts_no_live_job_accounts_for_are_foreign(dispatcher):
+    from comfyfleet.dispatch.health import HealthMonitor
+    from comfyfleet.jobs.states import transition
+
+    add_pod(dispatcher, "a")
+    monitor = HealthMonitor(dispatcher.registry, dispatcher.scheduler, interval=1, timeout=1, unhealthy_after=2)
+    leased, orphaned, finished = job(), job(), job()
+    for j in (leased, orphaned, finished):
+        dispatcher.submit(j)
+    claim = dispatcher.scheduler.claim()
+    assert claim.job_id == leased.id
+    # `orphaned` ran on pod a and its RQ worker died: still dispatched there, no lease any more.
+    dispatcher.repo.update(orphaned.id, lambda j: transition(j, JobState.DISPATCHED, worker="a"))
+    dispatcher.repo.update(finished.id, lambda j: transition(j, JobState.FAILED))
+    on_pod = [leased.id, orphaned.id, finished.id, "someone-elses-prompt"]
+    assert monitor._foreign_prompts("a", on_pod) == [finished.id, "someone-elses-prompt"]
+    assert monitor._foreign_prompts("a", []) == []
