@@ -291,14 +291,21 @@ REQUIRED_RULES = [
     ("", "events", {"create"}),
     ("comfyfleet.io", "comfyuiworkers", {"get", "list", "watch", "patch"}),
     ("comfyfleet.io", "comfyuiworkers/status", {"get", "patch"}),
-    ("comfyfleet.io", "comfyuiworkers/scale", {"get", "patch"}),
     ("comfyfleet.io", "comfyuiworkers/finalizers", {"update"}),
     ("comfyfleet.io", "generationjobs", {"get", "list", "watch", "patch"}),
     ("comfyfleet.io", "generationjobs/status", {"get", "patch"}),
-    ("comfyfleet.io", "generationjobs/finalizers", {"update"}),
-    ("", "pods", {"create", "delete", "get", "list", "watch", "patch"}),
-    ("", "pods/status", {"get"}),
-    ("", "services", {"create", "get", "list", "watch", "patch", "delete"}),
+    ("", "pods", {"create", "delete", "get", "list", "watch"}),
+    ("", "services", {"create", "get", "delete"}),
+]
+
+# Verbs the operator never uses, so least privilege leaves them out.
+FORBIDDEN_RULES = [
+    ("comfyfleet.io", "comfyuiworkers/scale", "patch"),
+    ("comfyfleet.io", "generationjobs/finalizers", "update"),
+    ("", "pods", "patch"),
+    ("", "pods", "update"),
+    ("", "services", "list"),
+    ("", "secrets", "get"),
 ]
 
 
@@ -335,6 +342,8 @@ def test_operator_roles_are_least_privilege(default_objects: list[dict[str, Any]
     for group, resource in [("", "secrets"), ("", "configmaps"), ("", "nodes"), ("rbac.authorization.k8s.io", "roles")]:
         assert not granted(rules, group, resource), f"operator may touch {resource}"
     assert not granted(rules, "", "pods") & {"update", "deletecollection"}
+    extra = [(g, r, v) for g, r, v in FORBIDDEN_RULES if v in granted(rules, g, r)]
+    assert not extra, f"operator RBAC grants verbs it never uses: {extra}"
 
 
 def test_operator_binding_follows_watch_namespace(default_objects: list[dict[str, Any]], tmp_path: Path) -> None:
