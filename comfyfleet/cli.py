@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from comfyfleet.local import LocalStack
 from comfyfleet.settings import LocalSettings
 
 REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -68,8 +69,7 @@ def cmd_operator(args: argparse.Namespace) -> None:
     run_operator()
 
 
-def _stack(args: argparse.Namespace):  # noqa: ANN202
-    from comfyfleet.local import LocalStack
+def _stack(args: argparse.Namespace) -> LocalStack:
 
     return LocalStack(port=args.port, data_dir=Path(args.data_dir), workers=args.workers, sims=args.sims,
                       comfyui_urls=args.comfyui_url or [], redis_url=args.redis_url)

@@ -6,6 +6,7 @@ Every child runs in its own process group and is stopped (SIGTERM, then SIGKILL)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,23 +48,15 @@ class Child:
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is None:
-            with _suppress_lookup():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in %.0f s; killing it", self.name, timeout)
-        with _suppress_lookup():
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-
-
-class _suppress_lookup:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is ProcessLookupError
 
 
 @dataclass
@@ -169,7 +163,7 @@ def _redis_ok(url: str) -> bool:
         return False
 
 
-def _wait(condition, what: str, stack: LocalStack) -> None:  # noqa: ANN001 - small local helper
+def _wait(condition: Callable[[], object], what: str, stack: LocalStack) -> None:
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         stack.check_children()

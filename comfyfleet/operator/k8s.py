@@ -14,7 +14,7 @@ import asyncio
 import copy
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -70,6 +70,17 @@ def quantities_as_strings(pod: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _unless(status: int, answer: Any, request: Callable[[], Any]) -> Any:
+    """request(), or answer when the API server replies with status (409 on create, 404 on read/delete): those
+    are expected outcomes here, not errors."""
+    try:
+        return request()
+    except ApiException as exc:
+        if exc.status == status:
+            return answer
+        raise
+
+
 class KubeGateway:
     """Pods and Services of the pools, through the official client in threads."""
 
@@ -95,16 +106,12 @@ class KubeGateway:
             obj = quantities_as_strings(obj)
         create = self.core.create_namespaced_pod if kind == "Pod" else self.core.create_namespaced_service
 
-        def call() -> bool:
-            try:
-                create(namespace, obj, _request_timeout=REQUEST_TIMEOUT_SECONDS)
-            except ApiException as exc:
-                if exc.status == 409:
-                    return False
-                raise
+        def created() -> bool:
+            create(namespace, obj, _request_timeout=REQUEST_TIMEOUT_SECONDS)
             return True
 
-        return await self._call(f"create {kind} {namespace}/{obj['metadata']['name']}", call)
+        return await self._call(f"create {kind} {namespace}/{obj['metadata']['name']}",
+                                lambda: _unless(409, False, created))
 
     async def ensure_service(self, obj: dict[str, Any], owner: Mapping[str, Any]) -> bool:
         """Create the Service unless it exists; True when it was created now."""
@@ -116,14 +123,9 @@ class KubeGateway:
         """A Service as a JSON dict, or None if it does not exist."""
 
         def call() -> dict[str, Any] | None:
-            try:
-                resp = self.core.read_namespaced_service(name, namespace, _preload_content=False,
-                                                         _request_timeout=REQUEST_TIMEOUT_SECONDS)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            return dict(json.loads(resp.data))
+            resp = _unless(404, None, lambda: self.core.read_namespaced_service(
+                name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS))
+            return None if resp is None else dict(json.loads(resp.data))
 
         return await self._call(f"read Service {namespace}/{name}", call)
 
@@ -136,16 +138,11 @@ class KubeGateway:
         return await self._delete("Service", namespace, name, self.core.delete_namespaced_service)
 
     async def _delete(self, kind: str, namespace: str, name: str, delete: Any) -> bool:
-        def call() -> bool:
-            try:
-                delete(name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return False
-                raise
+        def deleted() -> bool:
+            delete(name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
             return True
 
-        return await self._call(f"delete {kind} {namespace}/{name}", call)
+        return await self._call(f"delete {kind} {namespace}/{name}", lambda: _unless(404, False, deleted))
 
     @staticmethod
     async def _call(action: str, fn: Any) -> Any:

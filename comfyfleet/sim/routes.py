@@ -13,6 +13,7 @@ import mimetypes
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
@@ -69,15 +70,22 @@ async def get_queue(request: web.Request) -> web.Response:
     return web.json_response({"queue_running": running, "queue_pending": pending})
 
 
-async def post_queue(request: web.Request) -> web.Response:
-    srv = sim_server(request)
+async def _clear_or_delete(
+    request: web.Request, clear: Callable[[], None], delete: Callable[[str], None]
+) -> web.Response:
+    """POST /queue and POST /history share ComfyUI's body: {"clear": true} and/or {"delete": [ids]}."""
     json_data = await request.json()
     if "clear" in json_data and json_data["clear"]:
-        srv.queue.wipe_queue()
+        clear()
     if "delete" in json_data:
         for prompt_id in json_data["delete"]:
-            srv.queue.delete_pending(prompt_id)
+            delete(prompt_id)
     return web.Response(status=200)
+
+
+async def post_queue(request: web.Request) -> web.Response:
+    queue = sim_server(request).queue
+    return await _clear_or_delete(request, queue.wipe_queue, queue.delete_pending)
 
 
 async def post_interrupt(request: web.Request) -> web.Response:
@@ -121,14 +129,8 @@ async def get_history_item(request: web.Request) -> web.Response:
 
 
 async def post_history(request: web.Request) -> web.Response:
-    srv = sim_server(request)
-    json_data = await request.json()
-    if "clear" in json_data and json_data["clear"]:
-        srv.queue.wipe_history()
-    if "delete" in json_data:
-        for prompt_id in json_data["delete"]:
-            srv.queue.delete_history(prompt_id)
-    return web.Response(status=200)
+    queue = sim_server(request).queue
+    return await _clear_or_delete(request, queue.wipe_history, queue.delete_history)
 
 
 # --- files -----------------------------------------------------------------------------------------
