@@ -18,7 +18,7 @@ def test_up_serves_submit_and_stops_cleanly(tmp_path, redis_server):
     env = {**os.environ, "COMFYFLEET_REDIS_URL": redis_server.url, "COMFYFLEET_REDIS_PREFIX": "cli" + str(port)}
     up = subprocess.Popen(
         [sys.executable, "-m", "comfyfleet", "up", "--port", str(port), "--data-dir", str(tmp_path / "data"),
-         "--sims", "2", "--workers", "2"],
+         "--sims", "2", "--dispatchers", "1"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     api = f"http://127.0.0.1:{port}"
