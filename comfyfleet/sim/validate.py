@@ -76,7 +76,7 @@ class _Validator:
         self.custom = {"LoadImage": _load_image_check(dirs)}
         self.validated: dict[str, tuple[bool, list[Error], str]] = {}
 
-    def inputs(self, unique_id: str) -> tuple[bool, list[Error], str]:  # noqa: C901 - a port, kept in one piece
+    def inputs(self, unique_id: str) -> tuple[bool, list[Error], str]:
         if unique_id in self.validated:
             return self.validated[unique_id]
         inputs = self.prompt[unique_id]["inputs"]

@@ -21,8 +21,8 @@ import kopf
 import redis
 
 from comfyfleet.jobs.states import InvalidTransition
-from comfyfleet.operator.jobstatus import InvalidJobSpec, invalid_spec_status, is_terminal
-from comfyfleet.operator.jobsync import build_job, lost_job_status, owner_for, parse_spec, status_for_job
+from comfyfleet.operator.job_spec import InvalidJobSpec, build_job, owner_for, parse_spec
+from comfyfleet.operator.job_status import invalid_spec_status, is_terminal, lost_job_status, status_for_job
 from comfyfleet.operator.runtime import Runtime
 from comfyfleet.store.jobrepo import JobNotFound
 
@@ -109,4 +109,4 @@ async def generationjob_delete(
 def _job_id_for(rt: Runtime, namespace: str, uid: str) -> str | None:
     """The job a GenerationJob was queued as, from its idempotency key (status may not have it yet)."""
     raw = rt.dispatcher.conn.get(rt.dispatcher.keys.idempotency(owner_for(namespace), uid))
-    return raw.decode() if raw else None
+    return raw.decode() if isinstance(raw, bytes) else raw
