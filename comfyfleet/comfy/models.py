@@ -315,17 +315,22 @@ def validation_error_from(body: Any) -> ComfyValidationError:
     )
 
 
-def combo_options(spec: Any) -> list[str]:
-    """Choices of a COMBO input spec, old form [["a", "b"], {...}] or new ["COMBO", {"options": [...]}]."""
+def combo_options(spec: Any) -> list[Any] | None:
+    """Choices of an /object_info input spec, or None when it is not a COMBO.
+
+    Both catalog forms: the old [["a", "b"], {...}] and the newer ["COMBO", {"options": [...]}].
+    Values are as the server lists them (usually strings); an empty list is a COMBO with no choice.
+    """
     if not isinstance(spec, list | tuple) or not spec:
-        return []
+        return None
     head = spec[0]
     if isinstance(head, list | tuple):
-        return [str(v) for v in head]
-    if head == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-        options = spec[1].get("options")
-        return [str(v) for v in options] if isinstance(options, list) else []
-    return []
+        return list(head)
+    if head == "COMBO":
+        extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        options = extra.get("options")
+        return list(options) if isinstance(options, list | tuple) else []
+    return None
 
 
 def node_input_options(object_info: Any, node_class: str, input_name: str) -> list[str]:
@@ -339,5 +344,5 @@ def node_input_options(object_info: Any, node_class: str, input_name: str) -> li
     for section in ("required", "optional"):
         spec = (inputs.get(section) or {}).get(input_name)
         if spec is not None:
-            return combo_options(spec)
+            return [str(v) for v in combo_options(spec) or []]
     return []

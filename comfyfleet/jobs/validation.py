@@ -8,20 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from comfyfleet.comfy.models import combo_options  # the one reader of ComfyUI's catalog COMBO forms
 from comfyfleet.jobs.model import Workflow
 from comfyfleet.jobs.workflow import NodeIssue, check_shape, is_link
 
-_SCALARS = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}
-
-
-def combo_options(spec: Any) -> list[Any] | None:
-    """Options of a COMBO input in either catalog form: [[a, b], {...}] or ["COMBO", {"options": [...]}]."""
-    if isinstance(spec, list) and spec:
-        if isinstance(spec[0], list):
-            return spec[0]
-        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-            return list(spec[1].get("options", []))
-    return None
+_SCALARS: dict[str, type | tuple[type, ...]] = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}
 
 
 def validate_workflow(workflow: Workflow, catalog: dict[str, Any] | None,

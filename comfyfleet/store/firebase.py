@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -27,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from comfyfleet.jobs.model import InputFile, Job, OutputFile
-from comfyfleet.jobs.workflow import SAMPLERS
+from comfyfleet.jobs.workflow import SAMPLERS, workflow_hash
 from comfyfleet.settings import CommonSettings
 from comfyfleet.store.outputs import StorageError, safe_name
 
@@ -56,12 +55,6 @@ def input_object_name(owner: str, job_id: str, name: str) -> str:
 
 def job_prefix(job: Job) -> str:
     return f"{PREFIX}/{safe_name(job.owner)}/{safe_name(job.id)}/"
-
-
-def workflow_hash(workflow: dict[str, Any]) -> str:
-    """sha256 of the workflow as canonical JSON: equal graphs hash equal whatever their key order."""
-    canonical = json.dumps(workflow, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def job_seed(job: Job) -> int | None:

@@ -196,8 +196,8 @@ def test_combo_options_old_and_new_forms():
     assert combo_options([["only"]]) == ["only"]
     assert combo_options(["COMBO", {"options": ["x", "y"], "tooltip": "t"}]) == ["x", "y"]
     assert combo_options(["COMBO", {}]) == []
-    assert combo_options(["INT", {"default": 1}]) == []
-    assert combo_options(None) == []
+    assert combo_options(["INT", {"default": 1}]) is None
+    assert combo_options(None) is None
 
 
 def test_node_input_options_from_recorded_object_info():
