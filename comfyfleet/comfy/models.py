@@ -9,6 +9,7 @@ from comfyfleet.comfy.errors import ComfyProtocolError, ComfyValidationError
 from comfyfleet.comfy.messages import (
     ExecutionError,
     ExecutionInterrupted,
+    as_dict,
     execution_error_from,
     execution_interrupted_from,
 )
@@ -267,7 +268,7 @@ def parse_node_errors(node_errors: Any) -> list[NodeError]:
         for err in info.get("errors") or []:
             if not isinstance(err, dict):
                 continue
-            extra = err.get("extra_info") if isinstance(err.get("extra_info"), dict) else {}
+            extra = as_dict(err.get("extra_info"))
             errors.append(
                 InputError(
                     type=str(err.get("type") or ""),

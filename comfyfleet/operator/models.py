@@ -11,7 +11,7 @@ does not know, and an operator one release behind its CRD must still read newer 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -36,6 +36,13 @@ MODEL_FOLDER = r"^[a-z0-9_]+$"
 TEMPLATE_NAME = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
 
 IntOrString = int | str
+
+
+def namespace_of(namespace: str | None) -> str:
+    """The namespace kopf passes to our handlers: both CRDs are Namespaced, so there always is one."""
+    if not namespace:
+        raise ValueError("a comfyfleet custom resource without a namespace: the CRDs are Namespaced")
+    return namespace
 
 
 class CamelModel(BaseModel):
@@ -76,7 +83,7 @@ def rfc3339(moment: datetime | float) -> str:
 
 
 def set_condition(
-    conditions: list[Mapping[str, Any]] | None,
+    conditions: Sequence[Mapping[str, Any]] | None,
     type_: str,
     status: ConditionStatus,
     reason: str,

@@ -140,8 +140,9 @@ class FirebaseOutputStore:
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         try:
-            return self.bucket.blob(key).download_as_bytes(timeout=REQUEST_TIMEOUT_SECONDS,
-                                                           retry=DEFAULT_RETRY.with_timeout(REQUEST_TIMEOUT_SECONDS))
+            data: bytes = self.bucket.blob(key).download_as_bytes(
+                timeout=REQUEST_TIMEOUT_SECONDS, retry=DEFAULT_RETRY.with_timeout(REQUEST_TIMEOUT_SECONDS))
+            return data
         except gexc.NotFound:
             raise StorageError(f"no object {key!r} in bucket {self.bucket.name}") from None
         except Exception as exc:  # noqa: BLE001 - google-cloud-storage raises API and transport errors alike
@@ -159,7 +160,8 @@ class FirebaseOutputStore:
 
     def url_of(self, blob: Any) -> str:
         if self.sign_urls:
-            return blob.generate_signed_url(version="v4", expiration=self.url_expiry, method="GET")
+            signed: str = blob.generate_signed_url(version="v4", expiration=self.url_expiry, method="GET")
+            return signed
         token = (blob.metadata or {}).get(TOKEN_METADATA_KEY, "").split(",")[0]
         return token_download_url(self.download_base, self.bucket.name, blob.name, token)
 

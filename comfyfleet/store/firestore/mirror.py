@@ -60,7 +60,7 @@ def backoff_seconds(failures: int) -> float:
     """Delay before the next write after `failures` failed ones in a row."""
     if failures <= 0:
         return 0.0
-    return min(BACKOFF_MAX_SECONDS, BACKOFF_INITIAL_SECONDS * 2 ** (failures - 1))
+    return min(BACKOFF_MAX_SECONDS, BACKOFF_INITIAL_SECONDS * 2.0 ** (failures - 1))
 
 
 class FirestoreMirror:
