@@ -402,7 +402,7 @@ def test_sample_is_admitted_and_parses_into_the_model(name: str, doc: dict[str, 
     assert doc["apiVersion"] == models.API_VERSION
     stored = admit(doc["kind"], doc)
     spec_model, _ = MODELS[doc["kind"]]
-    parsed = spec_model.from_body(stored)
+    parsed = spec_model.model_validate(stored["spec"])
     # The model reproduces exactly what the apiserver stores: same fields, same defaults.
     assert parsed.to_k8s() == stored["spec"]
 

@@ -1,7 +1,8 @@
 import json
 from pathlib import Path
 
-from comfyfleet.jobs.validation import combo_options, validate_workflow
+from comfyfleet.comfy.models import combo_options
+from comfyfleet.jobs.validation import validate_workflow
 
 CAPTURES = Path(__file__).resolve().parents[2] / "captures"
 
