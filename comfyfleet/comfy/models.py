@@ -316,22 +316,55 @@ def validation_error_from(body: Any) -> ComfyValidationError:
     )
 
 
-def combo_options(spec: Any) -> list[Any] | None:
-    """Choices of an /object_info input spec, or None when it is not a COMBO.
+@dataclass(frozen=True, slots=True)
+class ComboInput:
+    """A COMBO input of /object_info: its listed choices and how the server checks a value against them."""
+
+    options: list[Any]
+    # Newer servers (after 0.3.64): a multiselect COMBO takes a list of choices; a remote COMBO's
+    # choices are fetched by the browser, so the server lists none and does not check the value.
+    multiselect: bool = False
+    remote: bool = False
+
+    def rejected(self, value: Any) -> list[Any]:
+        """The values ComfyUI would refuse as "value_not_in_list" ([] when it accepts `value`)."""
+        if self.remote:
+            return []
+        values = value if self.multiselect and isinstance(value, list) else [value]
+        return [v for v in values if v not in self.options]
+
+
+def combo_input(spec: Any) -> ComboInput | None:
+    """The COMBO an /object_info input spec declares, or None when it is another type.
 
     Both catalog forms: the old [["a", "b"], {...}] and the newer ["COMBO", {"options": [...]}].
-    Values are as the server lists them (usually strings); an empty list is a COMBO with no choice.
+    Values are as the server lists them (usually strings); empty options is a COMBO with no choice.
     """
     if not isinstance(spec, list | tuple) or not spec:
         return None
     head = spec[0]
+    extra = as_dict(spec[1]) if len(spec) > 1 else {}
     if isinstance(head, list | tuple):
-        return list(head)
-    if head == "COMBO":
-        extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-        options = extra.get("options")
-        return list(options) if isinstance(options, list | tuple) else []
-    return None
+        options = list(head)
+    elif head == "COMBO":
+        listed = extra.get("options")
+        options = list(listed) if isinstance(listed, list | tuple) else []
+    else:
+        return None
+    return ComboInput(options, multiselect=bool(extra.get("multiselect")), remote=bool(extra.get("remote_combo")))
+
+
+def combo_options(spec: Any) -> list[Any] | None:
+    """Choices of an /object_info input spec, or None when it is not a COMBO (see `combo_input`)."""
+    combo = combo_input(spec)
+    return None if combo is None else combo.options
+
+
+def literal_value(value: Any) -> Any:
+    """A widget value as ComfyUI validates it: {"__value__": v} wraps a list value so it is not read as a link."""
+    if isinstance(value, dict) and "__value__" in value:
+        return value["__value__"]
+    return value
 
 
 def node_input_options(object_info: Any, node_class: str, input_name: str) -> list[str]:
