@@ -157,7 +157,7 @@ class SimKubelet:
                 if sim is not None and sim.uid != pod.metadata.uid:
                     self._stop_sim(self.pods.pop(key))
                     sim = None
-                if pod.metadata.deletion_timestamp or pod.status.phase in ("Failed", "Succeeded"):
+                if pod.metadata.deletion_timestamp or pod.status.phase in ("Failed", "Succeeded"):  # type: ignore[operator]
                     if sim is not None and not sim.dead:
                         sim.proc.stop(timeout=2)
                         sim.dead = True
