@@ -105,7 +105,8 @@ class JobRun:
         delay = 0.2
         while True:
             try:
-                return await self.ctx.io(fn, *args)
+                result: T = await self.ctx.io(fn, *args)
+                return result
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if time.monotonic() > deadline:
                     raise
@@ -369,6 +370,7 @@ def on_rq_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: 
 
     from comfyfleet.dispatch.service import Dispatcher
     from comfyfleet.jobs.model import ErrorCode, JobError
+    from comfyfleet.keys import as_text
 
     if (job.retries_left or 0) > 0:
         return  # RQ will run it again; the record is (or will be) back in QUEUED
@@ -384,7 +386,7 @@ def on_rq_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: 
             d.repo.update(job.id, lambda j: j if j.state.is_terminal else transition(j, JobState.FAILED, error=error))
         endpoint = conn.get(d.keys.claim(job.id))
         if endpoint:
-            d.registry.release_lease(endpoint.decode(), job.id)
+            d.registry.release_lease(as_text(endpoint), job.id)
         d.scheduler.wake()
     finally:
         conn.close()
