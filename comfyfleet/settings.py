@@ -94,6 +94,9 @@ class PoolSettings(CommonSettings):
     # Static endpoints registered at start (COMFYFLEET_COMFYUI_URLS=http://a:8188,http://b:8188).
     comfyui_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     default_pool: str = "default"
+    # Prefetch for the static endpoints above: 1 queues each pod's next prompt on it while the current one
+    # runs, so the GPU never waits for dispatch (pools under the operator set `spec.prefetch` instead).
+    comfyui_prefetch: int = Field(0, ge=0, le=1)
 
     @field_validator("comfyui_urls", mode="before")
     @classmethod

@@ -39,7 +39,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for url in settings.comfyui_urls:
-            await asyncio.to_thread(dispatcher.registry.upsert, endpoint_id_for_url(url), url, settings.default_pool)
+            await asyncio.to_thread(dispatcher.registry.upsert, endpoint_id_for_url(url), url, settings.default_pool,
+                                    "static", settings.comfyui_prefetch)
         monitor_task = None
         if settings.run_health_monitor:
             monitor = HealthMonitor(dispatcher.registry, dispatcher.scheduler,
