@@ -70,6 +70,17 @@ class Keys:
     def wake(self) -> str:
         return f"{self.prefix}:sched:wake"
 
+    # capacity: lead owns this file. The dispatcher roster of issue 8 (its writer is the dispatcher;
+    # the operator reads it to compare dispatch slots with ready pods).
+    @property
+    def dispatchers(self) -> str:
+        """Sorted set: member = a live dispatcher's name, score = unix time after which it counts as dead."""
+        return f"{self.prefix}:dispatchers"
+
+    def dispatcher(self, name: str) -> str:
+        """Hash of one dispatcher process: slots (its cap), in_flight, last_tick (unix seconds)."""
+        return f"{self.prefix}:dispatcher:{name}"
+
     def queue_name(self, priority: int) -> str:
         """RQ queue name for a priority level (RQ itself prefixes its keys with rq:queue:)."""
         return f"{self.prefix}-p{priority:02d}"

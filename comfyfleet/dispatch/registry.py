@@ -37,6 +37,9 @@ class Endpoint(BaseModel):
     queue_remaining: int = 0
     last_error: str | None = None
     info: dict[str, Any] = Field(default_factory=dict)
+    # capacity: lead owns this file. Jobs the dispatcher may queue on the endpoint ahead of the one it
+    # runs (0 or 1, the pool's spec.prefetch, published by the operator).
+    prefetch: int = 0
 
 
 _JSON_FIELDS = {"checkpoints", "loras", "info"}
@@ -81,12 +84,14 @@ class Registry:
         self.keys = keys
 
     # --- membership -------------------------------------------------------------------------------
-    def upsert(self, endpoint_id: str, url: str, pool: str = "default", source: str = "static") -> None:
-        """Add an endpoint (unhealthy until probed) or update its address and pool."""
+    def upsert(self, endpoint_id: str, url: str, pool: str = "default", source: str = "static",
+               prefetch: int = 0) -> None:  # capacity: lead owns this file (prefetch keyword, issue 8 item 4)
+        """Add an endpoint (unhealthy until probed) or update its address, pool and prefetch."""
         key = self.keys.pod(endpoint_id)
+        fields = {"id": endpoint_id, "url": url.rstrip("/"), "pool": pool, "source": source, "prefetch": prefetch}
         with self.conn.pipeline() as pipe:
             pipe.sadd(self.keys.pods, endpoint_id)
-            pipe.hset(key, mapping=_encode({"id": endpoint_id, "url": url.rstrip("/"), "pool": pool, "source": source}))
+            pipe.hset(key, mapping=_encode(fields))
             pipe.hsetnx(key, "healthy", "0")
             pipe.execute()
 
