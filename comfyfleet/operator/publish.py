@@ -93,17 +93,22 @@ class PoolPublisher:
         """Dispatch slots every ready endpoint of the registry needs (all pools share the dispatchers)."""
         return fleet_demand(self.registry.endpoints())
 
-    def dispatchers(self) -> list[DispatcherRecord]:
-        return read_dispatchers(self.dispatcher.conn, self.dispatcher.keys)
+    def dispatchers(self, now: float) -> list[DispatcherRecord]:
+        return read_dispatchers(self.dispatcher.conn, self.dispatcher.keys, now)
 
 
-def read_dispatchers(conn: redis.Redis, keys: Keys) -> list[DispatcherRecord]:
-    """Every member of the dispatcher roster with its hash, live or not (`capacity.live_slots` decides)."""
-    members = conn.zrange(keys.dispatchers, 0, -1, withscores=True)
-    names = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in members]
+def read_dispatchers(conn: redis.Redis, keys: Keys, now: float) -> list[DispatcherRecord]:
+    """The roster members whose expiry score is after now, each with its hash.
+
+    Dead members are not read (however many a crashed fleet left behind); `capacity.live_slots`
+    applies the same rule again to what it is given.
+    """
+    members: list[tuple[bytes, float]] = list(
+        conn.zrangebyscore(keys.dispatchers, f"({now!r}", "+inf", withscores=True))  # type: ignore[arg-type]
+    names = [member.decode() for member, _ in members]
     with conn.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.hgetall(keys.dispatcher(name))
         hashes = pipe.execute()
-    return [parse_dispatcher(name, score, fields)
+    return [parse_dispatcher(name, float(score), fields)
             for name, (_, score), fields in zip(names, members, hashes, strict=True)]

@@ -239,7 +239,7 @@ async def _apply(
 
 async def _dispatch_capacity(publisher: PoolPublisher, now: float) -> CapacityVerdict:
     """Live dispatch slots against the slots every ready endpoint of the fleet needs (after this pass's probes)."""
-    dispatchers = await asyncio.to_thread(publisher.dispatchers)
+    dispatchers = await asyncio.to_thread(publisher.dispatchers, now)
     demand = await asyncio.to_thread(publisher.fleet_demand)
     return assess_capacity(live_slots(dispatchers, now), demand)
 

@@ -58,14 +58,16 @@ def write_dispatcher(d: Dispatcher, name: str, slots: int, in_flight: int, expir
 
 def test_roster_is_read_as_live_dispatch_slots(dispatcher: Dispatcher) -> None:
     now = time.time()
-    assert read_dispatchers(dispatcher.conn, dispatcher.keys) == []
+    assert read_dispatchers(dispatcher.conn, dispatcher.keys, now) == []
     write_dispatcher(dispatcher, "dispatcher-a", 256, 3, now + 2)
     write_dispatcher(dispatcher, "dispatcher-b", 256, 0, now + 2)
     write_dispatcher(dispatcher, "dispatcher-dead", 256, 7, now - 5)  # SIGKILLed: its score ran out
     dispatcher.conn.zadd(dispatcher.keys.dispatchers, {"dispatcher-nohash": now + 2})  # hash not written yet
-    records = read_dispatchers(dispatcher.conn, dispatcher.keys)
-    assert {r.name for r in records} == {"dispatcher-a", "dispatcher-b", "dispatcher-dead", "dispatcher-nohash"}
+    records = read_dispatchers(dispatcher.conn, dispatcher.keys, now)
+    assert {r.name for r in records} == {"dispatcher-a", "dispatcher-b", "dispatcher-nohash"}
     assert live_slots(records, now) == DispatchSlots(dispatchers=3, slots=512, in_flight=3)
+    # Later, when a and b have not renewed their scores, they count as dead too.
+    assert live_slots(read_dispatchers(dispatcher.conn, dispatcher.keys, now + 3), now + 3) == DispatchSlots()
 
 
 def test_fleet_demand_spans_pools_and_decides_the_condition(dispatcher: Dispatcher) -> None:
@@ -80,5 +82,5 @@ def test_fleet_demand_spans_pools_and_decides_the_condition(dispatcher: Dispatch
     publisher = PoolPublisher(dispatcher, "ns", "a")
     demand = publisher.fleet_demand()
     assert (demand.ready, demand.prefetching, demand.needed) == (3, 1, 4)
-    verdict = assess_capacity(live_slots(publisher.dispatchers(), now), demand)
+    verdict = assess_capacity(live_slots(publisher.dispatchers(now), now), demand)
     assert (verdict.status, verdict.reason, verdict.shortfall) == ("False", "NotEnoughDispatchSlots", 2)

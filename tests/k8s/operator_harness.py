@@ -259,7 +259,7 @@ def _port_free(ip: str, port: int) -> bool:
 class OperatorFleet:
     """Redis + CRDs + chart RBAC + the operator (as its ServiceAccount) + RQ workers + the kubelet."""
 
-    def __init__(self, plane: ControlPlane, workdir: Path, workers: int = 2):
+    def __init__(self, plane: ControlPlane, workdir: Path, workers: int = 2, step_seconds: float = SIM_STEP_SECONDS):
         self.plane = plane
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -285,13 +285,22 @@ class OperatorFleet:
         try:
             install_crds_and_rbac(plane)
             self.start_operator()
-            for n in range(workers):
-                self.rq_workers.append(ManagedProcess(python_module("comfyfleet", "worker"), env=self.env,
-                                                      log_path=workdir / f"rq-worker-{n}.log"))
-            self.kubelet = SimKubelet(plane, workdir)
+            for _ in range(workers):
+                self.start_dispatch("worker")
+            self.kubelet = SimKubelet(plane, workdir, step_seconds=step_seconds)
         except BaseException:
             self.stop()
             raise
+
+    # -- dispatch processes ------------------------------------------------------------------------
+
+    def start_dispatch(self, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start `python -m comfyfleet <args>` (`worker`, or `dispatcher`) on the fleet's Redis, with extra env."""
+        n = len(self.rq_workers)
+        proc = ManagedProcess(python_module("comfyfleet", *args), env={**self.env, **(env or {})},
+                              log_path=self.workdir / f"{args[0]}-{n}.log")
+        self.rq_workers.append(proc)
+        return proc
 
     # -- the operator process ---------------------------------------------------------------------
 
