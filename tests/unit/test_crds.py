@@ -500,3 +500,12 @@ def test_built_statuses_fit_the_status_schemas() -> None:
     ]
     for status in job_statuses:
         jsonschema.validate(status, to_jsonschema(schema_of("GenerationJob")["properties"]["status"]))
+
+
+def test_dispatch_capacity_condition_fits_the_status_schema() -> None:
+    from comfyfleet.operator import capacity
+
+    verdict = capacity.assess_capacity(capacity.DispatchSlots(1, 8, 3), capacity.FleetDemand(12, 2))
+    status = {"conditions": capacity.capacity_conditions(None, verdict, 1_700_000_000.0, generation=3)}
+    jsonschema.validate(status, to_jsonschema(schema_of("ComfyUIWorker")["properties"]["status"]))
+    assert models.ComfyUIWorkerStatus.model_validate(status).conditions[0].reason == "NotEnoughDispatchSlots"
