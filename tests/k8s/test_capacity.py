@@ -27,10 +27,11 @@ from tests.unit.test_chart import CHART, helm
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(480)]
 
-# The sampler runs 0.25 s a step here: a 100-step job holds its pod ~25 s, ample time to see every
-# pod busy at once on a loaded machine (the test waits for that, it never times it).
-STEP_SECONDS = 0.25
-LONG_JOB_STEPS = 100
+# The sampler runs 0.3 s a step here: a 150-step job holds its pod ~45 s, ample time to see every
+# pod busy at once on a loaded machine (the test waits for that, it never times it; with the old
+# fork-per-job workers and 12 slots it took ~20 s on 2 busy cores to get all 12 running).
+STEP_SECONDS = 0.3
+LONG_JOB_STEPS = 150
 # The old chart's default: 2 RQ worker pods x concurrency 4 = 8 pods driven at once at most.
 OLD_DEFAULT_SLOTS = 8
 POOL_SIZE = 12
