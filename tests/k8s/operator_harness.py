@@ -295,9 +295,14 @@ class OperatorFleet:
     # -- dispatch processes ------------------------------------------------------------------------
 
     def start_dispatch(self, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
-        """Start `python -m comfyfleet <args>` (`worker`, or `dispatcher`) on the fleet's Redis, with extra env."""
+        """Start `python -m comfyfleet <args>` (`dispatcher`, or its old name `worker`) on the fleet's Redis.
+
+        Each process gets a free COMFYFLEET_DISPATCHER_PORT (in a cluster each pod has its own network; here
+        they share one) unless env names one.
+        """
         n = len(self.rq_workers)
-        proc = ManagedProcess(python_module("comfyfleet", *args), env={**self.env, **(env or {})},
+        own = {"COMFYFLEET_DISPATCHER_PORT": str(free_port()), **(env or {})}
+        proc = ManagedProcess(python_module("comfyfleet", *args), env={**self.env, **own},
                               log_path=self.workdir / f"{args[0]}-{n}.log")
         self.rq_workers.append(proc)
         return proc
