@@ -3,16 +3,11 @@
 The dispatch processes are started exactly as the chart's dispatcher Deployment runs them: its
 replica count, its container args and its COMFYFLEET_MAX_IN_FLIGHT, rendered with `helm template`
 (each process gets its own COMFYFLEET_DISPATCHER_PORT, as each pod has its own network).
-
-NEEDS THE LEAD'S DISPATCHER: tests that start `comfyfleet dispatcher` (issue 8 item 1) skip, saying
-so, until that command exists; they pass once it is merged. `test_no_dispatcher_is_reported_on_the_pool`
-needs no dispatcher and runs today.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +17,7 @@ import yaml
 
 from tests.k8s.envtest import ControlPlane
 from tests.k8s.operator_harness import OperatorFleet, apply_yaml, kubectl_ok, txt2img_job, worker_manifest
-from tests.support.procs import ManagedProcess, free_port, python_module
+from tests.support.procs import ManagedProcess, free_port
 from tests.unit.test_chart import CHART, helm
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(480)]
@@ -42,18 +37,6 @@ def chart_dispatcher() -> dict[str, Any]:
     proc = helm("template", "cf", str(CHART), "--show-only", "templates/dispatcher.yaml")
     assert proc.returncode == 0, proc.stderr
     return next(d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "Deployment")
-
-
-def has_dispatcher_command() -> bool:
-    proc = subprocess.run(python_module("comfyfleet", "dispatcher", "--help"), capture_output=True, timeout=60,
-                          check=False)
-    return proc.returncode == 0
-
-
-@pytest.fixture
-def needs_dispatcher() -> None:
-    if not has_dispatcher_command():
-        pytest.skip("needs `comfyfleet dispatcher` (issue 8 item 1, the lead's asyncio dispatcher), not merged yet")
 
 
 @pytest.fixture
@@ -140,7 +123,7 @@ def test_no_dispatcher_is_reported_on_the_pool(fleet: OperatorFleet, namespace: 
 
 
 def test_pool_scaled_past_the_old_slots_runs_a_job_on_every_pod_at_once(
-    needs_dispatcher: None, fleet: OperatorFleet, namespace: str
+    fleet: OperatorFleet, namespace: str
 ) -> None:
     """12 pods (more than the old default's 8 slots) run 12 jobs at once with the chart's defaults."""
     dispatchers = start_chart_dispatchers(fleet)
@@ -178,7 +161,7 @@ def test_pool_scaled_past_the_old_slots_runs_a_job_on_every_pod_at_once(
 
 
 def test_too_few_slots_are_reported_and_clear_when_dispatchers_are_added(
-    needs_dispatcher: None, fleet: OperatorFleet, namespace: str
+    fleet: OperatorFleet, namespace: str
 ) -> None:
     """One dispatcher capped at 2 for 3 ready pods: False with the numbers; a second one fixes it;
     killed dispatchers drop out of the count once their roster entries expire."""
