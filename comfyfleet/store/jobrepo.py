@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import redis
 
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.keys import Keys
+from comfyfleet.store.jobevents import add_event
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +125,10 @@ class JobRepo:
         self._publish(job, "progress")
 
     def _publish(self, job: Job, event: str) -> None:
-        payload: dict[str, Any] = {"event": event, "job": json.loads(job.model_dump_json())}
-        self.conn.publish(self.keys.events(job.id), json.dumps(payload))
+        # HOOK(browser): the job event transport (stream for resume + one channel per install).
+        with self.conn.pipeline(transaction=False) as pipe:
+            add_event(pipe, self.keys, job, event)
+            pipe.execute()
 
 
 def is_final(job: Job) -> bool:
