@@ -144,6 +144,13 @@ class ApiSettings(PoolSettings, DispatchSettings):
                                  "(scheme and host, no path; '*' is not accepted)")
         return [o.lower() for o in value]
 
+    @field_validator("job_token_secret")
+    @classmethod
+    def _check_token_secret(cls, value: str) -> str:
+        if value and (len(value) < 32 or value.lower() in PLACEHOLDER_SECRETS):
+            raise ValueError("job_token_secret must be at least 32 random characters (or empty: kept in Redis)")
+        return value
+
     @model_validator(mode="after")
     def _check_auth(self) -> ApiSettings:
         if self.auth_mode == "none" and not _is_loopback(self.host):
