@@ -191,3 +191,10 @@ class HealthDetailedPublic(HealthPublic):
     redis: str
     workers: dict[str, int]
     queue: dict[str, int]
+
+
+class MePublic(ApiModel):
+    """Who the caller is, so a page can show admin actions only to admins (the routes check it again)."""
+
+    owner: str
+    admin: bool

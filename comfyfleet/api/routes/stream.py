@@ -1,4 +1,4 @@
-"""Job progress over a WebSocket: the same events as the SSE stream, as JSON text frames.
+"""Job progress over a WebSocket (the same events as the SSE stream, as JSON text frames), and /me.
 
     ws(s)://host/api/comfyui/ws?jobId=<id>&token=<accessToken>[&lastEventId=<id>]
 
@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from comfyfleet.api.deps import io
+from comfyfleet.api.deps import PrincipalDep, io
 from comfyfleet.api.errors import ApiError
 from comfyfleet.api.events import follow_job, parse_last_event_id
 from comfyfleet.api.routes.jobs import stream_job
+from comfyfleet.api.schemas import MePublic
 from comfyfleet.api.state import AppState
 from comfyfleet.jobs.model import Job
 
@@ -35,6 +36,12 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
     if origin.lower() in allowed:
         return True
     return urlsplit(origin).netloc.lower() == (host or "").lower()  # the API's own pages (the dashboard)
+
+
+@router.get("/api/comfyui/me", response_model=MePublic)
+async def me(principal: PrincipalDep) -> MePublic:
+    """The caller's user name and whether it is an admin."""
+    return MePublic(owner=principal.owner, admin=principal.admin)
 
 
 @router.websocket("/api/comfyui/ws")
