@@ -178,6 +178,7 @@ class EventHub:
         self._feeds: dict[str, set[JobFeed]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self.reconnects = 0  # how often the subscription was lost and renewed
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="job-event-hub")
@@ -199,6 +200,7 @@ class EventHub:
             try:
                 await pubsub.subscribe(channel(self.keys))
                 if self._ready.is_set():  # a reconnect: feeds may have missed messages meanwhile
+                    self.reconnects += 1
                     for feeds in self._feeds.values():
                         for feed in feeds:
                             feed._offer(_RESYNC)

@@ -19,7 +19,8 @@ def test_vitest_suite_against_a_real_stack(ts_client_dir: Path, sim_factory, sta
     stack = stack_factory([sim.url], workers=2, env={"COMFYFLEET_CORS_ORIGINS": "http://localhost:3000"})
     stack.wait_workers_ready(1)
     env = {**os.environ, "COMFYFLEET_TEST_API": stack.url,
-           "COMFYFLEET_TEST_TOKENS": json.dumps({"alice": ALICE, "bob": BOB, "admin": ADMIN}), "CI": "true", "NO_COLOR": "1"}
+           "COMFYFLEET_TEST_TOKENS": json.dumps({"alice": ALICE, "bob": BOB, "admin": ADMIN}),
+           "CI": "true", "NO_COLOR": "1"}
     run = subprocess.run(["npx", "--no-install", "vitest", "run", "--reporter=verbose"], cwd=ts_client_dir,
                          env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, f"{run.stdout[-8000:]}\n{run.stderr[-3000:]}"

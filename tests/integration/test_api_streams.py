@@ -225,3 +225,14 @@ def test_cors_allows_only_the_configured_origins(sim_factory, stack_factory, con
     r = stack.http.get("/api/queue/stats", headers={"Origin": "http://app.test:5173"})
     assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "http://app.test:5173", \
         "errors carry CORS headers too, so the page can read them"
+
+
+def test_dashboard_is_served_and_me_says_who_is_admin(sim_factory, stack_factory):
+    stack = stack_factory([], workers=0)
+    page = stack.http.get("/dashboard", follow_redirects=True)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "app.js" in page.text
+    script = stack.http.get("/dashboard/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert stack.http.get("/api/comfyui/me", headers=auth(ALICE)).json() == {"owner": "alice", "admin": False}
+    assert stack.http.get("/api/comfyui/me", headers=auth(ADMIN)).json() == {"owner": "root", "admin": True}
+    assert stack.http.get("/api/comfyui/me").status_code == 401

@@ -111,6 +111,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/comfyui/me": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Me
+         * @description The caller's user name and whether it is an admin.
+         */
+        get: operations["me_api_comfyui_me_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/comfyui/outputs/{job_id}/{filename}": {
         parameters: {
             query?: never;
@@ -492,6 +512,16 @@ export interface components {
             /** Workers */
             workers: string[];
         };
+        /**
+         * MePublic
+         * @description Who the caller is, so a page can show admin actions only to admins (the routes check it again).
+         */
+        MePublic: {
+            /** Admin */
+            admin: boolean;
+            /** Owner */
+            owner: string;
+        };
         /** OutputPublic */
         OutputPublic: {
             /** Contenttype */
@@ -854,6 +884,26 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    me_api_comfyui_me_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MePublic"];
                 };
             };
         };
