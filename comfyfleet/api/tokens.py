@@ -75,4 +75,4 @@ def shared_secret(conn: redis.Redis, keys: Keys, configured: str) -> bytes:
     value = conn.get(key)
     if value is None:  # only if someone deleted it between the two calls
         raise RuntimeError(f"could not read the job token secret at {key}")
-    return bytes(value)
+    return value if isinstance(value, bytes) else str(value).encode()

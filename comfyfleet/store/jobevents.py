@@ -103,6 +103,10 @@ class JobEvent:
         return parse_event_id(self.id) or (0, 0)
 
 
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def parse_message(data: bytes | str) -> tuple[str, str, str, str]:
     """`<job_id> <id> <event> <json>` -> (job_id, id, event, json)."""
     text = data.decode() if isinstance(data, bytes) else data
@@ -214,7 +218,7 @@ class EventHub:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(redis.RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _dispatch(self, data: bytes) -> None:
         try:
@@ -236,23 +240,24 @@ class EventHub:
     async def read_after(self, job_id: str, after: tuple[int, int]) -> tuple[list[JobEvent], bool]:
         """Events stored after `after`, and whether some may be missing (the stream was trimmed past it)."""
         key = stream_key(self.keys, job_id)
-        first = await self.aconn.xrange(key, "-", "+", count=1)
-        gap = bool(first) and after != (0, 0) and (parse_event_id(first[0][0].decode()) or (0, 0)) > after
+        first: list[Any] = await self.aconn.xrange(key, "-", "+", count=1) or []
+        gap = bool(first) and after != (0, 0) and (parse_event_id(_text(first[0][0])) or (0, 0)) > after
         if not first and after != (0, 0):
             gap = True  # the stream expired or never was: the caller falls back to the job record
-        rows = await self.aconn.xrange(key, f"({format_event_id(after)}", "+", count=STREAM_MAXLEN * 2)
+        rows: list[Any] = await self.aconn.xrange(key, f"({format_event_id(after)}", "+",
+                                                  count=STREAM_MAXLEN * 2) or []
         events = []
         for raw_id, fields in rows:
             try:
-                events.append(JobEvent(raw_id.decode(), fields[b"event"].decode(), parse_job(fields[b"job"])))
+                events.append(JobEvent(_text(raw_id), _text(fields[b"event"]), parse_job(fields[b"job"])))
             except (KeyError, ValueError) as exc:
                 log.warning("skipping an unreadable stored event of job %s: %s", job_id, exc)
         return events, gap
 
     async def last_id(self, job_id: str) -> tuple[int, int]:
         """The id of the newest stored event of a job, (0, 0) if none."""
-        rows = await self.aconn.xrevrange(stream_key(self.keys, job_id), "+", "-", count=1)
-        return (parse_event_id(rows[0][0].decode()) or (0, 0)) if rows else (0, 0)
+        rows: list[Any] = await self.aconn.xrevrange(stream_key(self.keys, job_id), "+", "-", count=1) or []
+        return (parse_event_id(_text(rows[0][0])) or (0, 0)) if rows else (0, 0)
 
     @asynccontextmanager
     async def follow(self, job_id: str, after: tuple[int, int] | None = None) -> AsyncIterator[JobFeed]:
