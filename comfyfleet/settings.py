@@ -119,10 +119,10 @@ class ApiSettings(PoolSettings, DispatchSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # HMAC secret of job access tokens (`accessToken`, `?token=` on streams and outputs). Empty: one
     # random secret per install is kept in Redis, so every API replica accepts every replica's tokens.
-    job_token_secret: str = ""
+    job_access_secret: str = ""
     # Job access tokens live 15 min: long enough to open a stream and show a page of thumbnails, short
     # enough that a URL copied out of a log is soon useless. Reading the job again gives a fresh one.
-    job_token_ttl_seconds: int = Field(900, ge=30, le=24 * 3600)
+    job_access_ttl_seconds: int = Field(900, ge=30, le=24 * 3600)
     # Open SSE/WebSocket streams per user and API process; one more is refused with 429. A page needs
     # one per job it watches; 20 covers a busy dashboard while one user cannot tie up the process.
     max_streams_per_user: int = Field(20, ge=1, le=10_000)
@@ -144,11 +144,11 @@ class ApiSettings(PoolSettings, DispatchSettings):
                                  "(scheme and host, no path; '*' is not accepted)")
         return [o.lower() for o in value]
 
-    @field_validator("job_token_secret")
+    @field_validator("job_access_secret")
     @classmethod
     def _check_token_secret(cls, value: str) -> str:
         if value and (len(value) < 32 or value.lower() in PLACEHOLDER_SECRETS):
-            raise ValueError("job_token_secret must be at least 32 random characters (or empty: kept in Redis)")
+            raise ValueError("job_access_secret must be at least 32 random characters (or empty: kept in Redis)")
         return value
 
     @model_validator(mode="after")

@@ -58,8 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(state.conn.close)
         stack.push_async_callback(state.aconn.aclose)
         state.job_tokens = JobTokens(
-            await asyncio.to_thread(shared_secret, state.conn, dispatcher.keys, settings.job_token_secret),
-            settings.job_token_ttl_seconds)
+            await asyncio.to_thread(shared_secret, state.conn, dispatcher.keys, settings.job_access_secret),
+            settings.job_access_ttl_seconds)
         await state.hub.start()
         stack.push_async_callback(state.hub.stop)
         for url in settings.comfyui_urls:
