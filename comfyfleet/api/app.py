@@ -48,6 +48,24 @@ async def _run_in_background(stack: AsyncExitStack, coro: Coroutine[Any, Any, No
     stack.push_async_callback(stop)
 
 
+async def _load_job_tokens(state: AppState) -> bool:
+    """Read (or create) the access-token secret; False while Redis cannot be reached."""
+    settings = state.settings
+    try:
+        secret = await asyncio.to_thread(shared_secret, state.conn, state.dispatcher.keys, settings.job_access_secret)
+    except redis.RedisError as exc:
+        log.warning("cannot read the job access secret from Redis yet (%s); retrying", exc)
+        return False
+    state.job_tokens = JobTokens(secret, settings.job_access_ttl_seconds)
+    return True
+
+
+async def _retry_job_tokens(state: AppState) -> None:
+    """Job routes answer 503 until the secret is read; Redis was down when the API started."""
+    while not await _load_job_tokens(state):
+        await asyncio.sleep(2)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start what the API runs beside its routes; undo it all in reverse order at shutdown."""
@@ -57,9 +75,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         stack.callback(state.conn.close)
         stack.push_async_callback(state.aconn.aclose)
-        state.job_tokens = JobTokens(
-            await asyncio.to_thread(shared_secret, state.conn, dispatcher.keys, settings.job_access_secret),
-            settings.job_access_ttl_seconds)
+        if not await _load_job_tokens(state):
+            await _run_in_background(stack, _retry_job_tokens(state), "job-access-secret")
         await state.hub.start()
         stack.push_async_callback(state.hub.stop)
         for url in settings.comfyui_urls:

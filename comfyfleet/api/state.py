@@ -11,6 +11,7 @@ import redis
 import redis.asyncio as aioredis
 
 from comfyfleet.api.auth import Authenticator
+from comfyfleet.api.errors import ApiError
 from comfyfleet.api.events import StreamGate
 from comfyfleet.api.schemas import JobPublic
 from comfyfleet.api.tokens import JobTokens
@@ -36,8 +37,8 @@ class AppState:
 
     @property
     def tokens(self) -> JobTokens:
-        if self.job_tokens is None:
-            raise RuntimeError("job tokens are not ready: the app's lifespan has not run")
+        if self.job_tokens is None:  # Redis was unreachable since the start (the lifespan keeps trying)
+            raise ApiError(503, "the API is starting: Redis is not reachable yet", headers={"Retry-After": "2"})
         return self.job_tokens
 
     def public(self, job: Job) -> JobPublic:

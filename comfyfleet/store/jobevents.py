@@ -184,9 +184,11 @@ class EventHub:
         self._ready = asyncio.Event()
         self.reconnects = 0  # how often the subscription was lost and renewed
 
-    async def start(self) -> None:
+    async def start(self, wait_seconds: float = 5.0) -> None:
+        """Subscribe in the background; wait a little for it, but start anyway while Redis is down."""
         self._task = asyncio.create_task(self._run(), name="job-event-hub")
-        await asyncio.wait_for(self._ready.wait(), 10)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._ready.wait()), wait_seconds)
 
     async def stop(self) -> None:
         if self._task:
@@ -203,17 +205,17 @@ class EventHub:
             pubsub = self.aconn.pubsub()
             try:
                 await pubsub.subscribe(channel(self.keys))
-                if self._ready.is_set():  # a reconnect: feeds may have missed messages meanwhile
+                if self._ready.is_set():
                     self.reconnects += 1
-                    for feeds in self._feeds.values():
-                        for feed in feeds:
-                            feed._offer(_RESYNC)
+                for feeds in self._feeds.values():  # feeds may have missed messages while unsubscribed
+                    for feed in feeds:
+                        feed._offer(_RESYNC)
                 self._ready.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if message and message.get("type") == "message":
                         self._dispatch(message["data"])
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.RedisError, OSError) as exc:
                 log.warning("job event subscription lost (%s); reconnecting", exc)
                 await asyncio.sleep(0.5)
             finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import uuid
 
 import pytest
@@ -13,6 +15,7 @@ from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.keys import Keys
 from comfyfleet.store import jobevents
 from comfyfleet.store.jobevents import EventHub, add_event, channel
+from tests.support.procs import ManagedProcess, free_port
 
 
 @pytest.fixture
@@ -101,3 +104,27 @@ async def test_a_lost_subscription_is_renewed_and_the_feed_catches_up(redis_serv
     finally:
         await hub.stop()
         await aconn.aclose()
+
+
+async def test_the_hub_starts_while_redis_is_down_and_subscribes_once_it_answers(tmp_path, keys):
+    port = free_port()
+    aconn = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+    hub = EventHub(aconn, keys)
+    await hub.start(wait_seconds=0.2)  # nothing listens on the port yet: the hub starts anyway
+    server = ManagedProcess([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                             "127.0.0.1", "--save", "", "--dir", str(tmp_path)], log_path=tmp_path / "redis.log")
+    try:
+        conn = redis.Redis(port=port)
+        for _ in range(150):  # a bounded async poll: the hub retries every 0.5 s
+            with contextlib.suppress(redis.ConnectionError):
+                if conn.pubsub_numsub(channel(keys))[0][1] == 1:
+                    break
+            await asyncio.sleep(0.1)
+        async with hub.follow("job-1") as feed:
+            write(conn, keys, job_at(1, JobState.SUCCEEDED), "state")
+            item = await feed.next(10)
+        assert item is not None and item.job.progress.value == 1
+    finally:
+        await hub.stop()
+        await aconn.aclose()
+        server.stop()
