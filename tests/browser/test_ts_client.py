@@ -16,7 +16,9 @@ from tests.support.stack import ADMIN, ALICE, BOB
 def test_vitest_suite_against_a_real_stack(ts_client_dir: Path, sim_factory, stack_factory):
     sim = sim_factory(step_seconds=0.05)
     # jsdom pages have the origin http://localhost:3000; the API lets it open WebSockets (cors_origins).
-    stack = stack_factory([sim.url], workers=2, env={"COMFYFLEET_CORS_ORIGINS": "http://localhost:3000"})
+    # Streams last 2 s, so the client's resume after the server ends a stream is exercised on every long job.
+    stack = stack_factory([sim.url], workers=2, env={"COMFYFLEET_CORS_ORIGINS": "http://localhost:3000",
+                                                     "COMFYFLEET_MAX_STREAM_SECONDS": "2"})
     stack.wait_workers_ready(1)
     env = {**os.environ, "COMFYFLEET_TEST_API": stack.url,
            "COMFYFLEET_TEST_TOKENS": json.dumps({"alice": ALICE, "bob": BOB, "admin": ADMIN}),

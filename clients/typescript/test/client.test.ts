@@ -4,7 +4,7 @@ import {
   ComfyFleetClient, ComfyFleetError, ComfyUIDisabledError, JobFailedError, configure, checkBackendStatus,
   generateWithComfyUI, getQueueStats, getWorkerStats, parseSseFrame, type JobEvent,
 } from "../src/client.js";
-import { API, TOKENS, clientFor, txt2img } from "./env.js";
+import { API, TOKENS, clientFor, expectOrderedWithoutRepeats, txt2img } from "./env.js";
 
 describe("the old client's functions, against a real API", () => {
   configure({ baseUrl: API, getToken: () => TOKENS.alice });
@@ -33,6 +33,22 @@ describe("the old client's functions, against a real API", () => {
     const png = await fetch(API + job.outputs[0].url!); // no header: the URL carries the job's token
     expect(png.status).toBe(200);
     expect(png.headers.get("content-type")).toBe("image/png");
+  });
+
+  it("resumes a stream the server ended (its lifetime) without losing or repeating events", async () => {
+    const opened: string[] = [];
+    const events: JobEvent[] = [];
+    const client = clientFor("alice", {
+      fetch: (input, init) => {
+        if (String(input).includes("/events")) opened.push(String(input));
+        return fetch(input, init);
+      },
+    });
+    // 80 steps x 50 ms = 4 s of sampling: streams of 2 s end at least once on the way.
+    const job = await client.generateWithComfyUI(txt2img(6, 80), { transport: "sse", onEvent: (e) => events.push(e) });
+    expect(job.state).toBe("succeeded");
+    expect(opened.length).toBeGreaterThanOrEqual(2);
+    expectOrderedWithoutRepeats(events, 80);
   });
 
   it("falls back to polling and still ends at the final state", async () => {

@@ -1,11 +1,13 @@
 // @vitest-environment jsdom
-import { cleanup, fireEvent, render, screen, waitFor, within } from "@testing-library/react";
+import { cleanup, configure, fireEvent, render, screen, waitFor, within } from "@testing-library/react";
 import { afterEach, describe, expect, it } from "vitest";
 import { ComfyFleetClient, type JobEvent } from "../src/client.js";
 import { ComfyUIStatus } from "../src/react/ComfyUIStatus.js";
-import { API, clientFor, txt2img } from "./env.js";
+import { API, clientFor, expectOrderedWithoutRepeats, txt2img } from "./env.js";
 
 afterEach(cleanup);
+// The machine may be busy: give the real API time to answer (waitFor still polls every 50 ms).
+configure({ asyncUtilTimeout: 15_000 });
 
 describe("ComfyUIStatus against a real API", () => {
   it("shows the service online, the pool and the queue, and details on demand", async () => {
@@ -58,5 +60,22 @@ describe("progress over a browser WebSocket (jsdom's, with an Origin header)", (
     expect(urls[0]).toMatch(/^ws:\/\/.*\/api\/comfyui\/ws\?token=[^&]+&jobId=/);
     expect(urls.join(" ")).not.toContain(process.env.COMFYFLEET_TEST_TOKENS ? JSON.parse(process.env.COMFYFLEET_TEST_TOKENS).alice : "x");
     expect(API).toBeTruthy();
+  });
+
+  it("reconnects with lastEventId when the server ends the stream, losing nothing", async () => {
+    const urls: string[] = [];
+    const Spy = class extends WebSocket {
+      constructor(url: string | URL) {
+        urls.push(String(url));
+        super(url);
+      }
+    };
+    const events: JobEvent[] = [];
+    const job = await clientFor("alice", { WebSocket: Spy as typeof WebSocket })
+      .generateWithComfyUI(txt2img(23, 80), { transport: "websocket", onEvent: (e) => events.push(e) });
+    expect(job.state).toBe("succeeded");
+    expect(urls.length).toBeGreaterThanOrEqual(2);
+    expect(urls[1]).toContain("lastEventId=");
+    expectOrderedWithoutRepeats(events, 80);
   });
 });
