@@ -127,6 +127,27 @@ test("the dashboard shows the pods, a job's live progress and then its thumbnail
   await page.close();
 });
 
+test("an admin cancels a running job and adds then withdraws an endpoint from the dashboard", async () => {
+  const page = await context.newPage();
+  await signIn(page, TOKENS.admin);
+  const job = await submit(TOKENS.admin, 150);
+  const card = `[data-job="${job.jobId}"]`;
+  await page.waitForSelector(`${card}[data-state="running"]`, { timeout: 30_000 });
+  await page.click(`${card} button:has-text("Cancel")`);
+  await page.waitForSelector(`${card}[data-state="cancelled"]`, { timeout: 30_000 });
+
+  await page.fill("#add-endpoint input[name=url]", "http://127.0.0.1:9");
+  await page.fill("#add-endpoint input[name=pool]", "spare");
+  await page.click("#add-endpoint button[type=submit]");
+  const row = `tr[data-pod="url:http://127.0.0.1:9"]`;
+  await page.waitForSelector(row);
+  await page.screenshot({ path: join(ARTIFACTS, "dashboard-admin.png"), fullPage: true });
+  await page.click(`${row} button:has-text("Withdraw")`);
+  await page.waitForSelector(row, { state: "detached" });
+  await page.waitForFunction((n) => document.querySelectorAll("#pods tbody tr[data-pod]").length === n, PODS);
+  await page.close();
+});
+
 test("admin controls are hidden from users and refused by the API", async () => {
   const page = await context.newPage();
   await signIn(page, TOKENS.alice);
