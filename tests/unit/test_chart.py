@@ -543,3 +543,16 @@ def test_every_value_is_documented_and_in_the_chart_readme() -> None:
     readme = (CHART / "README.md").read_text()
     missing = sorted(path for path in documented if f"| `{path}` |" not in readme)
     assert not missing, f"helm/comfyfleet/README.md lacks rows for {missing}"
+
+
+def test_browser_settings_reach_the_api(tmp_path: Path) -> None:
+    values = {"api": {"corsOrigins": ["https://app.example.com", "http://localhost:5173"], "maxStreamsPerUser": 7,
+                      "maxStreamSeconds": 600, "jobAccessTtlSeconds": 300}}
+    api = by_kind_name(render("-f", values_file(tmp_path, values)), "Deployment", "cf-comfyfleet-api")
+    env = env_of(api["spec"]["template"]["spec"]["containers"][0])
+    assert env["COMFYFLEET_CORS_ORIGINS"]["value"] == "https://app.example.com,http://localhost:5173"
+    assert env["COMFYFLEET_MAX_STREAMS_PER_USER"]["value"] == "7"
+    assert env["COMFYFLEET_MAX_STREAM_SECONDS"]["value"] == "600"
+    assert env["COMFYFLEET_JOB_ACCESS_TTL_SECONDS"]["value"] == "300"
+    default = by_kind_name(render(), "Deployment", "cf-comfyfleet-api")
+    assert env_of(default["spec"]["template"]["spec"]["containers"][0])["COMFYFLEET_CORS_ORIGINS"]["value"] == ""
