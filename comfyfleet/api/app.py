@@ -23,6 +23,8 @@ from comfyfleet.dispatch.registry import endpoint_id_for_url
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
+from comfyfleet.webhooks.deliverer import WebhookDeliverer  # HOOK(integrations)
+from comfyfleet.webhooks.metrics import WebhookCollector  # HOOK(integrations)
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             mirror = FirestoreMirror.from_settings(settings, conn, dispatcher.repo)
             app.state.metrics.registry.register(MirrorCollector(mirror))
             mirror_task = asyncio.create_task(mirror.run_forever(), name="firestore-mirror")
+        # HOOK(integrations): webhook deliveries; moves into the dispatcher process with the new runner.
+        webhook_task = None
+        if settings.webhook_secret:
+            deliverer = WebhookDeliverer.from_settings(settings, state.aconn, dispatcher.repo)
+            webhook_task = asyncio.create_task(deliverer.run_forever(), name="webhook-deliverer")
         try:
             yield
         finally:
+            if webhook_task:  # HOOK(integrations)
+                webhook_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await webhook_task
             if mirror_task:
                 mirror_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -76,6 +87,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.cf = state
     app.state.metrics = Metrics(dispatcher)
+    app.state.metrics.registry.register(WebhookCollector(conn, dispatcher.keys))  # HOOK(integrations)
     install_error_handlers(app)
     for router in (generate.router, jobs.router, fleet.router, health.router):
         app.include_router(router)

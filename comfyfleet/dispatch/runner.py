@@ -19,6 +19,7 @@ from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.errors import ComfyError, ComfyPromptLost, ComfyUnavailable, ComfyValidationError
 from comfyfleet.comfy.messages import ComfyEvent, Executing, ExecutionCached, ExecutionStart, Progress
 from comfyfleet.comfy.models import RunResult
+from comfyfleet.convert import store_output  # HOOK(integrations): output format + inline
 from comfyfleet.dispatch.registry import Endpoint, Registry
 from comfyfleet.dispatch.scheduler import Scheduler
 from comfyfleet.dispatch.service import Dispatcher
@@ -276,7 +277,9 @@ class JobRun:
                                           message=f"could not fetch output {ref.filename}: {exc}")) from None
             content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
             try:
-                stored.append(await self.io(self.ctx.store.put, job, ref.node_id, ref.filename, data, content_type))
+                # HOOK(integrations): convert per job.output, store, embed inline when asked
+                stored.append(await self.io(store_output, self.ctx.store, job, ref.node_id, ref.filename, data,
+                                            content_type, self.ctx.settings.output_inline_max_bytes))
             except StorageError as exc:
                 raise JobOutcome(JobError(code=ErrorCode.STORAGE, message=str(exc))) from None
         return stored

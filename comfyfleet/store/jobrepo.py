@@ -11,6 +11,7 @@ import redis
 
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.keys import Keys
+from comfyfleet.webhooks.outbox import queue_webhooks  # HOOK(integrations)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class JobRepo:
                     before = Job.model_validate_json(raw)
                     after = change(before)
                     pipe.multi()
+                    after = queue_webhooks(pipe, self.keys, before, after)  # HOOK(integrations): webhook outbox
                     if after.state.is_terminal:
                         pipe.set(key, after.model_dump_json(), ex=self.finished_ttl)
                         if not before.state.is_terminal:
