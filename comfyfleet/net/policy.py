@@ -126,14 +126,17 @@ def address_refusal(ip: IPAddress, host: str, policy: UrlPolicy) -> str | None:
         ip = ip.ipv4_mapped
     if ip in METADATA_ADDRESSES:
         return f"{ip} is a cloud metadata address"
-    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+    if ip.is_unspecified or ip.is_multicast:
         return f"{ip} is not a unicast address"
     if ip.is_link_local:
         return f"{ip} is a link-local address"
-    if policy.allow_private or policy.host_trusted(host) or policy.address_trusted(ip):
+    trusted = policy.allow_private or policy.host_trusted(host) or policy.address_trusted(ip)
+    if ip.is_loopback:  # before is_reserved: ::1 sits in IPv6's reserved ::/8
+        return None if trusted else f"{ip} is a loopback address"
+    if ip.is_reserved:
+        return f"{ip} is not a unicast address"
+    if trusted:
         return None
-    if ip.is_loopback:
-        return f"{ip} is a loopback address"
     if ip.is_private or ip in _SHARED_ADDRESS_SPACE or not ip.is_global:
         return f"{ip} is a private or non-public address"
     return None
