@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlunsplit
 
@@ -57,24 +58,31 @@ def pinned_url(target: Target, ip: IPAddress) -> str:
     return urlunsplit((target.scheme, f"{host}:{target.port}", parts.path or "/", parts.query, ""))
 
 
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+
 async def fetch(url: str, policy: UrlPolicy, *, method: str = "GET", content: bytes | None = None,
-                headers: dict[str, str] | None = None, verify: ssl.SSLContext | None = None) -> FetchResult:
-    """Make one request under the policy; raise UrlPolicyError (refused) or FetchError (failed)."""
+                headers: dict[str, str] | None = None, verify: ssl.SSLContext | None = None,
+                resolver: Resolver = resolve) -> FetchResult:
+    """Make one request under the policy; raise UrlPolicyError (refused) or FetchError (failed).
+
+    `verify` replaces the CA bundle and `resolver` the system DNS (tests use them to stand up names).
+    """
     try:
         async with asyncio.timeout(policy.timeout_seconds):
-            return await _follow(url, policy, method, content, headers or {}, verify or _TLS)
+            return await _follow(url, policy, method, content, headers or {}, verify or _TLS, resolver)
     except TimeoutError:
         raise FetchError(f"no complete answer within {policy.timeout_seconds:g} s") from None
 
 
 async def _follow(url: str, policy: UrlPolicy, method: str, content: bytes | None, headers: dict[str, str],
-                  verify: ssl.SSLContext) -> FetchResult:
+                  verify: ssl.SSLContext, resolver: Resolver) -> FetchResult:
     # trust_env=False: no proxy from the environment may carry a request around the address check.
     async with httpx.AsyncClient(verify=verify, trust_env=False, follow_redirects=False,
                                  timeout=policy.timeout_seconds) as client:
         for _hop in range(policy.max_redirects + 1):
             target = parse_url(url, policy)
-            [ip, *_] = check_addresses(target.host, await resolve(target.host, target.port), policy)
+            [ip, *_] = check_addresses(target.host, await resolver(target.host, target.port), policy)
             request = client.build_request(
                 method, pinned_url(target, ip), content=content,
                 headers={**headers, "Host": target.host_header},
