@@ -33,7 +33,7 @@ from comfyfleet.client._common import (
 class AsyncClient:
     """A comfyfleet API client over one connection pool; use it as a context manager or call close()."""
 
-    async def __init__(self, api: str = "http://127.0.0.1:8000", token: str | None = None, *, timeout: float = 30.0,
+    def __init__(self, api: str = "http://127.0.0.1:8000", token: str | None = None, *, timeout: float = 30.0,
                  transport: httpx.AsyncBaseTransport | None = None):
         self.api = api.rstrip("/")
         self._http = httpx.AsyncClient(base_url=self.api, auth=SameOriginBearer(self.api, token), timeout=timeout,
