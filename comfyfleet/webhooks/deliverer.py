@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 import redis
 import redis.asyncio as aioredis
@@ -28,6 +29,7 @@ from comfyfleet.webhooks.outbox import WebhookKeys
 from comfyfleet.webhooks.signing import webhook_headers
 
 log = logging.getLogger(__name__)
+DeliveryState = Literal["pending", "delivered", "failed"]
 
 # Claim up to `count` deliveries due by `now`, pushing each one's due time to `until` (its attempt's lease).
 _CLAIM = """
@@ -134,8 +136,8 @@ class WebhookDeliverer:
                 log.warning("webhook %s: could not record the attempt: %s", did, exc)
 
     async def deliver(self, did: str) -> None:
-        """One attempt of one delivery, and its bookkeeping."""
-        msg: dict[bytes, bytes] = await self.aconn.hgetall(self.wk.message(did))
+        """One attempt of one delivery, and its bookkeeping in the outbox and on the job."""
+        msg: dict[Any, Any] = await self.aconn.hgetall(self.wk.message(did))
         if not msg:
             await self.aconn.zrem(self.wk.due, did)
             return
@@ -144,29 +146,33 @@ class WebhookDeliverer:
         result = await self.post(did, url, body)
         now = time.time()
         await self.aconn.hset(self.wk.message(did), "attempts", attempts)
-        if result.delivered:
-            state, due = "delivered", None
-            await self.aconn.zrem(self.wk.due, did)
-            await self.aconn.hincrby(self.wk.stats, "delivered", 1)
-        else:
-            due = self.retry.next_due(attempts, float(msg.get(b"created", now)), now)
-            await self.aconn.hincrby(self.wk.stats, "failed_attempts", 1)
-            if due is None:
-                state = "failed"
-                await self.aconn.zrem(self.wk.due, did)
-                await self.aconn.hincrby(self.wk.stats, "gave_up", 1)
-                log.warning("webhook %s for job %s: giving up after %d attempts: %s", did, job_id, attempts,
-                            result.error)
-            else:
-                state = "pending"
-                await self.aconn.zadd(self.wk.due, {did: due}, xx=True)
-                log.info("webhook %s for job %s: attempt %d failed (%s), next in %.0f s", did, job_id, attempts,
-                         result.error, due - now)
+        state, due = await self._settle(did, result, attempts, float(msg.get(b"created", now)), now)
+        if state == "failed":
+            log.warning("webhook %s for job %s: giving up after %d attempts: %s", did, job_id, attempts, result.error)
+        elif due is not None:
+            log.info("webhook %s for job %s: attempt %d failed (%s), next in %.0f s", did, job_id, attempts,
+                     result.error, due - now)
         record = WebhookDelivery(
             id=did, event=msg[b"event"].decode(), state=state, attempts=attempts, last_status=result.status,
             last_error=result.error, last_attempt_at=_dt(now), next_attempt_at=_dt(due) if due else None,
         )
         await asyncio.to_thread(self._record, job_id, record)
+
+    async def _settle(self, did: str, result: Attempt, attempts: int, created: float,
+                      now: float) -> tuple[DeliveryState, float | None]:
+        """Remove a finished delivery from the due set or schedule its next attempt; count the outcome."""
+        if result.delivered:
+            await self.aconn.zrem(self.wk.due, did)
+            await self.aconn.hincrby(self.wk.stats, "delivered", 1)
+            return "delivered", None
+        await self.aconn.hincrby(self.wk.stats, "failed_attempts", 1)
+        due = self.retry.next_due(attempts, created, now)
+        if due is None:
+            await self.aconn.zrem(self.wk.due, did)
+            await self.aconn.hincrby(self.wk.stats, "gave_up", 1)
+            return "failed", None
+        await self.aconn.zadd(self.wk.due, {did: due}, xx=True)
+        return "pending", due
 
     async def post(self, did: str, url: str, body: bytes) -> Attempt:
         headers = webhook_headers(self.secret, did, int(time.time()), body)

@@ -33,4 +33,4 @@ class WebhookCollector(Collector):
                                   "Webhook delivery attempts that failed (each retry counts)",
                                   value=stats.get("failed_attempts", 0))
         yield GaugeMetricFamily("comfyfleet_webhook_backlog", "Webhook deliveries waiting for an attempt",
-                                value=int(self.conn.zcard(WebhookKeys.of(self.keys).due)))  # type: ignore[arg-type]
+                                value=int(self.conn.zcard(WebhookKeys.of(self.keys).due)))

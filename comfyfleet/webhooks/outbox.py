@@ -96,5 +96,5 @@ def queue_webhooks(pipe: redis.client.Pipeline, keys: Keys, before: Job | None, 
 
 
 def counters(conn: redis.Redis, keys: Keys) -> dict[str, int]:
-    raw: dict[Any, Any] = conn.hgetall(WebhookKeys.of(keys).stats)  # type: ignore[assignment]
+    raw: dict[Any, Any] = conn.hgetall(WebhookKeys.of(keys).stats)
     return {k.decode(): int(v) for k, v in raw.items()}
