@@ -25,6 +25,7 @@ from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
 from comfyfleet.webhooks.deliverer import WebhookDeliverer  # HOOK(integrations)
 from comfyfleet.webhooks.metrics import WebhookCollector  # HOOK(integrations)
+from comfyfleet.webhooks.openapi import document_webhooks  # HOOK(integrations)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.cf = state
     app.state.metrics = Metrics(dispatcher)
     app.state.metrics.registry.register(WebhookCollector(conn, dispatcher.keys))  # HOOK(integrations)
+    document_webhooks(app)  # HOOK(integrations): the notification request in the OpenAPI document
     install_error_handlers(app)
     for router in (generate.router, jobs.router, fleet.router, health.router):
         app.include_router(router)
