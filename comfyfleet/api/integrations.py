@@ -5,12 +5,13 @@ Called by the generate route; every refusal is a FieldError naming the request f
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from comfyfleet.api.schemas import JobCreate
 from comfyfleet.jobs.model import OutputSpec, WebhookSpec
 from comfyfleet.net.images import InputImageError, resolve_input_images
-from comfyfleet.net.policy import UrlPolicy, UrlPolicyError, parse_url
+from comfyfleet.net.policy import IPAddress, UrlPolicy, UrlPolicyError, check_addresses, parse_url
 from comfyfleet.settings import ApiSettings
 
 
@@ -38,10 +39,21 @@ def webhook_spec(settings: ApiSettings, body: JobCreate, owner: str) -> WebhookS
     if not settings.webhook_secret:
         raise FieldError("webhook", "webhooks are not enabled on this server (no COMFYFLEET_WEBHOOK_SECRET)")
     try:
-        parse_url(spec.url, outbound_policy(settings, 0))
+        policy = outbound_policy(settings, 0)
+        target = parse_url(spec.url, policy)
+        literal = _ip_literal(target.host)
+        if literal is not None:  # an address is checked now; names are resolved and checked at each delivery
+            check_addresses(target.host, [literal], policy)
     except UrlPolicyError as exc:
         raise FieldError(field, str(exc)) from None
     return spec
+
+
+def _ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def output_spec(body: JobCreate) -> OutputSpec | None:

@@ -111,6 +111,8 @@ def test_webhook_requests_are_checked(sim_factory, stack_factory, receiver) -> N
         (stack, {"url": "http://169.254.169.254/latest/meta-data/"}, "webhook.url", "http"),
         (stack, {"url": "https://metadata.google.internal/x"}, "webhook.url", "metadata"),
         (stack, {"url": "ftp://hooks.example/x"}, "webhook.url", "scheme"),
+        (stack, {"url": "https://10.0.0.1/x"}, "webhook.url", "private"),
+        (stack, {"url": "https://[::1]:9/x"}, "webhook.url", "loopback"),
         (stack, {"url": "https://u:p@hooks.example/x"}, "webhook.url", "credentials"),
         (stack, {"url": 5}, "webhook.url", ""),
         (stack, {"url": "https://hooks.example/x", "extra": 1}, "webhook.extra", ""),
