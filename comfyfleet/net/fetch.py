@@ -77,12 +77,13 @@ async def fetch(url: str, policy: UrlPolicy, *, method: str = "GET", content: by
 
 async def _follow(url: str, policy: UrlPolicy, method: str, content: bytes | None, headers: dict[str, str],
                   verify: ssl.SSLContext, resolver: Resolver) -> FetchResult:
-    # trust_env=False: no proxy from the environment may carry a request around the address check.
-    async with httpx.AsyncClient(verify=verify, trust_env=False, follow_redirects=False,
-                                 timeout=policy.timeout_seconds) as client:
-        for _hop in range(policy.max_redirects + 1):
-            target = parse_url(url, policy)
-            [ip, *_] = check_addresses(target.host, await resolver(target.host, target.port), policy)
+    for _hop in range(policy.max_redirects + 1):
+        target = parse_url(url, policy)
+        [ip, *_] = check_addresses(target.host, await resolver(target.host, target.port), policy)
+        # A client per hop: a pooled TLS connection verified for one name must never carry another name's request.
+        # trust_env=False: no proxy from the environment may carry a request around the address check.
+        async with httpx.AsyncClient(verify=verify, trust_env=False, follow_redirects=False,
+                                     timeout=policy.timeout_seconds) as client:
             request = client.build_request(
                 method, pinned_url(target, ip), content=content,
                 headers={**headers, "Host": target.host_header},
@@ -103,7 +104,7 @@ async def _follow(url: str, policy: UrlPolicy, method: str, content: bytes | Non
                 return FetchResult(response.status_code, response.headers, body, url)
             finally:
                 await response.aclose()
-        raise FetchError(f"more than {policy.max_redirects} redirects")
+    raise FetchError(f"more than {policy.max_redirects} redirects")
 
 
 async def _read_limited(response: httpx.Response, limit: int) -> bytes:

@@ -49,3 +49,11 @@ def test_delivery_ids_are_stable_per_job_and_event() -> None:
 def test_retry_schedule(attempts: int, now: float, due: float | None) -> None:
     policy = RetryPolicy(backoff_seconds=5, backoff_max_seconds=60, window_seconds=1000)
     assert policy.next_due(attempts, created=0.0, now=now) == due
+
+
+def test_records_written_before_the_integration_fields_still_parse() -> None:
+    old = ('{"id": "j1", "owner": "alice", "workflow": {}, "state": "succeeded", "outputs": '
+           '[{"filename": "a.png", "node_id": "9", "key": "alice/j1/a.png"}]}')
+    job = Job.model_validate_json(old)
+    assert job.webhook is None and job.webhook_deliveries == [] and job.output is None
+    assert job.outputs[0].data is None and due_events(None, job) == []
