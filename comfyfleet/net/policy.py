@@ -10,6 +10,7 @@ Two policies:
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -107,10 +108,27 @@ def parse_url(url: str, policy: UrlPolicy) -> Target:
         raise UrlPolicyError("credentials in URLs are not allowed")
     if host.lower() in METADATA_HOSTS:
         raise UrlPolicyError(f"host {host!r} is a cloud metadata service")
+    if _odd_numeric_host(host):
+        raise UrlPolicyError(f"host {host!r} is an IP address in a non-standard form (decimal, hex or octal)")
     trusted = policy.host_trusted(host) or _literal_trusted(host, policy)
     if scheme == "http" and not (policy.allow_http or trusted):
         raise UrlPolicyError("plain http is not allowed; use https")
     return Target(scheme=scheme, host=host, port=port or (443 if scheme == "https" else 80), url=parts)
+
+
+_NUMERIC_PART = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
+
+
+def _odd_numeric_host(host: str) -> bool:
+    """`2852039166`, `0xA9FEA9FE`, `0251.0376.0251.0376`, `127.1`: resolvers read these as IPv4 addresses, so
+    they would dodge a check on the written form; only the dotted-decimal form is accepted."""
+    if not all(_NUMERIC_PART.fullmatch(part) for part in host.split(".")):
+        return False
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return True
+    return False
 
 
 def _literal_trusted(host: str, policy: UrlPolicy) -> bool:
@@ -150,7 +168,7 @@ def check_addresses(host: str, addresses: Iterable[IPAddress], policy: UrlPolicy
     for ip in found:
         reason = address_refusal(ip, host, policy)
         if reason:
-            raise UrlPolicyError(f"{host} resolves to {reason}")
+            raise UrlPolicyError(reason if host == str(ip) else f"{host} resolves to {reason}")
     return found
 
 

@@ -32,6 +32,13 @@ LOOPBACK_ALLOWED = UrlPolicy.build(["127.0.0.1", "hooks.internal"])
     ("https:///nohost", STRICT, "no host"),
     ("https://metadata.google.internal/computeMetadata/v1/", STRICT, "metadata"),
     ("https://example.com:99999/", STRICT, "not a valid URL"),
+    ("https://2852039166/", STRICT, "non-standard form"),
+    ("https://0xA9FEA9FE/", STRICT, "non-standard form"),
+    ("https://0251.0376.0251.0376/", STRICT, "non-standard form"),
+    ("https://127.1/", STRICT, "non-standard form"),
+    ("https://93.184.215.14/", STRICT, None),
+    ("https://cafe.be/", STRICT, None),
+    ("https://1e100.net/", STRICT, None),
 ])
 def test_url_shapes(url: str, policy: UrlPolicy, refusal: str | None) -> None:
     if refusal is None:
@@ -99,6 +106,8 @@ def test_a_name_with_one_inside_address_among_public_ones_is_refused() -> None:
     ("http://link.example:8188", ["169.254.10.10"], "link-local"),
     ("ftp://gpu-box:8188", ["10.0.0.1"], "scheme"),
     ("http://gpu-box:8188/?x=1", ["10.0.0.1"], "query"),
+    ("http://2852039166:8188", ["169.254.169.254"], "non-standard"),
+    ("http://0xA9FEA9FE/", ["169.254.169.254"], "non-standard"),
 ])
 def test_endpoint_policy(url: str, addresses: list[str], refused: str | None) -> None:
     reason = endpoint_url_refusal(url, [ipaddress.ip_address(a) for a in addresses])
