@@ -9,6 +9,7 @@ Everything here is also in the REST API; see README "Integrations".
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -27,11 +28,17 @@ def blocking() -> None:
         Path(out.filename).write_bytes(cf.download(out))  # inline data if present, else the output URL
         print(job.state.value, out.filename, out.content_type)  # noqa: T201
 
-        # Queue and follow progress; an https image URL is fetched once by the server at submit.
+        # Queue and follow progress.
         queued = cf.generate(template="txt2img", params={"prompt": "a fox", "steps": 20},
                              webhook=os.environ.get("WEBHOOK_URL"))  # a signed POST when it ends
         for event in cf.events(queued.job_id):
             print(event.event, event.job.state.value, event.job.progress.percent)  # noqa: T201
+
+        # img2img with the input image given by URL (https; fetched once by the server, checked as an image).
+        if image_url := os.environ.get("IMAGE_URL"):
+            workflow = json.loads((Path(__file__).parent / "img2img.json").read_text())
+            job = cf.generate(workflow, input_images={"input.png": image_url}, wait=True)
+            print("img2img", job.state.value)  # noqa: T201
         print(cf.queue_stats(), cf.workers().ready)  # noqa: T201
 
 
