@@ -39,6 +39,9 @@ return ids
 """
 # How often an idle deliverer looks for due deliveries; a final state is announced within about this long.
 POLL_SECONDS = 0.5
+# An outbox entry is written just before its job's state; one the job still does not list after this long
+# belongs to a write that lost its race or never happened.
+ORPHAN_GRACE_SECONDS = 30.0
 # Receiver answers are recorded up to this many characters (an HTML error page is not worth keeping whole).
 ERROR_CHARS = 300
 
@@ -142,6 +145,8 @@ class WebhookDeliverer:
             await self.aconn.zrem(self.wk.due, did)
             return
         job_id, url, body = msg[b"job_id"].decode(), msg[b"url"].decode(), msg[b"body"]
+        if await self._orphan(did, job_id, float(msg.get(b"created", 0))):
+            return
         attempts = int(msg.get(b"attempts", b"0")) + 1
         result = await self.post(did, url, body)
         now = time.time()
@@ -157,6 +162,20 @@ class WebhookDeliverer:
             last_error=result.error, last_attempt_at=_dt(now), next_attempt_at=_dt(due) if due else None,
         )
         await asyncio.to_thread(self._record, job_id, record)
+
+    async def _orphan(self, did: str, job_id: str, created: float) -> bool:
+        """True when the state change that queued this delivery was never written (its job does not list it):
+        wait a little (the write may be a moment behind the outbox entry), then drop it."""
+        job = await asyncio.to_thread(self.repo.get, job_id)
+        if job is None or any(d.id == did for d in job.webhook_deliveries):
+            return False  # listed, or the record is gone (expired, cleaned): the body is self-contained
+        if time.time() - created < ORPHAN_GRACE_SECONDS:
+            await self.aconn.zadd(self.wk.due, {did: time.time() + 1}, xx=True)
+        else:
+            log.info("webhook %s: job %s never reached that state; dropping the delivery", did, job_id)
+            await self.aconn.zrem(self.wk.due, did)
+            await self.aconn.delete(self.wk.message(did))
+        return True
 
     async def _settle(self, did: str, result: Attempt, attempts: int, created: float,
                       now: float) -> tuple[DeliveryState, float | None]:

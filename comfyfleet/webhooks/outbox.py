@@ -1,8 +1,14 @@
-"""The webhook outbox in Redis: deliveries are written in the same transaction as the job state that causes them.
+"""The webhook outbox in Redis: deliveries are queued by the job write that causes them.
+
+`queue_webhooks` runs inside JobRepo.write just before its compare-and-set: it lists the new deliveries on the
+job (so they are written with the state, atomically) and puts them in the outbox first. If the state write then
+loses its race (or the process dies in between) the outbox holds an entry the job never lists: the deliverer
+recognises such an orphan by the job record and drops it after a grace period. So every final state that is
+written is delivered at least once, and nothing is delivered for a state that was never written.
 
 Layout under the install's key prefix:
 - `<p>:webhooks:due`       zset of delivery ids scored by when the next attempt is due;
-- `<p>:webhooks:msg:<id>`  hash {job_id, event, url, body, created} (the body is signed as is on every attempt);
+- `<p>:webhooks:msg:<id>`  hash {job_id, event, url, body, created, attempts} (the body is signed as is);
 - `<p>:webhooks:stats`     hash of counters {delivered, failed_attempts, gave_up} for metrics.
 """
 
@@ -75,9 +81,10 @@ def payload(job: Job, event: str) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def queue_webhooks(pipe: redis.client.Pipeline, keys: Keys, before: Job | None, after: Job) -> Job:
-    """Queue the deliveries this change causes on `pipe` (inside the job write's MULTI) and return the job
-    with them listed as pending. Call it from every job write, after MULTI and before the record is set.
+def queue_webhooks(conn: redis.Redis, keys: Keys, before: Job | None, after: Job) -> Job:
+    """Put the deliveries this change causes in the outbox and return the job listing them as pending.
+
+    Call it from every job write, before the write itself (see the module docstring for why that order).
     """
     events = due_events(before, after)
     if not events or after.webhook is None:
@@ -85,13 +92,15 @@ def queue_webhooks(pipe: redis.client.Pipeline, keys: Keys, before: Job | None, 
     wk = WebhookKeys.of(keys)
     now = time.time()
     deliveries = list(after.webhook_deliveries)
-    for event in events:
-        did = delivery_id(after.id, event)
-        pipe.hset(wk.message(did), mapping={"job_id": after.id, "event": event, "url": after.webhook.url,
-                                            "body": payload(after, event), "created": str(now)})
-        pipe.expire(wk.message(did), MESSAGE_TTL_SECONDS)
-        pipe.zadd(wk.due, {did: now}, nx=True)
-        deliveries.append(WebhookDelivery(id=did, event=event))
+    with conn.pipeline(transaction=True) as pipe:
+        for event in events:
+            did = delivery_id(after.id, event)
+            pipe.hset(wk.message(did), mapping={"job_id": after.id, "event": event, "url": after.webhook.url,
+                                                "body": payload(after, event), "created": str(now)})
+            pipe.expire(wk.message(did), MESSAGE_TTL_SECONDS)
+            pipe.zadd(wk.due, {did: now}, nx=True)
+            deliveries.append(WebhookDelivery(id=did, event=event))
+        pipe.execute()
     return after.model_copy(update={"webhook_deliveries": deliveries})
 
 
