@@ -48,7 +48,7 @@ async def parts(redis_server) -> AsyncIterator[tuple[JobRepo, WebhookDeliverer]]
 def finish(repo: JobRepo, url: str) -> Job:
     job, _ = repo.create(Job(owner="alice", workflow={}, webhook=WebhookSpec(url=url)))
     for state in (JobState.DISPATCHED, JobState.RUNNING, JobState.SUCCEEDED):
-        job = repo.update(job.id, lambda j, s=state: transition(j, s))
+        job = repo.write(job, transition(job, state))
     return job
 
 
