@@ -30,6 +30,9 @@ from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
 from comfyfleet.store.jobevents import EventHub
+from comfyfleet.webhooks.deliverer import WebhookDeliverer  # HOOK(integrations)
+from comfyfleet.webhooks.metrics import WebhookCollector  # HOOK(integrations)
+from comfyfleet.webhooks.openapi import document_webhooks  # HOOK(integrations)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics: Metrics = app.state.metrics
             metrics.registry.register(MirrorCollector(mirror))
             await _run_in_background(stack, mirror.run_forever(), "firestore-mirror")
+        if settings.webhook_secret:  # HOOK(integrations): webhook deliveries; moves into the dispatcher process
+            deliverer = WebhookDeliverer.from_settings(settings, state.aconn, dispatcher.repo)
+            await _run_in_background(stack, deliverer.run_forever(), "webhook-deliverer")
         yield
 
 
@@ -116,6 +122,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.cf = state
     app.state.metrics = Metrics(dispatcher)
+    app.state.metrics.registry.register(WebhookCollector(conn, dispatcher.keys))  # HOOK(integrations)
+    document_webhooks(app)  # HOOK(integrations): the notification request in the OpenAPI document
     install_error_handlers(app)
     for router in (generate.router, jobs.router, stream.router, fleet.router, health.router):
         app.include_router(router)
