@@ -30,7 +30,6 @@ from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
 from comfyfleet.store.jobevents import EventHub
-from comfyfleet.webhooks.deliverer import WebhookDeliverer  # HOOK(integrations)
 from comfyfleet.webhooks.metrics import WebhookCollector  # HOOK(integrations)
 from comfyfleet.webhooks.openapi import document_webhooks  # HOOK(integrations)
 
@@ -98,9 +97,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics: Metrics = app.state.metrics
             metrics.registry.register(MirrorCollector(mirror))
             await _run_in_background(stack, mirror.run_forever(), "firestore-mirror")
-        if settings.webhook_secret:  # HOOK(integrations): webhook deliveries; moves into the dispatcher process
-            deliverer = WebhookDeliverer.from_settings(settings, state.aconn, dispatcher.repo)
-            await _run_in_background(stack, deliverer.run_forever(), "webhook-deliverer")
         yield
 
 
