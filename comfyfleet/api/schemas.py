@@ -131,7 +131,7 @@ class JobPublic(ApiModel):
             if job.error else None,
             outputs=[OutputPublic(filename=o.filename, node_id=o.node_id, content_type=o.content_type, size=o.size,
                                   url=with_token(o.url, token), data=o.data) for o in job.outputs],
-            worker=job.worker, source=job.source, cancel_requested=job.cancel_requested, created_at=job.created_at,
+            worker=job.endpoint, source=job.source, cancel_requested=job.cancel_requested, created_at=job.created_at,
             updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
             access_token=token,
             access_token_expires_at=datetime.fromtimestamp(expires, UTC) if expires is not None else None,

@@ -147,7 +147,8 @@ class Job(BaseModel):
     inputs: list[InputFile] = Field(default_factory=list)
     idempotency_key: str | None = None
     source: str = "api"
-    worker: str | None = None
+    # The ComfyUI endpoint the job was last dispatched to (`worker` in the public API).
+    endpoint: str | None = None
     cancel_requested: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

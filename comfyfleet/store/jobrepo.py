@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 JOB_FIELDS: tuple[str, ...] = tuple(Job.model_fields)
 NEEDS_FIELD = "needs"
 # The fields a claim pass reads for each queued job (never the workflow).
-COMPACT_FIELDS = ("state", "pool", "owner", "priority", NEEDS_FIELD, "worker", "timeout_seconds")
+COMPACT_FIELDS = ("state", "pool", "owner", "priority", NEEDS_FIELD, "endpoint", "timeout_seconds")
 
 # Create a record, unless the (owner, idempotency key) slot already names a live job: atomic, so two concurrent
 # requests with one key create one job. KEYS: job, idem (or ""), owner index, all-jobs index, stats, dirty (or "").
