@@ -40,9 +40,6 @@ from comfyfleet.store.outputs import OutputStore, StorageError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# After asking the pod to interrupt, wait this long for ComfyUI to reach a node boundary before settling the
-# job anyway; the endpoint then stays leased until the prompt really leaves the pod.
-CANCEL_GRACE_SECONDS = 15.0
 # While holding an endpoint for a prompt ComfyUI has not let go of, look at its queue this often...
 HOLD_POLL_SECONDS = 1.0
 # ...and give up after this long: the endpoint is marked unhealthy (a probe re-admits it once it is clear).
@@ -110,8 +107,9 @@ class JobRun:
             try:
                 result: T = await self.ctx.io(fn, *args)
                 return result
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if time.monotonic() > deadline:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
+                # Also "OOM command not allowed" (Redis at maxmemory with noeviction): retried until memory frees.
+                if time.monotonic() > deadline or (isinstance(exc, redis.ResponseError) and "OOM" not in str(exc)):
                     raise
                 log.warning("job %s: Redis unavailable (%s); retrying in %.1f s", self.job_id, exc, delay)
                 await asyncio.sleep(delay)
@@ -215,7 +213,7 @@ class JobRun:
         """Wait for an interrupted prompt to end: its result if it ends, AttemptEnded(why) once it has left the
         pod's queue without one (a pending prompt we deleted), or after the grace period with the endpoint
         marked held (ComfyUI is still inside a node it cannot leave)."""
-        deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+        deadline = time.monotonic() + self.ctx.settings.cancel_grace_seconds
         absent = 0
         while time.monotonic() < deadline:
             done, _ = await asyncio.wait({run}, timeout=0.5)
