@@ -118,6 +118,9 @@ class DispatchSettings(CommonSettings):
     # After interrupting a cancelled or timed-out prompt, wait this long for ComfyUI to reach a node boundary
     # before settling the job anyway; the endpoint then stays leased until the prompt really leaves the pod.
     cancel_grace_seconds: float = Field(15.0, ge=0.5, le=600)
+    # A failing output store (a Storage or S3 outage) is retried this long before the job fails with
+    # storage_error; the pod's outputs stay where they are meanwhile.
+    store_retry_seconds: float = Field(60.0, ge=0, le=3600)
 
     # ---- integrations: webhook delivery (comfyfleet.webhooks) ----
     # Standard Webhooks signing secret, `whsec_` + base64 of 24-64 random bytes; empty turns webhooks off

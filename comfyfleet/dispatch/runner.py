@@ -257,13 +257,26 @@ class JobRun:
                 raise AttemptEnded(Ending(EndKind.ENDPOINT_LOST,
                                           f"could not fetch output {ref.filename}: {exc}")) from None
             content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
-            try:
-                # HOOK(integrations): convert per job.output, store, embed inline when asked
-                stored.append(await self.ctx.io(store_output, self.ctx.store, job, ref.node_id, ref.filename, data,
-                                                content_type, self.ctx.settings.output_inline_max_bytes))
-            except StorageError as exc:
-                raise AttemptEnded(Ending(EndKind.STORAGE, str(exc))) from None
+            stored.append(await self._store_one(job, ref.node_id, ref.filename, data, content_type))
         return stored
+
+    async def _store_one(self, job: Job, node_id: str, filename: str, data: bytes, content_type: str) -> OutputFile:
+        """Convert per job.output, store, embed inline when asked; a failing store is retried with backoff for
+        `store_retry_seconds` (the output stays on the pod meanwhile), then the job fails with storage_error."""
+        deadline = time.monotonic() + self.ctx.settings.store_retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                result: OutputFile = await self.ctx.io(store_output, self.ctx.store, job, node_id, filename, data,
+                                                       content_type, self.ctx.settings.output_inline_max_bytes)
+                return result
+            except StorageError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise AttemptEnded(Ending(EndKind.STORAGE, f"{exc} (retried for "
+                                              f"{self.ctx.settings.store_retry_seconds:.0f} s)")) from None
+                log.warning("job %s: storing %s failed (%s); retrying in %.1f s", job.id, filename, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
 
     # --- settling ---------------------------------------------------------------------------------
     async def _settle(self, ending: Ending) -> Settled:

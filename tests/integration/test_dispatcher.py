@@ -131,3 +131,36 @@ def test_prefetch_queues_the_next_prompt_on_the_pod_and_cancel_removes_it(sim_fa
     assert stack.wait_state(ids[2], timeout=60)["state"] == "succeeded"
     assert all(len(pending) <= 1 for _, pending in seen), "never more than one prompt committed ahead"
     assert prompts_posted([sim]) == 3
+
+
+def test_out_of_memory_is_retried_then_fails_with_its_code(sim_factory, stack_factory):
+    sim = sim_factory(failure_rate=1.0)  # every prompt fails with a CUDA out-of-memory error
+    stack = stack_factory([sim.url], workers=1)
+    stack.wait_workers_ready(1)
+    done = stack.wait_state(stack.generate(txt2img(400, steps=2)).json()["jobId"], timeout=60)
+    assert done["state"] == "failed" and done["error"]["code"] == "out_of_memory", done["error"]
+    assert done["attempts"] == 3, "OOM is retried (after POST /free) until attempts run out"
+    assert prompts_posted([sim]) == 3
+
+
+def test_an_output_store_outage_is_retried_and_then_a_clear_error(sim_factory, stack_factory):
+    sim = sim_factory(step_seconds=0.05)
+    stack = stack_factory([sim.url], workers=1, env={"COMFYFLEET_STORE_RETRY_SECONDS": "6"})
+    stack.wait_workers_ready(1)
+    owner_dir = stack.tmp / "data" / "outputs" / "alice"
+    owner_dir.parent.mkdir(parents=True, exist_ok=True)
+    owner_dir.write_text("not a folder")  # every write under it fails, as an unreachable bucket would
+
+    first = stack.generate(txt2img(401, steps=20)).json()["jobId"]
+    wait_until(lambda: "storing" in stack.workers[0].log_text(), timeout=30, what="a failed store attempt")
+    owner_dir.unlink()  # the store comes back within the retry window
+    done = stack.wait_state(first, timeout=30)
+    assert done["state"] == "succeeded" and done["outputs"], done["error"]
+
+    shutil.rmtree(owner_dir)
+    owner_dir.write_text("not a folder")  # and now it stays down
+    second = stack.wait_state(stack.generate(txt2img(402, steps=2)).json()["jobId"], timeout=60)
+    assert second["state"] == "failed" and second["error"]["code"] == "storage_error", second["error"]
+    assert "retried" in second["error"]["message"]
+    history = json.loads(_get(f"{sim.url}/history/{second['jobId']}"))
+    assert second["jobId"] in history, "the pod keeps the prompt's outputs when they could not be stored"
