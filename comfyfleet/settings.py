@@ -115,6 +115,9 @@ class DispatchSettings(CommonSettings):
     # Remove a finished prompt's entry from the pod's ComfyUI history once its outputs are stored (history
     # otherwise grows without bound on a long-lived pod).
     delete_pod_history: bool = True
+    # Keep a finished job's uploads and outputs on the pod's disk (by default the worker image's cleanup route
+    # deletes them once the outputs are stored; pods of other images keep them anyway).
+    keep_pod_files: bool = False
     # After interrupting a cancelled or timed-out prompt, wait this long for ComfyUI to reach a node boundary
     # before settling the job anyway; the endpoint then stays leased until the prompt really leaves the pod.
     cancel_grace_seconds: float = Field(15.0, ge=0.5, le=600)
