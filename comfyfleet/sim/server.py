@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import socket
 import struct
 import threading
@@ -17,12 +18,12 @@ import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import WSMsgType, web
 
 from comfyfleet.sim.catalog import Models
-from comfyfleet.sim.executor import Faults, InterruptFlag, PromptExecutor, prompt_worker
+from comfyfleet.sim.executor import Faults, InterruptFlag, PodCrashed, PromptExecutor, prompt_worker
 from comfyfleet.sim.paths import DataDirs
 from comfyfleet.sim.prompt_queue import PromptQueue
 
@@ -41,6 +42,9 @@ class ServerOptions:
     cors_origin: str | None = None
     cpu: bool = False
     argv: tuple[str, ...] = ("main.py",)
+    # The crash knob's effect: exit the whole process (one pod per process, like a real pod), or, when
+    # one process hosts many pods, call this on the event loop to drop only this pod's sockets.
+    on_crash: Callable[[], object] | None = None
 
 
 class SimServer:
@@ -77,6 +81,15 @@ class SimServer:
             future.result(timeout)
         except TimeoutError:
             log.warning("websocket frames still queued after %.1fs", timeout)
+
+    def crash(self) -> NoReturn:
+        """From the worker thread: die like a killed pod, the process or (in a fleet) this pod only."""
+        if self.options.on_crash is None:
+            logging.shutdown()
+            os._exit(137)
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.options.on_crash)
+        raise PodCrashed()
 
     def queue_updated(self) -> None:
         self.send("status", {"status": self.queue_info()})
