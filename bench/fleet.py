@@ -311,9 +311,10 @@ def run_through_stack(args: argparse.Namespace, tmp: Path, procs: Procs) -> None
     latencies = sorted(s - t0 for s in first_start.values())
     executed = pod_execution_seconds(urls)
     ideal = args.jobs_per_pod * args.job_seconds
+    dispatch = " ".join(a.replace("{pods}", str(args.pods)) for a in DISPATCH_ARGS)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{args.pods} pods x {args.jobs_per_pod} jobs of T = {args.steps} x {args.step_seconds:.3f} s "
-          f"= {args.job_seconds:.2f} s, dispatch `comfyfleet {' '.join(DISPATCH_ARGS)}`:")  # fmt: skip
+          f"= {args.job_seconds:.2f} s, dispatch `comfyfleet {dispatch}`:")  # fmt: skip
     print(f"  jobs: {states}; submitting took {submitted - t0:.2f} s; pod execution per job (/history): "
           + (f"median {statistics.median(executed):.3f} s over {len(executed)}" if executed else "n/a"))
     print(f"  makespan {makespan:.2f} s, ideal {ideal:.2f} s -> busy fraction {ideal / makespan:.3f}")
