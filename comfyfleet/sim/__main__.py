@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from comfyfleet.settings import SimSettings
 from comfyfleet.sim.fleet import (
     FleetPlanError,
+    PodLogFilter,
     SimPod,
     plan_pods,
     prepare_data_dir,
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     in_fleet = len(plans) > 1
     if in_fleet:
         raise_open_files_limit()
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(PodLogFilter())
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s%(pod)s: %(message)s"))
     try:
         pods = [SimPod(plan, settings.for_pod(plan.index), options, args.preview_method, in_fleet=in_fleet)
                 for plan in plans]  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ipaddress
 import logging
 import os
@@ -34,6 +35,20 @@ from comfyfleet.sim.paths import DataDirs
 from comfyfleet.sim.server import ServerOptions
 
 log = logging.getLogger("comfyfleet.sim")
+
+# The pod a log line comes from. Set in the pod's start task, it reaches everything the pod starts from
+# there: its worker thread, its websocket publisher, and (through the listener's accept callback) every
+# request handler.
+POD_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("sim_pod_label", default="")
+
+
+class PodLogFilter(logging.Filter):
+    """Adds `pod` (" pod-3", or "" outside a pod) to every record, for a multi-pod process's log format."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.pod = POD_LABEL.get()
+        return True
+
 
 # Seconds a stopping pod waits for its open requests (aiohttp's run_app default is 60; a test stops fast).
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
@@ -167,6 +182,7 @@ class SimPod:
 
     async def start(self) -> None:
         """Wait out the slow start, start the app (its worker thread) and listen."""
+        POD_LABEL.set(f" pod-{self.plan.index}")
         if self.slow_start:
             log.info("pod %d slow start: listening in %.1f s", self.plan.index, self.slow_start)
             await asyncio.sleep(self.slow_start)

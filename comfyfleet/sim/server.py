@@ -7,6 +7,7 @@ Execution events go only to the socket registered under the prompt's client_id; 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import json
 import logging
@@ -102,8 +103,10 @@ class SimServer:
         self.loop = asyncio.get_running_loop()
         self.messages = asyncio.Queue()
         app[PUBLISHER] = asyncio.create_task(self._publish_loop())
+        # The worker runs in a copy of this context, so it logs as the pod that started it (fleet mode).
+        context = contextvars.copy_context()
         threading.Thread(
-            target=prompt_worker, args=(self.queue, self.executor, self), name="prompt_worker", daemon=True
+            target=context.run, args=(prompt_worker, self.queue, self.executor, self), name="prompt_worker", daemon=True
         ).start()
 
     async def stop(self, app: web.Application) -> None:
