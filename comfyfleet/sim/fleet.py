@@ -81,7 +81,7 @@ def plan_pods(settings: SimSettings, root: Path) -> list[PodPlan]:
         ports = list(range(settings.port, settings.port + settings.count))
         if ports[-1] > 65535:
             raise FleetPlanError(f"count {settings.count} from port {settings.port} runs past port 65535")
-    groups = [(h,) for h in settings.hosts] or [tuple(h for h in settings.host.split(",") if h)]
+    groups: list[tuple[str, ...]] = [(h,) for h in settings.hosts] or [tuple(h for h in settings.host.split(",") if h)]
     pairs = [(group, port) for group in groups for port in ports]
     fixed = [(group, port) for group, port in pairs if port]
     if len(set(fixed)) != len(fixed):
@@ -139,18 +139,19 @@ def bind_sockets(hosts: tuple[str, ...], port: int) -> list[socket.socket]:
         for host in hosts:
             infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
             for family, kind, proto, _, sockaddr in infos:
-                if (family, sockaddr[0]) in seen:
+                address = str(sockaddr[0])
+                if (family, address) in seen:
                     continue
-                seen.add((family, sockaddr[0]))
+                seen.add((family, address))
                 sock = socket.socket(family, kind, proto)
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 try:
-                    sock.bind((sockaddr[0], port, *sockaddr[2:]))
+                    sock.bind((address, port, *sockaddr[2:]))
                 except OSError as ex:
-                    raise OSError(ex.errno, f"cannot listen on {pod_url(sockaddr[0], port)}: {ex.strerror}") from ex
+                    raise OSError(ex.errno, f"cannot listen on {pod_url(address, port)}: {ex.strerror}") from ex
                 port = port or sock.getsockname()[1]
     except BaseException:
         for sock in sockets:
