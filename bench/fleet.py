@@ -419,6 +419,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and data in this folder")
     args = parser.parse_args()
     args.step_seconds = args.job_seconds / args.steps
+    # SIGTERM (e.g. from `timeout`) unwinds through the finally below, so no child outlives the bench.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as scratch:
         tmp = args.keep or Path(scratch)
         procs = Procs(tmp / "logs")
