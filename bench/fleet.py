@@ -225,13 +225,15 @@ async def submit_all(api_url: str, jobs: int, steps: int, seed0: int = 100_000) 
     return t0, list(ids)
 
 
-def pod_execution_seconds(urls: list[str]) -> list[float]:
+def pod_execution_seconds(urls: list[str], only: set[str] | None = None) -> list[float]:
     """Each finished prompt's execution_start -> end, as the pods' /history records it (empty when the
-    dispatcher deletes history entries after storing outputs)."""
+    dispatcher deletes history entries after storing outputs); `only` these prompt ids if given."""
     seconds = []
     with httpx.Client(timeout=30) as client:
         for url in urls:
-            for entry in client.get(f"{url}/history").json().values():
+            for prompt_id, entry in client.get(f"{url}/history").json().items():
+                if only is not None and prompt_id not in only:
+                    continue
                 stamps = {name: data.get("timestamp") for name, data in entry["status"]["messages"]}
                 end = stamps.get("execution_success") or stamps.get("execution_error")
                 if stamps.get("execution_start") and end:
@@ -309,15 +311,18 @@ def run_through_stack(args: argparse.Namespace, tmp: Path, procs: Procs) -> None
         if started is not None and pod:
             first_start[pod] = min(first_start.get(pod, started), started)
     latencies = sorted(s - t0 for s in first_start.values())
-    executed = pod_execution_seconds(urls)
+    # comfyfleet posts each job's prompt under the job id, so the pods' history tells measured jobs apart.
+    executed = pod_execution_seconds(urls, set(ids))
     ideal = args.jobs_per_pod * args.job_seconds
     dispatch = " ".join(a.replace("{pods}", str(args.pods)) for a in DISPATCH_ARGS)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{args.pods} pods x {args.jobs_per_pod} jobs of T = {args.steps} x {args.step_seconds:.3f} s "
           f"= {args.job_seconds:.2f} s, dispatch `comfyfleet {dispatch}`:")  # fmt: skip
     print(f"  jobs: {states}; submitting took {submitted - t0:.2f} s; pod execution per job (/history): "
-          + (f"median {statistics.median(executed):.3f} s over {len(executed)}" if executed else "n/a"))
-    print(f"  makespan {makespan:.2f} s, ideal {ideal:.2f} s -> busy fraction {ideal / makespan:.3f}")
+          + (f"median {statistics.median(executed):.3f} s over {len(executed)}" if executed else "n/a (deleted)"))
+    print(f"  makespan {makespan:.2f} s, ideal {ideal:.2f} s -> busy fraction {ideal / makespan:.3f}"
+          + (f"; pods' own busy fraction (their execution time / N x makespan) "
+             f"{sum(executed) / (args.pods * makespan):.3f}" if executed else ""))  # fmt: skip
     if latencies:
         print(f"  first-job start latency per pod: min {latencies[0]:.2f} s, "
               f"p50 {statistics.median(latencies):.2f} s, max {latencies[-1]:.2f} s; "
