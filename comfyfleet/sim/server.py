@@ -7,6 +7,7 @@ Execution events go only to the socket registered under the prompt's client_id; 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import ipaddress
 import json
@@ -64,12 +65,30 @@ class SimServer:
         self.executor = PromptExecutor(self, models, dirs, faults, self.interrupt)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.messages: asyncio.Queue[tuple[str | int, Any, str | None]] | None = None
+        self._outbox: collections.deque[tuple[str | int, Any, str | None]] = collections.deque()
+        self._outbox_lock = threading.Lock()
+        self._drain_scheduled = False
 
     # --- Hub, callable from any thread -------------------------------------------------------------
     def send(self, event: str | int, data: Any, sid: str | None = None) -> None:
         """Queue a frame: a JSON event by name, or a binary event by number with its payload bytes."""
         assert self.loop is not None and self.messages is not None
-        self.loop.call_soon_threadsafe(self.messages.put_nowait, (event, data, sid))
+        # Frames wait in a plain deque and one loop callback moves a burst of them: a wake-up of the loop
+        # (a syscall, so a GIL hand-off) per burst, not per frame, which hundreds of pods in one process
+        # would otherwise pay thousands of times a second.
+        self._outbox.append((event, data, sid))
+        with self._outbox_lock:
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        self.loop.call_soon_threadsafe(self._drain_outbox)
+
+    def _drain_outbox(self) -> None:
+        assert self.messages is not None
+        with self._outbox_lock:
+            self._drain_scheduled = False
+        while self._outbox:
+            self.messages.put_nowait(self._outbox.popleft())
 
     def supports_preview_metadata(self, sid: str) -> bool:
         return bool(self.feature_flags.get(sid, {}).get("supports_preview_metadata"))
