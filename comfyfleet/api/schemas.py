@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from comfyfleet.api.tokens import JobTokens
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.jobs.params import GenerateParams
 
 
 class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class WebhookCreate(ApiModel):
+    """Where to POST the job's signed notifications (Standard Webhooks; see README "Webhooks")."""
+
+    url: str = Field(max_length=2048, description="https URL of the receiver (the outbound URL policy applies)")
+    on_start: bool = Field(False, description="also notify when the job starts running, not only when it ends")
+
+
+class OutputCreate(ApiModel):
+    """How to store the outputs: converted with Pillow, optionally also returned inline as base64."""
+
+    format: Literal["png", "webp", "jpeg"] | None = Field(None, description="convert image outputs to this format")
+    quality: int | None = Field(None, ge=1, le=100, description="webp/jpeg quality (default 90)")
+    inline: bool = Field(False, description="embed outputs up to the server's inline limit as base64 (`data`)")
 
 
 class JobCreate(ApiModel):
@@ -28,8 +45,11 @@ class JobCreate(ApiModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=128)
     input_images: dict[str, str] = Field(
         default_factory=dict, max_length=8,
-        description="images for LoadImage nodes: {name: base64 PNG/JPEG/WebP}; LoadImage's image input names them",
+        description="images for LoadImage nodes: {name: base64, a data: URL or an https:// URL of a PNG/JPEG/WebP}; "
+                    "LoadImage's image input names them; URLs are fetched once, at submit",
     )
+    webhook: WebhookCreate | None = Field(None, description="signed notifications on the final state (and start)")
+    output: OutputCreate | None = Field(None, description="output format and inline base64")
 
     @model_validator(mode="after")
     def _one_source(self) -> JobCreate:
@@ -51,6 +71,18 @@ class OutputPublic(ApiModel):
     content_type: str
     size: int
     url: str | None
+    data: str | None = Field(None, description="base64 of the file when output.inline was asked and it is small")
+
+
+class WebhookDeliveryPublic(ApiModel):
+    id: str
+    event: str
+    state: str  # pending | delivered | failed
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None
 
 
 class ErrorPublic(ApiModel):
@@ -78,9 +110,17 @@ class JobPublic(ApiModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    access_token: str | None = Field(
+        None, description="short-lived token for this job only: add ?token=... to its events, WebSocket and "
+                          "output URLs where no Authorization header can be sent (EventSource, <img src>)")
+    access_token_expires_at: datetime | None = Field(None, description="when accessToken stops working")
+    webhook_url: str | None = None
+    webhook_deliveries: list[WebhookDeliveryPublic] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, job: Job) -> JobPublic:
+    def of(cls, job: Job, tokens: JobTokens | None = None) -> JobPublic:
+        """The public view; with `tokens`, an access token and output URLs a browser can load as they are."""
+        token, expires = tokens.issue(job.id, job.owner, time.time()) if tokens else (None, None)
         return cls(
             job_id=job.id, owner=job.owner, state=job.state, priority=job.priority, pool=job.pool,
             template=job.template,
@@ -90,10 +130,21 @@ class JobPublic(ApiModel):
             error=ErrorPublic(code=job.error.code.value, message=job.error.message, details=job.error.details)
             if job.error else None,
             outputs=[OutputPublic(filename=o.filename, node_id=o.node_id, content_type=o.content_type, size=o.size,
-                                  url=o.url) for o in job.outputs],
+                                  url=with_token(o.url, token), data=o.data) for o in job.outputs],
             worker=job.worker, source=job.source, cancel_requested=job.cancel_requested, created_at=job.created_at,
             updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+            access_token=token,
+            access_token_expires_at=datetime.fromtimestamp(expires, UTC) if expires is not None else None,
+            webhook_url=job.webhook.url if job.webhook else None,
+            webhook_deliveries=[WebhookDeliveryPublic(**d.model_dump()) for d in job.webhook_deliveries],
         )
+
+
+def with_token(url: str | None, token: str | None) -> str | None:
+    """Our own (relative) output URLs get the job's token; a store's signed absolute URL loads as it is."""
+    if not url or not token or not url.startswith("/"):
+        return url
+    return f"{url}{'&' if '?' in url else '?'}token={token}"
 
 
 class JobsPublic(ApiModel):
@@ -174,3 +225,10 @@ class HealthDetailedPublic(HealthPublic):
     redis: str
     workers: dict[str, int]
     queue: dict[str, int]
+
+
+class MePublic(ApiModel):
+    """Who the caller is, so a page can show admin actions only to admins (the routes check it again)."""
+
+    owner: str
+    admin: bool

@@ -16,6 +16,7 @@ import certifi
 import httpx
 
 from comfyfleet.comfy.errors import ComfyProtocolError, ComfyUnavailable
+from comfyfleet.comfy.hub import WsHub
 from comfyfleet.comfy.messages import ComfyEvent
 from comfyfleet.comfy.models import (
     HistoryEntry,
@@ -157,11 +158,13 @@ class ComfyClient:
 
     async def system_stats(self) -> dict[str, Any]:
         """GET /system_stats: versions, RAM and devices; the readiness probe."""
-        return await self._get_json("/system_stats")
+        stats: dict[str, Any] = await self._get_json("/system_stats")
+        return stats
 
     async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         """GET /object_info[/<class>]; an unknown class gives {}."""
-        return await self._get_json(f"/object_info/{node_class}" if node_class else "/object_info")
+        info: dict[str, Any] = await self._get_json(f"/object_info/{node_class}" if node_class else "/object_info")
+        return info
 
     async def available_models(self) -> PodModels:
         """Checkpoint and LoRA names from the loader nodes' COMBO inputs."""
@@ -259,14 +262,20 @@ class ComfyClient:
         *,
         silence_timeout: float = 10.0,
         resume: bool = False,
+        hub: WsHub | None = None,
     ) -> RunResult:
         """Submit prompt (or, with resume, attach to it if the server has it) and wait for its end.
 
         Raises ComfyValidationError (400), ComfyUnavailable (server gone), ComfyPromptLost (server
-        up, prompt gone), ComfyProtocolError. One run at a time per client (one clientId, one socket).
+        up, prompt gone), ComfyProtocolError. Without a hub, one run at a time per client (one clientId, one
+        socket); with the endpoint's shared hub (same clientId as this client), any number at once.
         """
         from comfyfleet.comfy.run import PromptRun
 
+        if hub is not None:
+            if hub.client_id != self.client_id:
+                raise ValueError("the hub's clientId must be this client's")
+            return await PromptRun(self, prompt_id, on_event, silence_timeout, hub).execute(prompt, resume=resume)
         if self._run_lock.locked():
             raise RuntimeError("a run is already in progress on this ComfyClient; use one client per run")
         async with self._run_lock:

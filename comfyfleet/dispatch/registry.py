@@ -4,20 +4,44 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 from pydantic import BaseModel, Field
 
 from comfyfleet.dispatch.selection import Candidate
-from comfyfleet.keys import Keys
+from comfyfleet.keys import Keys, as_text
 
-# Compare-and-delete / compare-and-extend, so a worker never frees or renews a lease it no longer holds.
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+# Compare-and-delete / compare-and-extend, so a dispatcher never frees or renews a lease it no longer holds.
+# KEYS: the endpoint's lease, its next (prefetch) lease. Freeing the running job's lease promotes the prefetched
+# job's lease in the same step, so a prefetched job is always the next to run and never a third one is queued.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+  if redis.call('exists', KEYS[2]) == 1 then redis.call('rename', KEYS[2], KEYS[1]) end
+  return 1
+end
+if redis.call('get', KEYS[2]) == ARGV[1] then return redis.call('del', KEYS[2]) end
+return 0
+"""
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
     "else return 0 end"
 )
+# Renew many leases in one round trip: KEYS are (lease, next lease) pairs, ARGV[1] the TTL in ms, ARGV[2..] the
+# holders. Returns, per pair, 1 if the job holds (and renewed) either lease and 0 if it holds neither.
+_RENEW_MANY = """
+local out = {}
+for i = 1, #KEYS / 2 do
+  local job = ARGV[i + 1]
+  out[i] = 0
+  for _, key in ipairs({KEYS[2 * i - 1], KEYS[2 * i]}) do
+    if redis.call('get', key) == job then out[i] = redis.call('pexpire', key, ARGV[1]) end
+  end
+end
+return out
+"""
 
 
 class Endpoint(BaseModel):
@@ -37,13 +61,15 @@ class Endpoint(BaseModel):
     queue_remaining: int = 0
     last_error: str | None = None
     info: dict[str, Any] = Field(default_factory=dict)
+    # Prompts committed to the pod ahead of the running one (the pool's `prefetch`, 0 or 1).
+    prefetch: int = 0
 
 
 _JSON_FIELDS = {"checkpoints", "loras", "info"}
 
 
-def _encode(fields: dict[str, Any]) -> dict[str, str]:
-    out = {}
+def _encode(fields: dict[str, Any]) -> dict[Any, str]:
+    out: dict[Any, str] = {}
     for k, v in fields.items():
         if k in _JSON_FIELDS:
             out[k] = json.dumps(v)
@@ -54,10 +80,10 @@ def _encode(fields: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
+def _decode(raw: Mapping[Any, Any]) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for k, v in raw.items():
-        key, text = k.decode(), v.decode()
+        key, text = as_text(k), as_text(v)
         if key in _JSON_FIELDS:
             data[key] = json.loads(text) if text else ([] if key != "info" else {})
         elif key == "healthy":
@@ -79,14 +105,17 @@ class Registry:
     def __init__(self, conn: redis.Redis, keys: Keys):
         self.conn = conn
         self.keys = keys
+        self._renew_many = conn.register_script(_RENEW_MANY)
 
     # --- membership -------------------------------------------------------------------------------
-    def upsert(self, endpoint_id: str, url: str, pool: str = "default", source: str = "static") -> None:
-        """Add an endpoint (unhealthy until probed) or update its address and pool."""
+    def upsert(self, endpoint_id: str, url: str, pool: str = "default", source: str = "static",
+               prefetch: int = 0) -> None:
+        """Add an endpoint (unhealthy until probed) or update its address, pool and prefetch depth."""
         key = self.keys.pod(endpoint_id)
+        fields = {"id": endpoint_id, "url": url.rstrip("/"), "pool": pool, "source": source, "prefetch": prefetch}
         with self.conn.pipeline() as pipe:
             pipe.sadd(self.keys.pods, endpoint_id)
-            pipe.hset(key, mapping=_encode({"id": endpoint_id, "url": url.rstrip("/"), "pool": pool, "source": source}))
+            pipe.hset(key, mapping=_encode(fields))
             pipe.hsetnx(key, "healthy", "0")
             pipe.execute()
 
@@ -97,7 +126,7 @@ class Registry:
             pipe.execute()
 
     def ids(self) -> list[str]:
-        return sorted(i.decode() for i in self.conn.smembers(self.keys.pods))
+        return sorted(as_text(i) for i in self.conn.smembers(self.keys.pods))
 
     def get(self, endpoint_id: str) -> Endpoint | None:
         raw = self.conn.hgetall(self.keys.pod(endpoint_id))
@@ -160,15 +189,32 @@ class Registry:
     def renew_lease(self, endpoint_id: str, job_id: str, ttl_seconds: float) -> bool:
         return bool(self.conn.eval(_RENEW, 1, self.keys.lease(endpoint_id), job_id, int(ttl_seconds * 1000)))
 
+    def renew_leases(self, held: list[tuple[str, str]], ttl_seconds: float) -> list[bool]:
+        """Renew (endpoint_id, job_id) leases in one round trip; False where the job no longer holds it."""
+        if not held:
+            return []
+        keys = [k for e, _ in held for k in (self.keys.lease(e), self.keys.lease_next(e))]
+        result = self._renew_many(keys=keys, args=[int(ttl_seconds * 1000), *(j for _, j in held)])
+        return [bool(r) for r in result]
+
     def release_lease(self, endpoint_id: str, job_id: str) -> bool:
-        return bool(self.conn.eval(_RELEASE, 1, self.keys.lease(endpoint_id), job_id))
+        """Free job_id's lease on the endpoint (running or prefetched); a prefetched job moves up."""
+        return bool(self.conn.eval(_RELEASE, 2, self.keys.lease(endpoint_id), self.keys.lease_next(endpoint_id),
+                                   job_id))
+
+    def next_leases(self, endpoint_ids: list[str]) -> dict[str, str]:
+        """Jobs committed ahead on endpoints with prefetch (endpoint id -> job id)."""
+        if not endpoint_ids:
+            return {}
+        values = self.conn.mget([self.keys.lease_next(i) for i in endpoint_ids])
+        return {i: as_text(v) for i, v in zip(endpoint_ids, values, strict=True) if v}
 
     def leases(self, endpoint_ids: list[str] | None = None) -> dict[str, str]:
         ids = endpoint_ids if endpoint_ids is not None else self.ids()
         if not ids:
             return {}
         values = self.conn.mget([self.keys.lease(i) for i in ids])
-        return {i: v.decode() for i, v in zip(ids, values, strict=True) if v}
+        return {i: as_text(v) for i, v in zip(ids, values, strict=True) if v}
 
     def candidates(self) -> list[Candidate]:
         """A snapshot for the selection policy: every endpoint with its lease state."""
@@ -181,5 +227,5 @@ def to_candidate(e: Endpoint, busy: bool) -> Candidate:
     return Candidate(
         id=e.id, pool=e.pool, healthy=e.healthy, busy=busy, checkpoints=frozenset(e.checkpoints),
         loras=frozenset(e.loras), last_checkpoint=e.last_checkpoint, last_assigned_at=float(e.last_assigned_at),
-        queue_remaining=int(e.queue_remaining),
+        queue_remaining=int(e.queue_remaining), prefetch=int(e.prefetch),
     )

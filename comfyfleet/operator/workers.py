@@ -32,8 +32,15 @@ from comfyfleet.operator.builders import (
     selector_for,
     service_name_for,
 )
+from comfyfleet.operator.capacity import (
+    CapacityVerdict,
+    assess_capacity,
+    capacity_conditions,
+    capacity_news,
+    live_slots,
+)
 from comfyfleet.operator.k8s import KubeError
-from comfyfleet.operator.models import ComfyUIWorkerSpec, set_condition, spec_problem
+from comfyfleet.operator.models import ComfyUIWorkerSpec, namespace_of, set_condition, spec_problem
 from comfyfleet.operator.pods import (
     ObservedPod,
     after_changes,
@@ -49,6 +56,8 @@ from comfyfleet.operator.pods import (
 from comfyfleet.operator.publish import PoolPublisher
 from comfyfleet.operator.runtime import Runtime
 from comfyfleet.operator.scaling import ScaleDecision, decide_scale, worker_status
+
+log = logging.getLogger(__name__)
 
 # A random pod name can clash with one that exists (or just went away); a few tries always suffice.
 CREATE_ATTEMPTS = 5
@@ -85,7 +94,7 @@ async def comfyuiworker_resume(body: kopf.Body, patch: kopf.Patch, memo: kopf.Me
 
 
 async def comfyuiworker_reconcile(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """Timer, every probe interval: probe pods, publish/withdraw, autoscale, replace failures, status."""
     try:
@@ -96,26 +105,27 @@ async def comfyuiworker_reconcile(
 
 
 async def comfyuiworker_delete(
-    body: kopf.Body, name: str, namespace: str, uid: str, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    body: kopf.Body, name: str, namespace: str | None, uid: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """The pool is being deleted: withdraw its endpoints, delete its pods and Service (finalizer)."""
     rt: Runtime = memo.runtime
-    publisher = PoolPublisher(rt.dispatcher, namespace, name)
+    ns = namespace_of(namespace)
+    publisher = PoolPublisher(rt.dispatcher, ns, name)
     try:
         async with rt.lock_for(uid):
             withdrawn = await asyncio.to_thread(publisher.withdraw_all)
-            pods = [p for p in await rt.kube.list_pods(namespace, selector_for(name)) if owned_by(p, uid)]
+            pods = [p for p in await rt.kube.list_pods(ns, selector_for(name)) if owned_by(p, uid)]
             for pod in pods:
-                await rt.kube.delete_pod(namespace, pod["metadata"]["name"])
-            service = await rt.kube.read_service(namespace, service_name_for(name))
+                await rt.kube.delete_pod(ns, pod["metadata"]["name"])
+            service = await rt.kube.read_service(ns, service_name_for(name))
             if service is not None and owned_by(service, uid):
-                await rt.kube.delete_service(namespace, service_name_for(name))
+                await rt.kube.delete_service(ns, service_name_for(name))
     except (KubeError, redis.RedisError) as exc:
         raise kopf.TemporaryError(f"cleanup of pool {name} failed: {exc}",
                                   delay=rt.settings.probe_interval_seconds) from exc
     logger.info("pool %s deleted: withdrew %d endpoint(s), deleted %d pod(s)", name, len(withdrawn), len(pods))
     rt.forget(uid)
-    rt.metrics.forget_pool(namespace, name)
+    rt.metrics.forget_pool(ns, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +159,7 @@ async def reconcile_pool(rt: Runtime, body: kopf.Body, patch: kopf.Patch) -> Non
     publisher = PoolPublisher(rt.dispatcher, namespace, name)
     try:
         async with rt.lock_for(uid):
-            await rt.kube.ensure_service(build_headless_service(name, namespace, spec, uid), owner=body)
+            await rt.kube.ensure_service(build_headless_service(name, namespace, spec, uid))
             listed = await rt.kube.list_pods(namespace, selector_for(name))
             pods = [observe_pod(p, spec.port) for p in listed if owned_by(p, uid)]
             health, jobs = await _sync_registry(rt, publisher, spec, uid, namespace, pods)
@@ -158,6 +168,7 @@ async def reconcile_pool(rt: Runtime, body: kopf.Body, patch: kopf.Patch) -> Non
             views, entries = assess_pool(spec, pods, health, jobs, body.get("status"), now)
             decision = decide_scale(spec, queued, views, now)
             deleted, created = await _apply(rt, body, spec, publisher, decision)
+            capacity = await _dispatch_capacity(publisher, time.time())
     except (KubeError, redis.RedisError) as exc:
         rt.metrics.reconcile_errors.labels(namespace, name).inc()
         raise kopf.TemporaryError(f"pool {name}: {exc}",
@@ -166,10 +177,14 @@ async def reconcile_pool(rt: Runtime, body: kopf.Body, patch: kopf.Patch) -> Non
     applied = _as_applied(decision, len(created), [n for n in deleted if n in decision.remove])
     status = worker_status(selector=selector_for(name), decision=applied, workers=workers, queue_depth=queued,
                            previous=body.get("status"), generation=meta.get("generation"), now=now)
+    previous_conditions = (body.get("status") or {}).get("conditions")
+    status["conditions"] = capacity_conditions(status["conditions"], capacity, now, meta.get("generation"))
     if _changed(body.get("status") or {}, status):
         patch.status.update(status)
     rt.metrics.observe_pool(namespace, name, [w.state for w in workers], applied.desired, queued)
+    rt.metrics.observe_capacity(capacity)
     _announce(rt, body, decision, created, deleted)
+    _announce_capacity(body, capacity, previous_conditions)
 
 
 async def _sync_registry(
@@ -182,7 +197,7 @@ async def _sync_registry(
     stale = stale_endpoints(known, serving)
     if stale:
         await asyncio.to_thread(publisher.withdraw, stale)
-    endpoints = await asyncio.to_thread(publisher.publish, serving, known)
+    endpoints = await asyncio.to_thread(publisher.publish, serving, known, spec.prefetch)
     monitor = rt.monitor_for(uid, spec.probe)
     await asyncio.gather(*(monitor.probe(e) for e in endpoints.values()))
     fresh = await asyncio.to_thread(publisher.refresh, list(endpoints))
@@ -214,13 +229,33 @@ async def _apply(
     for _ in range(decision.create):
         for _attempt in range(CREATE_ATTEMPTS):
             pod_name = pod_name_for(name)
-            if await rt.kube.create_owned(build_worker_pod(name, namespace, spec, pod_name, uid), owner=body):
+            if await rt.kube.create_owned(build_worker_pod(name, namespace, spec, pod_name, uid)):
                 created.append(pod_name)
                 break
     replaced = len(decision.replace)
     rt.metrics.count_actions(namespace, name, created=max(0, len(created) - replaced),
                              removed=len(deleted) - replaced, replaced=replaced)
     return deleted, created
+
+
+async def _dispatch_capacity(publisher: PoolPublisher, now: float) -> CapacityVerdict:
+    """Live dispatch slots against the slots every ready endpoint of the fleet needs (after this pass's probes)."""
+    dispatchers = await asyncio.to_thread(publisher.dispatchers, now)
+    demand = await asyncio.to_thread(publisher.fleet_demand)
+    return assess_capacity(live_slots(dispatchers, now), demand)
+
+
+def _announce_capacity(body: kopf.Body, verdict: CapacityVerdict, previous: list[dict[str, Any]] | None) -> None:
+    """A log line and an event when the pool's DispatchCapacity verdict changes (loud when slots run short)."""
+    if not capacity_news(previous, verdict):
+        return
+    pool = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+    if verdict.enough:
+        log.info("pool %s: dispatch capacity is enough again: %s", pool, verdict.message)
+        kopf.info(body, reason=verdict.reason, message=verdict.message)
+    else:
+        log.warning("pool %s: NOT ENOUGH DISPATCH CAPACITY (%s): %s", pool, verdict.reason, verdict.message)
+        kopf.warn(body, reason=verdict.reason, message=verdict.message)
 
 
 def _as_applied(decision: ScaleDecision, created: int, removed: list[str]) -> ScaleDecision:

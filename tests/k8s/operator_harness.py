@@ -56,7 +56,7 @@ POD_SELECTOR = "app.kubernetes.io/managed-by=comfyfleet,app.kubernetes.io/compon
 # Simulated sampler speed: a 40-step job runs ~2 s, long enough to be seen busy, short for 2 cores.
 SIM_STEP_SECONDS = 0.05
 # Fast loops for tests (production defaults are seconds): the operator probes and autoscales every
-# 0.5 s, mirrors job status every 0.5 s; a dead RQ worker frees its pod's lease within 6 s.
+# 0.5 s, mirrors job status every 0.5 s; a dead dispatcher's jobs are adopted within 6 s.
 OPERATOR_ENV = {
     "COMFYFLEET_PROBE_INTERVAL_SECONDS": "0.5",
     "COMFYFLEET_JOB_SYNC_INTERVAL_SECONDS": "0.5",
@@ -64,6 +64,8 @@ OPERATOR_ENV = {
     "COMFYFLEET_RETRY_BACKOFF_SECONDS": "1",
     "COMFYFLEET_SILENCE_TIMEOUT_SECONDS": "3",
     "COMFYFLEET_PUBLIC_URL": "http://api.example.test",
+    # Several dispatchers share this host: no fixed /healthz port.
+    "COMFYFLEET_DISPATCHER_PORT": "0",
 }
 
 
@@ -155,7 +157,7 @@ class SimKubelet:
                 if sim is not None and sim.uid != pod.metadata.uid:
                     self._stop_sim(self.pods.pop(key))
                     sim = None
-                if pod.metadata.deletion_timestamp or pod.status.phase in ("Failed", "Succeeded"):
+                if pod.metadata.deletion_timestamp or pod.status.phase in ("Failed", "Succeeded"):  # type: ignore[operator]
                     if sim is not None and not sim.dead:
                         sim.proc.stop(timeout=2)
                         sim.dead = True
@@ -259,7 +261,7 @@ def _port_free(ip: str, port: int) -> bool:
 class OperatorFleet:
     """Redis + CRDs + chart RBAC + the operator (as its ServiceAccount) + RQ workers + the kubelet."""
 
-    def __init__(self, plane: ControlPlane, workdir: Path, workers: int = 2):
+    def __init__(self, plane: ControlPlane, workdir: Path, workers: int = 2, step_seconds: float = SIM_STEP_SECONDS):
         self.plane = plane
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -285,13 +287,27 @@ class OperatorFleet:
         try:
             install_crds_and_rbac(plane)
             self.start_operator()
-            for n in range(workers):
-                self.rq_workers.append(ManagedProcess(python_module("comfyfleet", "worker"), env=self.env,
-                                                      log_path=workdir / f"rq-worker-{n}.log"))
-            self.kubelet = SimKubelet(plane, workdir)
+            for _ in range(workers):
+                self.start_dispatch("dispatcher")
+            self.kubelet = SimKubelet(plane, workdir, step_seconds=step_seconds)
         except BaseException:
             self.stop()
             raise
+
+    # -- dispatch processes ------------------------------------------------------------------------
+
+    def start_dispatch(self, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start `python -m comfyfleet <args>` (`dispatcher`, or its old name `worker`) on the fleet's Redis.
+
+        Each process gets a free COMFYFLEET_DISPATCHER_PORT (in a cluster each pod has its own network; here
+        they share one) unless env names one.
+        """
+        n = len(self.rq_workers)
+        own = {"COMFYFLEET_DISPATCHER_PORT": str(free_port()), **(env or {})}
+        proc = ManagedProcess(python_module("comfyfleet", *args), env={**self.env, **own},
+                              log_path=self.workdir / f"{args[0]}-{n}.log")
+        self.rq_workers.append(proc)
+        return proc
 
     # -- the operator process ---------------------------------------------------------------------
 

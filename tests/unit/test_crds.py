@@ -402,7 +402,7 @@ def test_sample_is_admitted_and_parses_into_the_model(name: str, doc: dict[str, 
     assert doc["apiVersion"] == models.API_VERSION
     stored = admit(doc["kind"], doc)
     spec_model, _ = MODELS[doc["kind"]]
-    parsed = spec_model.from_body(stored)
+    parsed = spec_model.model_validate(stored["spec"])
     # The model reproduces exactly what the apiserver stores: same fields, same defaults.
     assert parsed.to_k8s() == stored["spec"]
 
@@ -411,8 +411,10 @@ def test_sample_gpu_pool_autoscales_and_sim_pool_has_no_gpu() -> None:
     docs = {doc["metadata"]["name"]: doc for _, doc in load_samples()}
     gpu = models.ComfyUIWorkerSpec.from_body(admit("ComfyUIWorker", docs["sdxl"]))
     assert gpu.autoscaling.enabled and gpu.autoscaling.min_replicas == 0 and gpu.gpu.count == 1
+    assert gpu.prefetch == 1
     sim = models.ComfyUIWorkerSpec.from_body(admit("ComfyUIWorker", docs["sim"]))
     assert sim.gpu.count == 0 and "sim" in sim.image
+    assert sim.prefetch == 0  # the default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,6 +433,8 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("autoscaling without max", WORKER, {"image": "x", "autoscaling": {"enabled": True}}),
     ("min above max", WORKER, {"image": "x", "autoscaling": {"minReplicas": 3, "maxReplicas": 2}}),
     ("zero target queue", WORKER, {"image": "x", "autoscaling": {"targetQueuePerWorker": 0}}),
+    ("prefetch above 1", WORKER, {"image": "x", "prefetch": 2}),
+    ("negative prefetch", WORKER, {"image": "x", "prefetch": -1}),
     ("both workflow and template", JOB, {"workflow": GRAPH, "template": "txt2img"}),
     ("neither workflow nor template", JOB, {"priority": 5}),
     ("timeout below 5 s", JOB, {"template": "t", "timeoutSeconds": 1}),
@@ -460,6 +464,7 @@ def test_empty_gpu_and_autoscaling_get_nested_defaults() -> None:
     assert stored["spec"]["gpu"] == {"count": 1, "resourceName": "nvidia.com/gpu"}
     assert stored["spec"]["autoscaling"]["enabled"] is False
     assert stored["spec"]["port"] == 8188 and stored["spec"]["replicas"] == 1
+    assert stored["spec"]["prefetch"] == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,7 +472,7 @@ def test_empty_gpu_and_autoscaling_get_nested_defaults() -> None:
 
 
 def test_built_statuses_fit_the_status_schemas() -> None:
-    from comfyfleet.operator import jobstatus, scaling
+    from comfyfleet.operator import job_status, scaling
 
     now = 1_700_000_000.0
     spec = models.ComfyUIWorkerSpec(image="x", replicas=2)
@@ -485,13 +490,21 @@ def test_built_statuses_fit_the_status_schemas() -> None:
     )
     jsonschema.validate(worker_status, to_jsonschema(schema_of("ComfyUIWorker")["properties"]["status"]))
     job_statuses = [
-        jobstatus.pending_status(now=now, generation=1),
-        jobstatus.job_status("running", now=now, job_id="j", progress=12, attempts=1, worker="w-1"),
-        jobstatus.job_status(
+        job_status.job_status("running", now=now, job_id="j", progress=12, attempts=1, worker="w-1"),
+        job_status.job_status(
             "succeeded", now=now, outputs=[{"filename": "a.png", "url": "u", "contentType": "image/png"}]
         ),
-        jobstatus.job_status("failed", now=now, error={"code": "Timeout", "message": "took too long"}),
-        jobstatus.invalid_spec_status("bad", now=now, generation=2),
+        job_status.job_status("failed", now=now, error={"code": "Timeout", "message": "took too long"}),
+        job_status.invalid_spec_status("bad", now=now, generation=2),
     ]
     for status in job_statuses:
         jsonschema.validate(status, to_jsonschema(schema_of("GenerationJob")["properties"]["status"]))
+
+
+def test_dispatch_capacity_condition_fits_the_status_schema() -> None:
+    from comfyfleet.operator import capacity
+
+    verdict = capacity.assess_capacity(capacity.DispatchSlots(1, 8, 3), capacity.FleetDemand(12, 2))
+    status = {"conditions": capacity.capacity_conditions(None, verdict, 1_700_000_000.0, generation=3)}
+    jsonschema.validate(status, to_jsonschema(schema_of("ComfyUIWorker")["properties"]["status"]))
+    assert models.ComfyUIWorkerStatus.model_validate(status).conditions[0].reason == "NotEnoughDispatchSlots"
