@@ -14,7 +14,8 @@ Prints figures, asserts nothing:
 
 `--direct` measures the simulator alone instead: a minimal client per pod (websocket, POST /prompt,
 wait for the end) runs the same jobs back to back, so the figures show what the simulator itself
-allows on this machine.
+allows on this machine. `--keep-pod-history` keeps the pods' /history (the dispatcher deletes finished
+entries by default), so the pods' own execution time and busy fraction can be printed.
 
     python bench/fleet.py --pods 4 --job-seconds 0.5          # a quick check
     python bench/fleet.py --pods 32 && python bench/fleet.py --pods 200 --direct
@@ -45,10 +46,10 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The dispatch side under test: the ONE line to change when the dispatcher lands, e.g.
-#     ["dispatcher"]  or  ["dispatcher", "--max-jobs", "{pods}"]
-# ({pods} is replaced by the number of pods). Run as `python -m comfyfleet <args>`.
-DISPATCH_ARGS = ["worker", "--concurrency", "{pods}"]
+# The dispatch side under test, run as `python -m comfyfleet <args>` ({pods} becomes the number of pods):
+# the ONE line to change to compare set-ups, e.g. the old fork-per-job pool was
+#     ["worker", "--concurrency", "{pods}"]   (now a deprecated alias of `dispatcher`)
+DISPATCH_ARGS = ["dispatcher"]
 
 FINAL = ("succeeded", "failed", "cancelled")
 # Simultaneous submits: enough to post 2000 jobs quickly without a connection per job.
@@ -177,7 +178,7 @@ def txt2img_params(seed: int, steps: int) -> dict[str, Any]:
 
 
 # --- through comfyfleet ------------------------------------------------------------------------------
-def start_stack(procs: Procs, tmp: Path, urls: list[str]) -> tuple[str, dict[str, Proc]]:
+def start_stack(procs: Procs, tmp: Path, urls: list[str], keep_pod_history: bool) -> tuple[str, dict[str, Proc]]:
     redis_port, api_port = free_port(), free_port()
     binary = shutil.which("redis-server")
     if binary is None:
@@ -194,6 +195,10 @@ def start_stack(procs: Procs, tmp: Path, urls: list[str]) -> tuple[str, dict[str
         "COMFYFLEET_PORT": str(api_port),
         "COMFYFLEET_HEALTH_INTERVAL_SECONDS": "1",
         "COMFYFLEET_LOG_LEVEL": "WARNING",
+        # No /healthz listener: several dispatch processes (or other stacks on this host) would share its port.
+        "COMFYFLEET_DISPATCHER_PORT": "0",
+        # The pods' /history gives their own execution time; the dispatcher deletes entries unless told not to.
+        "COMFYFLEET_DELETE_POD_HISTORY": "false" if keep_pod_history else "true",
     }
     api_url = f"http://127.0.0.1:{api_port}"
     api = procs.spawn("api", [sys.executable, "-m", "comfyfleet", "api"], env)
@@ -283,7 +288,7 @@ def warm_up(api_url: str, pods: int, steps: int, procs: Procs, rounds: int = 5) 
 
 def run_through_stack(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
     sim, urls = start_sim(procs, tmp, args.pods, args.step_seconds)
-    api_url, members = start_stack(procs, tmp, urls)
+    api_url, members = start_stack(procs, tmp, urls, args.keep_pod_history)
     members["sim"] = sim
     if args.warmup:
         warm_up(api_url, args.pods, args.steps, procs)
@@ -419,6 +424,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="sampler steps per job (T / steps per step)")
     parser.add_argument("--jobs-per-pod", type=int, default=10)
     parser.add_argument("--direct", action="store_true", help="the simulator alone, no comfyfleet")
+    parser.add_argument("--keep-pod-history", action="store_true",
+                        help="tell the dispatcher to keep finished prompts in the pods' /history, for the pods' own "
+                             "execution time and busy fraction (one request per job less than the default)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="start the clock without first running one round of jobs per pod")
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and data in this folder")
