@@ -199,7 +199,8 @@ class _SleepThatInterrupts:
     POST /interrupt arriving while a long node runs would."""
 
     def __init__(self, flag: InterruptFlag):
-        self.flag, self.slept, self.interrupting = flag, [], True
+        self.flag, self.interrupting = flag, True
+        self.slept: list[float] = []
         self.time, self.perf_counter = time.time, time.perf_counter
 
     def sleep(self, seconds: float) -> None:
