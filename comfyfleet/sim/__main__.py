@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-cors-header", nargs="?", const="*", default=None, metavar="ORIGIN",
                    help="send CORS headers instead of the Origin check (ComfyUI flag)")
     p.add_argument("--cpu", action="store_true", help="report a CPU device in /system_stats (ComfyUI flag)")
+    p.add_argument("--no-cleanup-route", action="store_true",
+                   help="act as a plain ComfyUI: no POST /comfyfleet/cleanup (the worker image's custom node)")
     p.add_argument("--preview-method", default="none", choices=["none", "auto", "latent2rgb", "taesd"],
                    help="send binary latent previews while sampling (ComfyUI flag; default none)")
     p.add_argument("--step-seconds", type=float, default=None, help="seconds per KSampler step")
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValidationError, FleetPlanError, json.JSONDecodeError) as ex:
         parser.error(str(ex))
     argv_shown = ("main.py", *(argv if argv is not None else sys.argv[1:]))
-    options = ServerOptions(cors_origin=args.enable_cors_header, cpu=args.cpu, argv=tuple(argv_shown))
+    options = ServerOptions(cors_origin=args.enable_cors_header, cpu=args.cpu, argv=tuple(argv_shown),
+                            cleanup_route=not args.no_cleanup_route)
     in_fleet = len(plans) > 1
     if in_fleet:
         raise_open_files_limit()

@@ -47,6 +47,9 @@ class ServerOptions:
     # The crash knob's effect: exit the whole process (one pod per process, like a real pod), or, when
     # one process hosts many pods, call this on the event loop to drop only this pod's sockets.
     on_crash: Callable[[], object] | None = None
+    # Serve the worker image's `comfyfleet_cleanup` custom node route (POST /comfyfleet/cleanup), as a pod of
+    # comfyfleet's worker image does; off, the simulator is a plain ComfyUI that answers 404 there.
+    cleanup_route: bool = True
 
 
 class SimServer:

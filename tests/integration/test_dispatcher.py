@@ -216,3 +216,34 @@ def test_fifty_pods_in_one_simulator_process_run_fifty_jobs_at_once(tmp_path: Pa
         assert len({f["worker"] for f in finals}) == 50, "one job per pod"
     finally:
         fleet.stop()
+
+
+def test_pods_stay_clean_once_outputs_are_stored(sim_factory, stack_factory, tmp_path: Path):
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (16, 16), "red").save(image)
+    import base64
+
+    data = base64.b64encode(image.read_bytes()).decode()
+    graph_with_input = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "clean", "images": ["2", 0]}},
+    }
+    body = {"workflow": graph_with_input, "inputImages": {"in.png": data}}
+    clean, plain = sim_factory(), sim_factory(cleanup_route=False)
+    for sim, keeps in ((clean, False), (plain, True)):
+        stack = stack_factory([sim.url], workers=1)
+        stack.wait_workers_ready(1)
+        done = stack.wait_state(stack.generate(body).json()["jobId"], timeout=60)
+        assert done["state"] == "succeeded", done["error"]
+        uploads = list(sim.input_dir.glob("comfyfleet-*"))
+        outputs = list(sim.output_dir.glob("clean_*.png"))
+        history = json.loads(_get(f"{sim.url}/history"))
+        assert done["jobId"] not in history, "the prompt left the pod's history"
+        if keeps:
+            assert uploads and outputs, "a pod without the cleanup route keeps its files"
+        else:
+            assert not uploads and not outputs, "uploads and outputs deleted once stored"
+        stack.stop()

@@ -96,6 +96,8 @@ def sim_args(host: str, port: int, data_dir: Path, **knobs: Any) -> list[str]:
             args += ["--hang"] if value else []
         elif name == "cache":
             args += [] if value else ["--cache-none"]
+        elif name == "cleanup_route":
+            args += [] if value else ["--no-cleanup-route"]
         elif name in _FLAGS:
             text = ",".join(value) if isinstance(value, list | tuple) else str(value)
             args += [_FLAGS[name], text]
