@@ -247,3 +247,31 @@ def test_pods_stay_clean_once_outputs_are_stored(sim_factory, stack_factory, tmp
         else:
             assert not uploads and not outputs, "uploads and outputs deleted once stored"
         stack.stop()
+
+
+def test_rq_keeps_a_truthful_record_of_the_dispatcher_and_its_jobs(sim_factory, stack_factory):
+    from rq import Worker
+    from rq.job import Job as RQJob
+    from rq.registry import FinishedJobRegistry, StartedJobRegistry
+
+    from comfyfleet.dispatch.rqconf import SERIALIZER
+
+    sims = [sim_factory(step_seconds=0.1) for _ in range(2)]
+    stack = stack_factory([s.url for s in sims], workers=1)
+    stack.wait_workers_ready(2)
+    conn = redis.Redis.from_url(stack.redis_url)
+    ids = [stack.generate(txt2img(700 + i, steps=40)).json()["jobId"] for i in range(2)]
+    wait_until(lambda: running(stack, ids), timeout=30, what="both jobs running")
+    [worker] = [w for w in Worker.all(connection=conn) if w.name.startswith("dispatcher-")
+                and stack.prefix in ",".join(w.queue_names())]
+    assert worker.get_state() == "busy"
+    executions = worker.get_current_executions(refresh=True)
+    assert sorted(e.job_id for e in executions) == sorted(ids), "one RQ execution per job in flight"
+    queue_name = f"{stack.prefix}-p05"
+    assert sorted(StartedJobRegistry(queue_name, connection=conn).get_job_ids()) == sorted(ids)
+    for j in ids:
+        assert stack.wait_state(j, timeout=60)["state"] == "succeeded"
+    wait_until(lambda: sorted(FinishedJobRegistry(queue_name, connection=conn).get_job_ids()) == sorted(ids),
+               timeout=10, what="RQ's finished registry")
+    assert all(RQJob.fetch(j, connection=conn, serializer=SERIALIZER).get_status() == "finished" for j in ids)
+    assert StartedJobRegistry(queue_name, connection=conn).get_job_ids() == []
