@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from comfyfleet.local import LocalStack
+from comfyfleet.observability.logs import setup_logging
 from comfyfleet.settings import LocalSettings
 
 REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -28,9 +29,10 @@ def cmd_api(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = ApiSettings(**overrides)
-    _logging(settings.log_level)
+    setup_logging("api", settings)
+    # log_config=None: uvicorn's lines go through our handler (JSON or text), not uvicorn's own formatters.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                access_log=False)
+                access_log=False, log_config=None)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -38,7 +40,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from comfyfleet.settings import DispatchSettings
 
     settings = DispatchSettings()
-    _logging(settings.log_level)
+    setup_logging("dispatch", settings)  # HOOK(observability): JSON/text format, per-component levels
     if args.concurrency <= 1:
         run_worker(settings, burst=args.burst)
         return

@@ -21,6 +21,7 @@ from comfyfleet.api.state import AppState
 from comfyfleet.dispatch.health import HealthMonitor
 from comfyfleet.dispatch.registry import endpoint_id_for_url
 from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.observability.tracing import TracingMiddleware, setup_tracing
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
+    setup_tracing("api", settings)  # off unless COMFYFLEET_OTLP_ENDPOINT is set
     conn = redis.Redis.from_url(settings.redis_url)
     dispatcher = Dispatcher(conn, settings)
     state = AppState(
@@ -81,4 +83,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(TracingMiddleware)  # outermost: the request span covers everything else
     return app

@@ -27,6 +27,7 @@ from comfyfleet.jobs.progress import ProgressTracker
 from comfyfleet.jobs.states import can_transition, transition
 from comfyfleet.jobs.workflow import rename_input_images
 from comfyfleet.keys import Keys
+from comfyfleet.observability import hooks
 from comfyfleet.settings import DispatchSettings
 from comfyfleet.store.factory import output_store
 from comfyfleet.store.jobrepo import JobRepo
@@ -90,7 +91,8 @@ def on_rq_failure(job: Any, connection: redis.Redis, exc_type: Any, exc_value: A
         error = JobError(code=ErrorCode.WORKER_LOST, message=message)
         record = ctx.repo.get(job.id)
         if record is not None and not record.state.is_terminal:
-            ctx.repo.update(job.id, lambda j: transition(j, JobState.FAILED, error=error))
+            failed = ctx.repo.update(job.id, lambda j: transition(j, JobState.FAILED, error=error))
+            hooks.observe_finished(failed)  # HOOK(observability): outcome of a job lost outside its runner
         endpoint = ctx.conn.get(ctx.keys.claim(job.id))
         if endpoint:
             ctx.registry.release_lease(endpoint.decode(), job.id)
@@ -106,6 +108,7 @@ class JobRun:
         self.ctx = ctx
         self.job_id = job_id
         self.endpoint_id: str | None = None
+        self.obs: hooks.Attempt | None = None
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Redis and file calls run in a thread so the websocket loop never blocks on them."""
@@ -122,6 +125,7 @@ class JobRun:
         raw = await self.io(self.ctx.conn.get, self.ctx.keys.claim(self.job_id))
         self.endpoint_id = raw.decode() if raw else None
         endpoint = await self.io(self.ctx.registry.get, self.endpoint_id) if self.endpoint_id else None
+        self.obs = hooks.start_attempt(job, self.endpoint_id, endpoint)  # HOOK(observability)
         renewer = asyncio.create_task(self._renew_lease())
         try:
             if endpoint is None:
@@ -141,6 +145,7 @@ class JobRun:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             await self.io(self._release)
+        await self.io(hooks.observe_finished, final, self.obs)  # HOOK(observability): metrics + spans
         if final.state is JobState.QUEUED:
             raise RetryableJobError(final.error.message if final.error else "retrying")
         return {"job_id": self.job_id, "state": final.state.value}
@@ -211,6 +216,7 @@ class JobRun:
 
     def _on_event(self, tracker: ProgressTracker) -> Callable[[ComfyEvent], Awaitable[None]]:
         async def handle(event: ComfyEvent) -> None:
+            hooks.note_comfy_event(self.obs, event)  # HOOK(observability): the pod's execution timestamps
             if isinstance(event, ExecutionStart):
                 await self.update(lambda j: transition(j, JobState.RUNNING) if can_transition(j.state, JobState.RUNNING)
                                   and j.state is not JobState.RUNNING else j)
@@ -250,6 +256,7 @@ class JobRun:
                 await run
 
     async def _finish(self, client: ComfyClient, result: RunResult) -> Job:
+        hooks.note_prompt_finished(self.obs)  # HOOK(observability)
         job = await self.io(self.ctx.repo.require, self.job_id)
         if result.status == "interrupted":
             if job.cancel_requested:
@@ -264,6 +271,7 @@ class JobRun:
                 raise JobOutcome(JobError(code=ErrorCode.OUT_OF_MEMORY, message=failure.exception_message.strip()))
             raise JobOutcome(execution_error(failure))
         outputs = await self._store_outputs(client, job, result)
+        hooks.note_outputs_stored(self.obs)  # HOOK(observability)
         return await self.update(lambda j: transition(j, JobState.SUCCEEDED).model_copy(update={"outputs": outputs}))
 
     async def _store_outputs(self, client: ComfyClient, job: Job, result: RunResult) -> list[OutputFile]:

@@ -22,10 +22,11 @@ from rq.queue import Queue
 from comfyfleet.dispatch.registry import Registry
 from comfyfleet.dispatch.rqconf import SERIALIZER
 from comfyfleet.dispatch.selection import Candidate, Capability, capability, select_worker
-from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
+from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState, utcnow
 from comfyfleet.jobs.states import transition
 from comfyfleet.jobs.workflow import model_needs
 from comfyfleet.keys import Keys
+from comfyfleet.observability import hooks
 from comfyfleet.store.jobrepo import JobNotFound, JobRepo
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class Scheduler:
             self.conn.set(self.keys.claim(job_id), pick.id, ex=job.timeout_seconds + 3600)
             self.registry.note_assignment(pick.id, min(needs.checkpoints) if needs.checkpoints else None)
             self._mark_dispatched(job, pick.id)
+            hooks.observe_claim(job, pick, utcnow())  # HOOK(observability): queue wait metric + span
             return Claim(job_id=job_id, endpoint_id=pick.id, queue_name=queue_name)
         return None
 
@@ -139,7 +141,8 @@ class Scheduler:
             details={"missing": missing, "available": have},
         )
         self.conn.lrem(queue_key, 0, job.id)
-        self.repo.update(job.id, lambda j: transition(j, JobState.FAILED, error=error))
+        failed = self.repo.update(job.id, lambda j: transition(j, JobState.FAILED, error=error))
+        hooks.observe_finished(failed)  # HOOK(observability): outcome counter (failed fast, no endpoint)
         drop_rq_job(self.conn, job.id)
         log.info("job %s failed fast: %s", job.id, error.message)
 

@@ -14,6 +14,7 @@ from rq.worker import WorkerStatus
 from comfyfleet.dispatch.rqconf import SERIALIZER
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.keys import Keys
+from comfyfleet.observability import hooks
 from comfyfleet.settings import DispatchSettings
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def run_worker(settings: DispatchSettings, burst: bool = False, name: str | None
     warm_up()
 
     conn = redis.Redis.from_url(settings.redis_url)
+    hooks.start_worker_observability(settings, conn)  # HOOK(observability): relay sink, /metrics, traces
     keys = Keys(settings.redis_prefix)
     queues = [Queue(n, connection=conn, serializer=SERIALIZER) for n in keys.queue_names()]
     worker = CapacityWorker(queues, connection=conn, serializer=SERIALIZER, name=name, dispatch_settings=settings)

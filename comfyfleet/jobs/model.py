@@ -123,3 +123,6 @@ class Job(BaseModel):
     dispatched_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # W3C traceparent of the API request that created the job (tracing on only): the dispatcher's spans join
+    # that trace, and log lines show its trace id (comfyfleet.observability.tracing).
+    traceparent: str | None = None

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from comfyfleet.observability.metrics import JobMetrics, configure_sink
 from comfyfleet.operator.models import WorkerState
 
 WORKER_STATES: tuple[WorkerState, ...] = ("Starting", "Idle", "Busy", "Unhealthy", "Terminating")
@@ -33,6 +34,9 @@ class OperatorMetrics:
                                       ["namespace"], registry=self.registry)
         self.reconcile_errors = Counter("comfyfleet_operator_reconcile_errors", "Failed reconcile passes",
                                         [*pool], registry=self.registry)
+        # Jobs this process settles itself (a GenerationJob deleted while queued is cancelled here).
+        self.jobs = JobMetrics(self.registry)
+        configure_sink(self.jobs)
 
     def observe_pool(self, namespace: str, pool: str, states: Iterable[str], desired: int, queue: int) -> None:
         """Record one reconcile pass of a pool."""

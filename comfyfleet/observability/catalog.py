@@ -1,0 +1,36 @@
+"""Every metric comfyfleet exports, by sample name: what dashboards and alert rules may query."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from comfyfleet.observability.fleet import fleet_families
+from comfyfleet.observability.metrics import JobMetrics
+
+# The suffixes of a family's samples, by type (OpenMetrics' _created is left out: dashboards never use it).
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",),
+            "summary": ("_sum", "_count", "")}
+
+
+def _registries() -> list[CollectorRegistry]:
+    from comfyfleet.api.metrics import Metrics
+    from comfyfleet.operator.metrics import OperatorMetrics
+
+    # No Dispatcher: the fleet figures come from fleet_families() without reading Redis.
+    return [Metrics(None).registry, JobMetrics().registry, OperatorMetrics().registry]
+
+
+def exported_families() -> dict[str, str]:
+    """Family name -> type, of the API (HTTP + fleet), the dispatcher (job metrics) and the operator."""
+    families: dict[str, str] = {}
+    for registry in _registries():
+        for metric in registry.collect():
+            families[metric.name] = metric.type
+    for metric in fleet_families().values():
+        families[metric.name] = metric.type
+    return families
+
+
+def exported_samples() -> set[str]:
+    """Every sample name a PromQL expression can select."""
+    return {name + suffix for name, kind in exported_families().items() for suffix in SUFFIXES.get(kind, ("",))}

@@ -1,0 +1,134 @@
+"""The calls dispatch code makes at each step of a job's life; each is one `# HOOK(observability)` line.
+
+Where each is called (today's code -> what the asyncio dispatcher must keep):
+- `observe_submit(job) -> job`: Dispatcher.submit, before the record is created (trace context + log fields).
+- `observe_claim(job, endpoint, now)`: Scheduler._claim_from, right after the job is marked dispatched
+  (job: the record as read from the queue; endpoint: the picked Candidate).
+- `start_attempt(job, endpoint_id, endpoint) -> Attempt`: the runner, once the dispatched record and its
+  endpoint are known (also binds the log context of the task).
+- `note_comfy_event(attempt, event)`: the runner's handler of every ComfyUI websocket event.
+- `note_prompt_finished(attempt)` / `note_outputs_stored(attempt)`: when the run returned its result, and
+  when every output is stored.
+- `observe_finished(job, attempt)`: after the attempt is settled (final, or re-queued for a retry);
+  attempt None for jobs settled without running (failed fast, cancelled while queued, lost by RQ).
+  Blocking (a Redis write in the relay, a span flush): call it from a thread in async code.
+- process start: `start_dispatcher_observability(settings)` in a long-lived dispatcher;
+  `start_worker_observability(settings, conn)` in today's forking RQ worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from comfyfleet.jobs.model import Job
+from comfyfleet.observability import tracing
+from comfyfleet.observability.logs import bind_job, setup_logging
+from comfyfleet.observability.metrics import (
+    Attempt,
+    JobMetrics,
+    RedisRelay,
+    attempt_observations,
+    claim_observations,
+    emit,
+    start_dispatcher_metrics,
+    start_worker_metrics,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+    from comfyfleet.settings import DispatchSettings
+
+__all__ = ["Attempt", "note_comfy_event", "note_outputs_stored", "note_prompt_finished", "observe_claim",
+           "observe_finished", "observe_submit", "start_attempt", "start_dispatcher_observability",
+           "start_worker_observability"]
+
+log = logging.getLogger(__name__)
+
+
+class EndpointLike(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def pool(self) -> str: ...
+
+
+def observe_submit(job: Job) -> Job:
+    """A job about to be recorded: put the API request's trace context on it and its fields on log lines."""
+    job = tracing.with_trace_context(job)
+    bind_job(job)
+    return job
+
+
+def observe_claim(job: Job, endpoint: EndpointLike, now: datetime) -> None:
+    """A job was just claimed for endpoint: the queue-wait metric and span."""
+    observations = claim_observations(job, endpoint.pool, now)
+    emit(observations)
+    if not observations:
+        return
+    queued_at = job.created_at if job.attempts == 0 else job.updated_at
+    try:
+        tracing.record_queue_wait(job, endpoint.pool, endpoint.id, queued_at, now)
+    except Exception as exc:  # a tracing failure must never fail a claim
+        log.warning("job %s: could not record its queue-wait span: %s", job.id, exc)
+
+
+def start_attempt(job: Job, endpoint_id: str | None, endpoint: EndpointLike | None) -> Attempt:
+    """The collector of one attempt's facts (job: the dispatched record; endpoint: its registry entry, None
+    when it is gone); binds the job's log context."""
+    pool = endpoint.pool if endpoint is not None else None
+    bind_job(job, endpoint=endpoint_id, pool=pool)
+    dispatched = job.dispatched_at.timestamp() if job.dispatched_at else None
+    return Attempt(job_id=job.id, attempt=job.attempts, endpoint=endpoint_id, pool=pool, template=job.template,
+                   dispatched_at=dispatched)
+
+
+def note_comfy_event(attempt: Attempt | None, event: Any) -> None:
+    """Record the execution timestamps ComfyUI sends with its events (and when the start arrived here)."""
+    if attempt is None:
+        return
+    kind = getattr(event, "type", None)
+    stamp = getattr(event, "timestamp", None)
+    if kind == "execution_start" and attempt.prompt_started_at is None:
+        attempt.prompt_started_at = time.time()
+    if isinstance(kind, str) and isinstance(stamp, int) and kind.startswith("execution_"):
+        attempt.pod_events.append((kind, stamp))
+
+
+def note_prompt_finished(attempt: Attempt | None) -> None:
+    if attempt is not None and attempt.prompt_finished_at is None:
+        attempt.prompt_finished_at = time.time()
+
+
+def note_outputs_stored(attempt: Attempt | None) -> None:
+    if attempt is not None:
+        attempt.outputs_stored_at = time.time()
+
+
+def observe_finished(job: Job, attempt: Attempt | None = None) -> None:
+    """An attempt was settled (job: the record afterwards): outcome/retry/timing metrics and its spans."""
+    emit(attempt_observations(job, attempt))
+    if attempt is None:
+        return
+    try:
+        tracing.record_attempt(job, attempt)
+    except Exception as exc:  # a tracing failure must never fail a job
+        log.warning("job %s: could not record its attempt spans: %s", job.id, exc)
+
+
+def start_dispatcher_observability(settings: DispatchSettings) -> JobMetrics:
+    """A long-lived dispatcher process: logs, traces, and job metrics recorded and served here."""
+    setup_logging("dispatch", settings)
+    tracing.setup_tracing("dispatch", settings)
+    return start_dispatcher_metrics(settings)
+
+
+def start_worker_observability(settings: DispatchSettings, conn: redis.Redis) -> RedisRelay:
+    """Today's forking RQ worker: observations leave work horses through the Redis relay; spans are flushed
+    at the end of each attempt (a work horse ends with os._exit)."""
+    tracing.setup_tracing("dispatch", settings, flush_each_attempt=True)
+    return start_worker_metrics(settings, conn)
