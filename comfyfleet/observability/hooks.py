@@ -82,6 +82,7 @@ def start_attempt(job: Job, endpoint_id: str | None, endpoint: EndpointLike | No
     when it is gone); binds the job's log context."""
     pool = endpoint.pool if endpoint is not None else None
     bind_job(job, endpoint=endpoint_id, pool=pool)
+    log.info("job %s attempt %d starts on %s", job.id, job.attempts, endpoint_id or "no endpoint")
     dispatched = job.dispatched_at.timestamp() if job.dispatched_at else None
     return Attempt(job_id=job.id, attempt=job.attempts, endpoint=endpoint_id, pool=pool, template=job.template,
                    dispatched_at=dispatched)
@@ -114,6 +115,10 @@ def observe_finished(job: Job, attempt: Attempt | None = None) -> None:
     emit(attempt_observations(job, attempt))
     if attempt is None:
         return
+    pod_seconds = attempt.pod_execution_seconds()
+    log.info("job %s attempt %d ended: %s%s%s", job.id, attempt.attempt, job.state.value,
+             f" ({job.error.code.value})" if job.error is not None else "",
+             f", {pod_seconds:.2f} s on the pod" if pod_seconds is not None else "")
     try:
         tracing.record_attempt(job, attempt)
     except Exception as exc:  # a tracing failure must never fail a job

@@ -1,0 +1,106 @@
+"""Job-level metrics, JSON logs and bounded labels, scraped from the real API and dispatch worker during a run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from comfyfleet.jobs.templates import TEMPLATES
+from comfyfleet.observability.catalog import exported_families
+from tests.support.procs import free_port, wait_for
+from tests.support.stack import ALICE, auth
+
+# Label names comfyfleet's metrics may carry; a user or job id label would make series unbounded.
+ALLOWED_LABELS = {"pool", "template", "state", "error_code", "reason", "stage", "phase", "endpoint", "priority",
+                  "method", "route", "status", "le", "namespace", "action"}
+
+
+def txt2img(seed: int, steps: int = 4, **body) -> dict:
+    return {"template": "txt2img", "params": {"seed": seed, "steps": steps, "prompt": "a red fox"}, **body}
+
+
+def scrape(url: str) -> dict:
+    text = httpx.get(url, timeout=10).text
+    return {f.name: f for f in text_string_to_metric_families(text) if f.name.startswith("comfyfleet_")}
+
+
+def samples(families: dict, name: str, **labels: str) -> list:
+    return [s for f in families.values() for s in f.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+
+
+def value(families: dict, name: str, **labels: str) -> float:
+    return sum(s.value for s in samples(families, name, **labels))
+
+
+def check_bounded(families: dict, forbidden: set[str], pools: set[str]) -> None:
+    catalog = exported_families()
+    for name, family in families.items():
+        if name.endswith("_created") and name.removesuffix("_created") in catalog:
+            continue  # prometheus_client's creation timestamps of counters and histograms
+        assert catalog.get(name) == family.type, f"{name} ({family.type}) is not in the catalogue as such"
+        for s in family.samples:
+            assert set(s.labels) <= ALLOWED_LABELS, (s.name, s.labels)
+            assert not forbidden & set(s.labels.values()), (s.name, s.labels)
+            if "pool" in s.labels:
+                assert s.labels["pool"] in pools | {"unassigned", "any", "other"}, s
+            if "template" in s.labels:
+                assert s.labels["template"] in set(TEMPLATES) | {"custom", "other"}, s
+
+
+def test_metrics_and_logs_during_a_run(sim_factory, stack_factory):
+    sim = sim_factory(step_seconds=0.1)
+    port = free_port()
+    stack = stack_factory([sim.url], workers=1, env={"COMFYFLEET_DISPATCH_METRICS_PORT": str(port),
+                                                     "COMFYFLEET_LOG_FORMAT": "json"})
+    dispatch_url = f"http://127.0.0.1:{port}/metrics"
+    endpoint_id = stack.wait_workers_ready(1)["workers"][0]["id"]
+    wait_for(lambda: httpx.get(dispatch_url, timeout=2).status_code == 200, timeout=20, what="dispatch /metrics")
+
+    # One job waits for a pool nobody serves, then is cancelled in the queue.
+    stuck = stack.generate(txt2img(1, pool="nowhere")).json()["jobId"]
+    first = stack.generate(txt2img(2, steps=20)).json()["jobId"]
+    second = stack.generate(txt2img(3)).json()["jobId"]
+    stack.wait_state(first, "running")
+    during_api, during_dispatch = scrape(f"{stack.url}/metrics"), scrape(dispatch_url)
+    assert value(during_api, "comfyfleet_queue_jobs", pool="other") == 1, "the stuck job names an unknown pool"
+    assert value(during_api, "comfyfleet_queue_oldest_job_age_seconds", pool="other") > 0
+    assert value(during_api, "comfyfleet_endpoints", pool="default", state="busy") == 1
+    assert value(during_dispatch, "comfyfleet_job_queue_wait_seconds_count", pool="default",
+                 template="txt2img") >= 1, "the running job's claim is counted while it runs"
+
+    for job_id in (first, second):
+        stack.wait_state(job_id, "succeeded")
+    assert stack.http.delete(f"/api/comfyui/job/{stuck}", headers=auth(ALICE)).status_code in (200, 202)
+    stack.wait_state(stuck, "cancelled")
+    api, dispatch = scrape(f"{stack.url}/metrics"), scrape(dispatch_url)
+
+    assert value(dispatch, "comfyfleet_job_outcomes_total", pool="default", template="txt2img", state="succeeded",
+                 error_code="none") == 2
+    assert value(dispatch, "comfyfleet_job_queue_wait_seconds_count", pool="default") == 2
+    assert value(dispatch, "comfyfleet_job_execution_seconds_count", pool="default", template="txt2img") == 2
+    assert value(dispatch, "comfyfleet_job_execution_seconds_sum", pool="default") > 0
+    for phase in ("claim_to_prompt", "finish_to_stored"):
+        assert value(dispatch, "comfyfleet_job_dispatch_overhead_seconds_count", pool="default", phase=phase) == 2
+    busy = value(dispatch, "comfyfleet_endpoint_busy_seconds_total", pool="default", endpoint=endpoint_id)
+    assert busy == value(dispatch, "comfyfleet_job_execution_seconds_sum", pool="default") and busy > 0
+    assert value(api, "comfyfleet_job_cancels_total", pool="unassigned", stage="queued") == 1
+    assert value(api, "comfyfleet_job_outcomes_total", state="cancelled", error_code="cancelled") == 1
+    assert value(api, "comfyfleet_queue_jobs", pool="other") == 0
+
+    forbidden = {first, second, stuck, "alice", "nowhere"}
+    for families in (during_api, during_dispatch, api, dispatch):
+        check_bounded(families, forbidden, pools={"default"})
+
+    # JSON log lines of the dispatch worker carry the job's fields, and never the workflow or a token.
+    log_text = stack.workers[0].log_text()
+    records = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    assert records, log_text[-2000:]
+    mine = [r for r in records if r.get("job_id") == first]
+    assert mine and all(r["user"] == "alice" and r["component"] == "dispatch" for r in mine)
+    assert any(r.get("endpoint") == endpoint_id and r.get("pool") == "default" for r in mine)
+    assert "KSampler" not in log_text and ALICE not in log_text
+    assert not re.search(r'"workflow"\s*:', log_text)
