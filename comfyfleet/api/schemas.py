@@ -10,6 +10,7 @@ from pydantic.alias_generators import to_camel
 
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.jobs.params import GenerateParams
+from comfyfleet.observability.tracing import trace_id_of
 
 
 class ApiModel(BaseModel):
@@ -78,6 +79,10 @@ class JobPublic(ApiModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # When a pod was claimed for the latest attempt (queue wait = dispatchedAt - createdAt on a first attempt).
+    dispatched_at: datetime | None = None
+    # The job's OpenTelemetry trace id when tracing is on (find its spans in the tracing backend).
+    trace_id: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
@@ -93,6 +98,7 @@ class JobPublic(ApiModel):
                                   url=o.url) for o in job.outputs],
             worker=job.worker, source=job.source, cancel_requested=job.cancel_requested, created_at=job.created_at,
             updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+            dispatched_at=job.dispatched_at, trace_id=trace_id_of(job.traceparent),
         )
 
 
