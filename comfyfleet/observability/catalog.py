@@ -34,3 +34,10 @@ def exported_families() -> dict[str, str]:
 def exported_samples() -> set[str]:
     """Every sample name a PromQL expression can select."""
     return {name + suffix for name, kind in exported_families().items() for suffix in SUFFIXES.get(kind, ("",))}
+
+
+def referenced_metrics(expr: str) -> set[str]:
+    """The comfyfleet sample names a PromQL expression selects."""
+    import re
+
+    return set(re.findall(r"\bcomfyfleet_[a-zA-Z0-9_]+", expr))
