@@ -161,6 +161,10 @@ class QueueStatsPublic(ApiModel):
     cancelled: int
     created: int
     by_priority: dict[str, int]
+    # Queued jobs by the pool they asked for ("any": every pool may run them; "other": a pool with no endpoint),
+    # and the age of the oldest one in seconds (0 when none): what `comfyfleet status` shows.
+    by_pool: dict[str, int] = Field(default_factory=dict)
+    oldest_age_seconds: dict[str, float] = Field(default_factory=dict)
 
 
 class QueueCleanRequest(ApiModel):

@@ -86,6 +86,14 @@ def fleet_families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
     }
 
 
+def queue_per_pool(dispatcher: Dispatcher) -> QueueByPool:
+    """Queued jobs and the oldest one's age per pool label, read from Redis now."""
+    from comfyfleet.jobs.model import utcnow
+
+    pools = {c.pool for c in dispatcher.registry.candidates()}
+    return queue_by_pool(read_queued_jobs(dispatcher), pools, utcnow())
+
+
 class FleetCollector:
     """Queue depth, job totals and endpoint states, straight from Redis on each scrape."""
 

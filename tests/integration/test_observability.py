@@ -104,3 +104,40 @@ def test_metrics_and_logs_during_a_run(sim_factory, stack_factory):
     assert any(r.get("endpoint") == endpoint_id and r.get("pool") == "default" for r in mine)
     assert "KSampler" not in log_text and ALICE not in log_text
     assert not re.search(r'"workflow"\s*:', log_text)
+
+
+def test_status_and_jobs_commands_read_the_public_api(sim_factory, stack_factory):
+    import subprocess
+    import sys
+
+    from tests.support.procs import REPO_ROOT
+    from tests.support.stack import ADMIN
+
+    sim = sim_factory()
+    stack = stack_factory([sim.url], workers=1)
+    endpoint_id = stack.wait_workers_ready(1)["workers"][0]["id"]
+    done = stack.generate(txt2img(4)).json()["jobId"]
+    stack.wait_state(done, "succeeded")
+    stuck = stack.generate(txt2img(5, pool="nowhere")).json()["jobId"]
+
+    def cli(*args: str, token: str = ALICE) -> str:
+        out = subprocess.run([sys.executable, "-m", "comfyfleet", *args, "--api", stack.url, "--token", token],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    status = cli("status", "--no-color")
+    rows = {line.split()[0]: line.split()[1:] for line in status.splitlines() if line.split()[:1] in (["default"],
+                                                                                                      ["other"])}
+    assert rows["default"][:4] == ["1", "0", "0", "0"], status
+    assert rows["other"][3] == "1" and rows["other"][4] != "-", "the stuck job is counted with its age"
+    assert endpoint_id in status and "waiting 1 (p5:1)" in status
+
+    jobs = cli("jobs", "--limit", "5", "--color")
+    assert "\x1b[32msucceeded\x1b[0m" in jobs and "\x1b[33mqueued\x1b[0m" in jobs
+    assert done[:8] in jobs and stuck[:8] in jobs
+    assert cli("jobs", "--user", "alice", token=ADMIN).count("\n") == 3, "an admin lists alice's 2 jobs"
+
+    refused = subprocess.run([sys.executable, "-m", "comfyfleet", "status", "--api", stack.url, "--token", "wrong"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "HTTP 401" in refused.stderr
