@@ -252,7 +252,7 @@ class RedisRelay:
         moved = 0
         while True:
             raw = self.conn.lpop(self.key, RELAY_BATCH)
-            if not raw:
+            if not isinstance(raw, list) or not raw:
                 return moved
             for entry in raw:
                 try:

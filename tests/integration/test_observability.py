@@ -54,7 +54,8 @@ def check_bounded(families: dict, forbidden: set[str], pools: set[str]) -> None:
 def test_metrics_and_logs_during_a_run(sim_factory, stack_factory):
     sim = sim_factory(step_seconds=0.1)
     port = free_port()
-    stack = stack_factory([sim.url], workers=1, env={"COMFYFLEET_DISPATCH_METRICS_PORT": str(port),
+    # Two worker processes, one port: one serves it, the other relays its observations through Redis.
+    stack = stack_factory([sim.url], workers=2, env={"COMFYFLEET_DISPATCH_METRICS_PORT": str(port),
                                                      "COMFYFLEET_LOG_FORMAT": "json"})
     dispatch_url = f"http://127.0.0.1:{port}/metrics"
     endpoint_id = stack.wait_workers_ready(1)["workers"][0]["id"]
@@ -96,7 +97,7 @@ def test_metrics_and_logs_during_a_run(sim_factory, stack_factory):
         check_bounded(families, forbidden, pools={"default"})
 
     # JSON log lines of the dispatch worker carry the job's fields, and never the workflow or a token.
-    log_text = stack.workers[0].log_text()
+    log_text = "\n".join(w.log_text() for w in stack.workers)
     records = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
     assert records, log_text[-2000:]
     mine = [r for r in records if r.get("job_id") == first]
@@ -104,6 +105,7 @@ def test_metrics_and_logs_during_a_run(sim_factory, stack_factory):
     assert any(r.get("endpoint") == endpoint_id and r.get("pool") == "default" for r in mine)
     assert "KSampler" not in log_text and ALICE not in log_text
     assert not re.search(r'"workflow"\s*:', log_text)
+    assert sum("not served by this process" in r["msg"] for r in records) == 1, "exactly one process serves"
 
 
 def test_status_and_jobs_commands_read_the_public_api(sim_factory, stack_factory):

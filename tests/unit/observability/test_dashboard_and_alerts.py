@@ -195,3 +195,46 @@ def test_each_alert_fires_in_its_situation(tmp_path, case, input_series, at, fir
 def _pool_label(input_series: list[dict[str, str]]) -> dict[str, str]:
     [pool] = {m.group(1) for s in input_series if (m := re.search(r'pool="([^"]+)"', s["series"]))}
     return {"pool": pool}
+
+
+# -- the chart renders them (helm from scripts/helm-binary, as tests/unit/test_chart.py) -------------------------
+
+
+def test_chart_ships_the_dashboard_for_the_grafana_sidecar():
+    from tests.unit.test_chart import by_kind_name, render
+
+    cm = by_kind_name(render(), "ConfigMap", "cf-comfyfleet-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["comfyfleet.json"]) == json.loads(DASHBOARD.read_text())
+    off = render("--set", "grafanaDashboard.enabled=false")
+    assert not [o for o in off if o["metadata"]["name"] == "cf-comfyfleet-dashboard"]
+
+
+def test_chart_prometheus_rule_is_opt_in_and_carries_the_thresholds(tmp_path):
+    from tests.unit.test_chart import render, values_file
+
+    assert not [o for o in render() if o["kind"] == "PrometheusRule"]
+    values = {"prometheusRule": {"enabled": True, "labels": {"release": "kps"},
+                                 "thresholds": {"oldestJobSeconds": 1200, "noReadyPodFor": "7m"}}}
+    [rule] = [o for o in render("-f", values_file(tmp_path, values)) if o["kind"] == "PrometheusRule"]
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    expected = yaml.safe_load(rendered_rules({"oldestJobSeconds": 1200, "noReadyPodFor": "7m"}))
+    assert rule["spec"] == expected
+    too_old = next(r for r in rule["spec"]["groups"][0]["rules"] if r["alert"] == "ComfyfleetOldestJobTooOld")
+    assert too_old["expr"].endswith("> 1200")
+    annotations = " ".join(str(r["annotations"]) for r in rule["spec"]["groups"][0]["rules"])
+    assert "{{ $labels.pool }}" in annotations, "Prometheus templates reach the rule untouched by helm"
+
+
+def test_chart_scrapes_the_dispatch_workers_job_metrics():
+    from tests.unit.test_chart import by_kind_name, containers, env_of, render
+
+    objects = render("--set", "serviceMonitor.enabled=true")
+    dispatcher = by_kind_name(objects, "Deployment", "cf-comfyfleet-dispatcher")
+    [container] = containers(dispatcher)
+    assert env_of(container)["COMFYFLEET_DISPATCH_METRICS_PORT"]["value"] == "9091"
+    assert {"name": "metrics", "containerPort": 9091} in container["ports"]
+    monitor = by_kind_name(objects, "PodMonitor", "cf-comfyfleet-dispatcher")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= dispatcher["spec"]["template"]["metadata"][
+        "labels"].items()
