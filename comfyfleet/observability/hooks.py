@@ -132,7 +132,7 @@ def start_dispatcher_observability(settings: DispatchSettings) -> JobMetrics:
     return start_dispatcher_metrics(settings)
 
 
-def start_worker_observability(settings: DispatchSettings, conn: redis.Redis) -> RedisRelay:
+def start_worker_observability(settings: DispatchSettings, conn: redis.Redis) -> RedisRelay | None:
     """Today's forking RQ worker: observations leave work horses through the Redis relay; spans are flushed
     at the end of each attempt (a work horse ends with os._exit)."""
     tracing.setup_tracing("dispatch", settings, flush_each_attempt=True)

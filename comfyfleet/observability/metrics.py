@@ -333,9 +333,13 @@ def relay_key(prefix: str) -> str:
     return f"{prefix}:obs:relay"
 
 
-def start_worker_metrics(settings: DispatchSettings, conn: redis.Redis, addr: str = "0.0.0.0") -> RedisRelay:
+def start_worker_metrics(settings: DispatchSettings, conn: redis.Redis, addr: str = "0.0.0.0") -> RedisRelay | None:
     """For today's forking RQ worker: observations go through the Redis relay (work horses die with their
-    memory); the process that gets dispatch_metrics_port serves them, draining the relay at each scrape."""
+    memory); the process that gets dispatch_metrics_port serves them, draining the relay at each scrape.
+    Without a port nobody would drain the relay, so observations then stay in this process, unserved."""
+    if not settings.dispatch_metrics_port:
+        configure_sink(JobMetrics())
+        return None
     relay = RedisRelay(conn, relay_key(settings.redis_prefix))
     configure_sink(relay)
     if settings.dispatch_metrics_port:

@@ -143,3 +143,25 @@ def test_status_and_jobs_commands_read_the_public_api(sim_factory, stack_factory
     refused = subprocess.run([sys.executable, "-m", "comfyfleet", "status", "--api", stack.url, "--token", "wrong"],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "HTTP 401" in refused.stderr
+
+
+def test_the_relay_carries_observations_out_of_short_lived_processes(redis_server):
+    import uuid
+
+    import redis
+
+    from comfyfleet.observability.metrics import JobMetrics, Observation, RedisRelay
+
+    conn = redis.Redis.from_url(redis_server.url)
+    key = f"relay-{uuid.uuid4().hex}"
+    relay = RedisRelay(conn, key, cap=3)
+    retry = Observation("comfyfleet_job_retries_total", {"pool": "p", "reason": "worker_lost"}, 1)
+    for _ in range(5):  # a relay nobody drains stops growing at its cap
+        relay.record([retry, retry])
+    conn.rpush(key, "not json")
+    assert conn.llen(key) == 4
+    sink = JobMetrics()
+    assert relay.drain_into(sink) == 6, "three capped entries of two; the malformed one is dropped"
+    assert conn.llen(key) == 0
+    assert sink.registry.get_sample_value("comfyfleet_job_retries_total", {"pool": "p", "reason": "worker_lost"}) == 6
+    conn.close()
