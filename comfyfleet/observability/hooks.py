@@ -14,6 +14,10 @@ Where each is called (today's code -> what the asyncio dispatcher must keep):
   Blocking (a Redis write in the relay, a span flush): call it from a thread in async code.
 - process start: `start_dispatcher_observability(settings)` in a long-lived dispatcher;
   `start_worker_observability(settings, conn)` in today's forking RQ worker.
+
+`observe_submit` and `start_attempt` bind the job's log fields into the current contextvars context: call them
+where that context ends with the job (a thread from asyncio.to_thread, or the job's own asyncio task), never
+in a loop that goes on to the next job, or its lines would carry the previous job's fields.
 """
 
 from __future__ import annotations
