@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 
 from comfyfleet.observability.fleet import fleet_families
 from comfyfleet.observability.metrics import JobMetrics
@@ -21,14 +22,25 @@ def _registries() -> list[CollectorRegistry]:
 
 
 def exported_families() -> dict[str, str]:
-    """Family name -> type, of the API (HTTP + fleet), the dispatcher (job metrics) and the operator."""
+    """Family name -> type, of the API (HTTP + fleet), the dispatcher (engine + job metrics) and the operator."""
     families: dict[str, str] = {}
     for registry in _registries():
         for metric in registry.collect():
             families[metric.name] = metric.type
-    for metric in fleet_families().values():
+    for metric in [*fleet_families().values(), *_engine_families()]:
         families[metric.name] = metric.type
     return families
+
+
+def _engine_families() -> list[Metric]:
+    """The dispatcher's own figures (dispatch/probe.py), collected from an idle stand-in of its engine."""
+    from types import SimpleNamespace
+
+    from comfyfleet.dispatch.probe import EngineCollector
+
+    scheduler = SimpleNamespace(passes=0, claimed=0, lock_held_seconds=0.0)
+    idle = SimpleNamespace(slots=0, tasks={}, holding=set(), d=SimpleNamespace(scheduler=scheduler))
+    return list(EngineCollector(idle).collect())  # type: ignore[arg-type]
 
 
 def exported_samples() -> set[str]:

@@ -15,7 +15,7 @@ from prometheus_client.metrics_core import Metric
 
 from comfyfleet.dispatch.selection import Candidate
 from comfyfleet.dispatch.service import Dispatcher
-from comfyfleet.jobs.model import Job
+from comfyfleet.jobs.model import JobState
 from comfyfleet.keys import PRIORITIES
 
 ENDPOINT_STATES = ("ready", "busy", "unhealthy")
@@ -45,27 +45,54 @@ def endpoints_by_pool(candidates: Iterable[Candidate]) -> dict[tuple[str, str], 
     return counts
 
 
-def queue_by_pool(jobs: Iterable[Job | None], known_pools: set[str], now: datetime) -> QueueByPool:
-    """Queued jobs and the age of the oldest per pool label (any / a known pool / other)."""
+def pool_label_of(pool: str | None, known_pools: set[str]) -> str:
+    return ANY_POOL if pool is None else (pool if pool in known_pools else OTHER_POOL)
+
+
+def queue_by_pool(entries: Iterable[tuple[str | None, datetime | None]], known_pools: set[str],
+                  now: datetime) -> QueueByPool:
+    """Waiting jobs and the age of the oldest per pool label (any / a known pool / other).
+
+    entries: (requested pool, created_at) of every waiting job; created_at may be None for jobs known not to be
+    the oldest of their pool (only the head of each queue is read in full).
+    """
     count: dict[str, int] = {p: 0 for p in known_pools}
     oldest: dict[str, float] = {p: 0.0 for p in known_pools}
-    for job in jobs:
-        if job is None or job.state.is_terminal:
-            continue
-        pool = ANY_POOL if job.pool is None else (job.pool if job.pool in known_pools else OTHER_POOL)
-        count[pool] = count.get(pool, 0) + 1
-        age = max(0.0, (now - job.created_at).total_seconds())
-        oldest[pool] = max(oldest.get(pool, 0.0), age)
+    for pool, created_at in entries:
+        label = pool_label_of(pool, known_pools)
+        count[label] = count.get(label, 0) + 1
+        age = max(0.0, (now - created_at).total_seconds()) if created_at is not None else 0.0
+        oldest[label] = max(oldest.get(label, 0.0), age)
     count.setdefault(ANY_POOL, 0)
     oldest.setdefault(ANY_POOL, 0.0)
     return QueueByPool(count, oldest)
 
 
-def read_queued_jobs(dispatcher: Dispatcher) -> Iterator[Job | None]:
-    for priority in PRIORITIES:
-        ids = dispatcher.queue(priority).get_job_ids()
+def waiting_jobs(dispatcher: Dispatcher, known_pools: set[str]) -> list[tuple[str | None, datetime | None]]:
+    """(pool, created_at) of every job waiting in a priority queue or parked (its pool has no healthy endpoint).
+
+    Cheap enough for a scrape: the compact records (no workflow) of all of them, the full record only of the
+    first job of each pool label in each queue (queues are FIFO, so that one is the oldest there).
+    """
+    groups = [dispatcher.queue(p).get_job_ids() for p in PRIORITIES] + [dispatcher.scheduler.parked_ids()]
+    entries: list[tuple[str | None, str]] = []
+    heads: set[str] = set()
+    for ids in groups:
+        seen: set[str] = set()
         for start in range(0, len(ids), SCAN_CHUNK):
-            yield from dispatcher.repo.get_many(ids[start:start + SCAN_CHUNK])
+            chunk = ids[start:start + SCAN_CHUNK]
+            for job_id, info in zip(chunk, dispatcher.repo.compact_many(chunk), strict=True):
+                if info is None or "corrupt" in info or JobState(info["state"]).is_terminal:
+                    continue
+                pool = info.get("pool")
+                entries.append((pool, job_id))
+                label = pool_label_of(pool, known_pools)
+                if label not in seen:
+                    seen.add(label)
+                    heads.add(job_id)
+    head_ids = sorted(heads)
+    created = {j.id: j.created_at for j in dispatcher.repo.get_many(head_ids) if j is not None}
+    return [(pool, created.get(job_id)) for pool, job_id in entries]
 
 
 def fleet_families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
@@ -91,7 +118,7 @@ def queue_per_pool(dispatcher: Dispatcher) -> QueueByPool:
     from comfyfleet.jobs.model import utcnow
 
     pools = {c.pool for c in dispatcher.registry.candidates()}
-    return queue_by_pool(read_queued_jobs(dispatcher), pools, utcnow())
+    return queue_by_pool(waiting_jobs(dispatcher, pools), pools, utcnow())
 
 
 class FleetCollector:
@@ -118,7 +145,8 @@ class FleetCollector:
         candidates = self.dispatcher.registry.candidates()
         for (pool, state), n in sorted(endpoints_by_pool(candidates).items()):
             f["endpoints"].add_metric([pool, state], n)
-        per_pool = queue_by_pool(read_queued_jobs(self.dispatcher), {c.pool for c in candidates}, utcnow())
+        pools = {c.pool for c in candidates}
+        per_pool = queue_by_pool(waiting_jobs(self.dispatcher, pools), pools, utcnow())
         for pool in sorted(per_pool.count):
             f["queue_jobs"].add_metric([pool], per_pool.count[pool])
             f["oldest"].add_metric([pool], per_pool.oldest_age_seconds[pool])

@@ -1,19 +1,16 @@
 """The calls dispatch code makes at each step of a job's life; each is one `# HOOK(observability)` line.
 
-Where each is called (today's code -> what the asyncio dispatcher must keep):
+Where each is called:
 - `observe_submit(job) -> job`: Dispatcher.submit, before the record is created (trace context + log fields).
-- `observe_claim(job, endpoint, now)`: Scheduler._claim_from, right after the job is marked dispatched
-  (job: the record as read from the queue; endpoint: the picked Candidate).
-- `start_attempt(job, endpoint_id, endpoint) -> Attempt`: the runner, once the dispatched record and its
-  endpoint are known (also binds the log context of the task).
+- `start_attempt(job, endpoint_id, endpoint, adopted=) -> Attempt`: the runner, once the dispatched record and
+  its endpoint are known: binds the log context of the job's task, observes a first attempt's queue wait.
 - `note_comfy_event(attempt, event)`: the runner's handler of every ComfyUI websocket event.
 - `note_prompt_finished(attempt)` / `note_outputs_stored(attempt)`: when the run returned its result, and
   when every output is stored.
 - `observe_finished(job, attempt)`: after the attempt is settled (final, or re-queued for a retry);
   attempt None for jobs settled without running (failed fast, cancelled while queued, lost by RQ).
-  Blocking (a Redis write in the relay, a span flush): call it from a thread in async code.
-- process start: `start_dispatcher_observability(settings)` in a long-lived dispatcher;
-  `start_worker_observability(settings, conn)` in today's forking RQ worker.
+  It may block briefly (a span export in tests): call it off the event loop.
+- process start: `start_dispatcher_observability(settings, registry)` with the registry the dispatcher serves.
 
 `observe_submit` and `start_attempt` bind the job's log fields into the current contextvars context: call them
 where that context ends with the job (a thread from asyncio.to_thread, or the job's own asyncio task), never
@@ -24,31 +21,28 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from comfyfleet.jobs.model import Job
 from comfyfleet.observability import tracing
-from comfyfleet.observability.logs import bind_job, setup_logging
+from comfyfleet.observability.logs import bind_job
 from comfyfleet.observability.metrics import (
     Attempt,
     JobMetrics,
-    RedisRelay,
     attempt_observations,
     claim_observations,
     emit,
-    start_dispatcher_metrics,
-    start_worker_metrics,
+    queue_wait,
+    register_job_metrics,
 )
 
 if TYPE_CHECKING:
-    import redis
+    from prometheus_client import CollectorRegistry
 
     from comfyfleet.settings import DispatchSettings
 
-__all__ = ["Attempt", "note_comfy_event", "note_outputs_stored", "note_prompt_finished", "observe_claim",
-           "observe_finished", "observe_submit", "start_attempt", "start_dispatcher_observability",
-           "start_worker_observability"]
+__all__ = ["Attempt", "note_comfy_event", "note_outputs_stored", "note_prompt_finished", "observe_finished",
+           "observe_submit", "start_attempt", "start_dispatcher_observability"]
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +62,22 @@ def observe_submit(job: Job) -> Job:
     return job
 
 
-def observe_claim(job: Job, endpoint: EndpointLike, now: datetime) -> None:
-    """A job was just claimed for endpoint: the queue-wait metric and span."""
-    observations = claim_observations(job, endpoint.pool, now)
-    emit(observations)
-    if not observations:
-        return
-    queued_at = job.created_at if job.attempts == 0 else job.updated_at
-    try:
-        tracing.record_queue_wait(job, endpoint.pool, endpoint.id, queued_at, now)
-    except Exception as exc:  # a tracing failure must never fail a claim
-        log.warning("job %s: could not record its queue-wait span: %s", job.id, exc)
-
-
-def start_attempt(job: Job, endpoint_id: str | None, endpoint: EndpointLike | None) -> Attempt:
+def start_attempt(job: Job, endpoint_id: str | None, endpoint: EndpointLike | None, *,
+                  adopted: bool = False) -> Attempt:
     """The collector of one attempt's facts (job: the dispatched record; endpoint: its registry entry, None
-    when it is gone); binds the job's log context."""
+    when it is gone; adopted: taken over from a dispatcher that died); binds the job's log context and
+    observes the queue wait (metric and span) of a first attempt."""
     pool = endpoint.pool if endpoint is not None else None
     bind_job(job, endpoint=endpoint_id, pool=pool)
-    log.info("job %s attempt %d starts on %s", job.id, job.attempts, endpoint_id or "no endpoint")
+    log.info("job %s attempt %d %s on %s", job.id, job.attempts, "adopted" if adopted else "starts",
+             endpoint_id or "no endpoint")
+    if not adopted:
+        emit(claim_observations(job, pool))
+        if queue_wait(job) is not None and job.dispatched_at is not None:
+            try:
+                tracing.record_queue_wait(job, pool, endpoint_id, job.created_at, job.dispatched_at)
+            except Exception as exc:  # a tracing failure must never fail a job
+                log.warning("job %s: could not record its queue-wait span: %s", job.id, exc)
     dispatched = job.dispatched_at.timestamp() if job.dispatched_at else None
     return Attempt(job_id=job.id, attempt=job.attempts, endpoint=endpoint_id, pool=pool, template=job.template,
                    dispatched_at=dispatched)
@@ -129,15 +120,7 @@ def observe_finished(job: Job, attempt: Attempt | None = None) -> None:
         log.warning("job %s: could not record its attempt spans: %s", job.id, exc)
 
 
-def start_dispatcher_observability(settings: DispatchSettings) -> JobMetrics:
-    """A long-lived dispatcher process: logs, traces, and job metrics recorded and served here."""
-    setup_logging("dispatch", settings)
+def start_dispatcher_observability(settings: DispatchSettings, registry: CollectorRegistry) -> JobMetrics:
+    """The dispatcher process: traces (when configured) and the job families in the registry it serves."""
     tracing.setup_tracing("dispatch", settings)
-    return start_dispatcher_metrics(settings)
-
-
-def start_worker_observability(settings: DispatchSettings, conn: redis.Redis) -> RedisRelay | None:
-    """Today's forking RQ worker: observations leave work horses through the Redis relay; spans are flushed
-    at the end of each attempt (a work horse ends with os._exit)."""
-    tracing.setup_tracing("dispatch", settings, flush_each_attempt=True)
-    return start_worker_metrics(settings, conn)
+    return register_job_metrics(registry)

@@ -4,31 +4,21 @@ Labels are bounded on purpose: `pool` is the pool of the endpoint that ran the j
 never the request), `template` a known template name or `custom`, `state`/`error_code`/`reason` enums,
 `endpoint` one per ComfyUI endpoint. Never a user or a job id: those go to logs and traces.
 
-Where observations go (`configure_sink`):
-- a long-lived dispatcher process records into its own `JobMetrics` and serves them (`start_dispatcher_metrics`);
-- a forked RQ work horse dies with everything it observed, so today's RQ worker sends its observations
-  through a capped Redis list (`RedisRelay`) and whichever dispatcher process serves /metrics drains it at
-  scrape time (`start_worker_metrics`). Totals stay right however many processes observe or serve.
+Where observations go (`configure_sink`): the registry a process serves. The dispatcher (one long-lived
+asyncio process) records into the families on its /metrics port; the API and the operator record the few
+outcomes they settle themselves (jobs cancelled in the queue) into theirs. Prometheus sums across targets.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Literal, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.metrics_core import Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from comfyfleet.jobs.model import Job, JobState
-
-if TYPE_CHECKING:
-    import redis
-
-    from comfyfleet.settings import DispatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +43,7 @@ class MetricSpec:
 # The one table of job-level families (exported names: histograms add _bucket/_sum/_count, counters _total).
 JOB_METRICS: dict[str, MetricSpec] = {
     "comfyfleet_job_queue_wait_seconds": MetricSpec(
-        "histogram", "Seconds a job waited in the queue (since created, or re-queued for a retry) until claimed",
+        "histogram", "Seconds a job waited in the queue, created to claimed by an endpoint (first attempts)",
         ("pool", "template"), WAIT_BUCKETS),
     "comfyfleet_job_execution_seconds": MetricSpec(
         "histogram", "Seconds the ComfyUI endpoint spent executing a prompt, from its own execution timestamps",
@@ -84,13 +74,6 @@ class Observation:
     metric: str
     labels: dict[str, str]
     value: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"m": self.metric, "l": self.labels, "v": self.value}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Observation:
-        return cls(metric=str(data["m"]), labels={str(k): str(v) for k, v in data["l"].items()}, value=float(data["v"]))
 
 
 @dataclass
@@ -138,16 +121,22 @@ def pool_label(pool: str | None) -> str:
 
 
 # --- what to observe (pure) -----------------------------------------------------------------------
-def claim_observations(job: Job, endpoint_pool: str | None, now: datetime) -> list[Observation]:
-    """Queue wait of a job just claimed, read from its record as it was in the queue.
+def queue_wait(job: Job) -> float | None:
+    """Seconds a job's first attempt waited, created to claimed (dispatched); None for later attempts.
 
-    A job claimed while still marked dispatched/running was abandoned by a dead RQ worker; its wait is not a
-    queue wait, so nothing is observed for it.
+    Only first attempts count: a retry's wait includes its backoff, which says nothing about capacity, and the
+    record keeps no time of the re-queue once it is dispatched again.
     """
-    if job.state is not JobState.QUEUED:
+    if job.attempts != 1 or job.dispatched_at is None:
+        return None
+    return max(0.0, (job.dispatched_at - job.created_at).total_seconds())
+
+
+def claim_observations(job: Job, endpoint_pool: str | None) -> list[Observation]:
+    """The queue wait of a job just claimed (job: its dispatched record)."""
+    wait = queue_wait(job)
+    if wait is None:
         return []
-    queued_at = job.created_at if job.attempts == 0 else job.updated_at
-    wait = max(0.0, (now - queued_at).total_seconds())
     labels = {"pool": pool_label(endpoint_pool), "template": template_label(job.template)}
     return [Observation("comfyfleet_job_queue_wait_seconds", labels, wait)]
 
@@ -225,65 +214,6 @@ class JobMetrics:
                 child.inc(o.value)
 
 
-# A relay nobody drains (no dispatcher serves /metrics) stops growing here: ~100 bytes an entry, ~1.5 MB.
-RELAY_CAP = 15_000
-# Entries popped per Redis round trip while draining.
-RELAY_BATCH = 500
-
-
-class RedisRelay:
-    """Observations of short-lived processes (RQ work horses) on a capped Redis list, drained by a server."""
-
-    def __init__(self, conn: redis.Redis, key: str, cap: int = RELAY_CAP):
-        self.conn = conn
-        self.key = key
-        self.cap = cap
-
-    def record(self, observations: Sequence[Observation]) -> None:
-        if not observations:
-            return
-        with self.conn.pipeline(transaction=False) as pipe:
-            pipe.rpush(self.key, json.dumps([o.to_json() for o in observations]))
-            pipe.ltrim(self.key, -self.cap, -1)
-            pipe.execute()
-
-    def drain_into(self, sink: Sink) -> int:
-        """Move everything queued so far into sink; returns how many observations moved."""
-        moved = 0
-        while True:
-            raw = self.conn.lpop(self.key, RELAY_BATCH)
-            if not isinstance(raw, list) or not raw:
-                return moved
-            for entry in raw:
-                try:
-                    batch = [Observation.from_json(d) for d in json.loads(entry)]
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("dropping a malformed relayed observation: %s", exc)
-                    continue
-                sink.record(batch)
-                moved += len(batch)
-            if len(raw) < RELAY_BATCH:
-                return moved
-
-
-class RelayDrain:
-    """A collector registered first in a registry: each scrape first drains the relay into the families."""
-
-    def __init__(self, relay: RedisRelay, sink: Sink):
-        self.relay = relay
-        self.sink = sink
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            self.relay.drain_into(self.sink)
-        except Exception as exc:  # a Redis outage must not break the scrape of everything else
-            log.warning("could not drain relayed job observations: %s", exc)
-        return iter(())
-
-
 _sink: Sink | None = None
 
 
@@ -310,53 +240,8 @@ def emit(observations: list[Observation]) -> None:
 
 
 # --- serving --------------------------------------------------------------------------------------
-def serve_registry(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> bool:
-    """Serve registry's /metrics on port in a background thread; False when the port is taken."""
-    try:
-        start_http_server(port, addr=addr, registry=registry)
-    except OSError as exc:
-        log.warning("metrics port %s not served by this process (%s); another process here serves it", port, exc)
-        return False
-    return True
-
-
-def start_dispatcher_metrics(settings: DispatchSettings, addr: str = "0.0.0.0") -> JobMetrics:
-    """For one long-lived dispatcher process: record observations here and serve them on dispatch_metrics_port."""
-    metrics = JobMetrics()
+def register_job_metrics(registry: CollectorRegistry) -> JobMetrics:
+    """Put the job families into a process's served registry and make it this process's sink."""
+    metrics = JobMetrics(registry)
     configure_sink(metrics)
-    if settings.dispatch_metrics_port:
-        serve_registry(metrics.registry, settings.dispatch_metrics_port, addr)
     return metrics
-
-
-def relay_key(prefix: str) -> str:
-    return f"{prefix}:obs:relay"
-
-
-def start_worker_metrics(settings: DispatchSettings, conn: redis.Redis, addr: str = "0.0.0.0") -> RedisRelay | None:
-    """For today's forking RQ worker: observations go through the Redis relay (work horses die with their
-    memory); the process that gets dispatch_metrics_port serves them, draining the relay at each scrape.
-    Without a port nobody would drain the relay, so observations then stay in this process, unserved."""
-    if not settings.dispatch_metrics_port:
-        configure_sink(JobMetrics())
-        return None
-    relay = RedisRelay(conn, relay_key(settings.redis_prefix))
-    configure_sink(relay)
-    if settings.dispatch_metrics_port:
-        registry = CollectorRegistry()
-        metrics_sink: list[JobMetrics] = []
-        registry.register(RelayDrain(relay, _Deferred(metrics_sink)))  # first: drain before families collect
-        metrics_sink.append(JobMetrics(registry))
-        serve_registry(registry, settings.dispatch_metrics_port, addr)
-    return relay
-
-
-class _Deferred:
-    """A sink that forwards to the JobMetrics created after the drain was registered."""
-
-    def __init__(self, holder: list[JobMetrics]):
-        self.holder = holder
-
-    def record(self, observations: Sequence[Observation]) -> None:
-        if self.holder:
-            self.holder[0].record(observations)

@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None
-# Forked RQ work horses end with os._exit: their spans must be exported before the attempt returns.
-_flush_each_attempt = False
 
 
 class TracingUnavailable(RuntimeError):
@@ -39,10 +37,9 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-def setup_tracing(component: str, settings: CommonSettings, exporter: SpanExporter | None = None,
-                  flush_each_attempt: bool = False) -> bool:
+def setup_tracing(component: str, settings: CommonSettings, exporter: SpanExporter | None = None) -> bool:
     """Trace this process when settings.otlp_endpoint (or an exporter) is given; the first setup wins."""
-    global _provider, _tracer, _flush_each_attempt
+    global _provider, _tracer
     if _tracer is not None:
         return True
     if exporter is None and not settings.otlp_endpoint:
@@ -67,7 +64,7 @@ def setup_tracing(component: str, settings: CommonSettings, exporter: SpanExport
         if not endpoint.endswith("/v1/traces"):
             endpoint += "/v1/traces"
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-    _provider, _tracer, _flush_each_attempt = provider, provider.get_tracer("comfyfleet"), flush_each_attempt
+    _provider, _tracer = provider, provider.get_tracer("comfyfleet")
     log.info("tracing on: %s spans to %s", component, "a test exporter" if exporter else settings.otlp_endpoint)
     return True
 
@@ -172,8 +169,6 @@ def record_attempt(job: Job, attempt: Attempt) -> None:
         span = _tracer.start_span("output store", context=parent, start_time=_ns(attempt.prompt_finished_at),
                                   attributes=attrs)
         span.end(end_time=_ns(max(attempt.outputs_stored_at, attempt.prompt_finished_at)))
-    if _flush_each_attempt and _provider is not None:
-        _provider.force_flush(timeout_millis=5000)
 
 
 # --- the API's request spans ----------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""A job's trace, caught by an in-process span exporter: the API request over real HTTP, then the claim and
-the run on a real simulator, all in one trace that the job record names."""
+"""A job's trace, caught by an in-process span exporter: the API request over real HTTP, then the dispatcher
+(an Engine in this process) running it on a real simulator, all in one trace that the job record names."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
 import uvicorn
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from comfyfleet.api.app import create_app
-from comfyfleet.dispatch.runner import JobRun, RunnerContext
-from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.dispatch.engine import Engine
 from comfyfleet.observability import tracing
 from comfyfleet.settings import ApiSettings, DispatchSettings
 from tests.support.procs import free_port, wait_for
@@ -48,7 +46,6 @@ def test_one_trace_from_the_request_to_the_stored_output(exporter, redis_server,
     settings = ApiSettings(**env, port=port, auth_mode="static", api_tokens=TOKENS, comfyui_urls=[sim.url],
                            health_interval_seconds=0.3)
     server, thread = serve(create_app(settings), port)
-    conn = redis.Redis.from_url(redis_server.url)
     try:
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth(ALICE), timeout=30)
         wait_for(lambda: api.get("/api/comfyui/workers").json()["ready"] == 1, timeout=20, what="a ready endpoint")
@@ -56,16 +53,22 @@ def test_one_trace_from_the_request_to_the_stored_output(exporter, redis_server,
                        json={"template": "txt2img", "params": {"seed": 5, "steps": 3, "prompt": "x"}}).json()
         job_id = job["jobId"]
 
-        dispatch = DispatchSettings(**env)
-        claim = Dispatcher(conn, dispatch).scheduler.claim()
-        assert claim is not None and claim.job_id == job_id
-        result = asyncio.run(JobRun(RunnerContext.from_settings(dispatch), job_id).execute())
-        assert result["state"] == "succeeded"
+        async def dispatch_until_done() -> None:
+            engine = Engine(DispatchSettings(**env, dispatcher_port=0))
+            running = asyncio.create_task(engine.run())
+            try:
+                await asyncio.to_thread(wait_for, lambda: api.get(f"/api/comfyui/job/{job_id}").json()["state"]
+                                        in ("succeeded", "failed"), 30, 0.1, "the job to finish")
+            finally:
+                engine.stop()
+                await running
+
+        asyncio.run(dispatch_until_done())
         record = api.get(f"/api/comfyui/job/{job_id}").json()
+        assert record["state"] == "succeeded", record["error"]
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        conn.close()
 
     spans = {s.name: s for s in exporter.get_finished_spans()}
     request = spans["POST /api/comfyui/generate"]
@@ -77,7 +80,7 @@ def test_one_trace_from_the_request_to_the_stored_output(exporter, redis_server,
         assert span.parent is not None and span.parent.span_id == request.context.span_id, name
         assert span.attributes["comfyfleet.job_id"] == job_id
         assert span.start_time <= span.end_time
-    assert spans["prompt"].attributes["comfyfleet.endpoint"] == claim.endpoint_id
+    assert spans["prompt"].attributes["comfyfleet.endpoint"] == record["worker"]
     order = [spans[n].start_time for n in ("queue wait", "claim", "prompt", "output store")]
     assert order == sorted(order)
     events = [e.name for e in spans["prompt"].events]

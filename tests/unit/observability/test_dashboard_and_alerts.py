@@ -232,8 +232,8 @@ def test_chart_scrapes_the_dispatch_workers_job_metrics():
     objects = render("--set", "serviceMonitor.enabled=true")
     dispatcher = by_kind_name(objects, "Deployment", "cf-comfyfleet-dispatcher")
     [container] = containers(dispatcher)
-    assert env_of(container)["COMFYFLEET_DISPATCH_METRICS_PORT"]["value"] == "9091"
-    assert {"name": "metrics", "containerPort": 9091} in container["ports"]
+    assert env_of(container)["COMFYFLEET_DISPATCHER_PORT"]["value"] == "8081"
+    assert {"name": "metrics", "containerPort": 8081} in container["ports"]
     monitor = by_kind_name(objects, "PodMonitor", "cf-comfyfleet-dispatcher")
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= dispatcher["spec"]["template"]["metadata"][

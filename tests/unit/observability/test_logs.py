@@ -21,7 +21,8 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 def restore_logging():
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    levels = {n: logging.getLogger(n).level for n in ("comfyfleet.dispatch", "rq", "comfyfleet.api", "uvicorn")}
+    names = ("comfyfleet.dispatch", "comfyfleet.comfy", "rq", "comfyfleet.api", "uvicorn")
+    levels = {n: logging.getLogger(n).level for n in names}
     yield
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -113,11 +114,11 @@ def test_text_is_the_default_and_shows_the_fields(restore_logging):
 def test_levels_per_component(restore_logging):
     stream = capture(CommonSettings(log_level="WARNING", log_levels="dispatch=DEBUG,api=ERROR"))
     logging.getLogger("comfyfleet.dispatch.runner").debug("dispatch detail")
-    logging.getLogger("rq.worker").debug("rq detail")
+    logging.getLogger("comfyfleet.comfy.client").debug("client detail")
     logging.getLogger("comfyfleet.api.routes").warning("api warning")
     logging.getLogger("comfyfleet.operator").info("operator info")
     text = stream.getvalue()
-    assert "dispatch detail" in text and "rq detail" in text
+    assert "dispatch detail" in text and "client detail" in text
     assert "api warning" not in text and "operator info" not in text
 
 

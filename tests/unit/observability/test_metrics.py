@@ -41,23 +41,25 @@ def by_metric(obs: list[Observation]) -> dict[str, list[tuple[dict[str, str], fl
     return out
 
 
-@pytest.mark.parametrize(("record", "now", "expected"), [
-    # first attempt: waited since it was created
-    (job(template="txt2img"), T0 + timedelta(seconds=7), 7.0),
-    # a retry: waited since it was re-queued (its last change), not since it was created
-    (job(attempts=1, updated_at=T0 + timedelta(seconds=30)), T0 + timedelta(seconds=32), 2.0),
-    # clock skew never makes a negative wait
-    (job(), T0 - timedelta(seconds=1), 0.0),
+@pytest.mark.parametrize(("record", "expected"), [
+    # first attempt: waited from created to dispatched
+    (job(template="txt2img", attempts=1, dispatched_at=T0 + timedelta(seconds=7)), 7.0),
+    # clock skew between processes never makes a negative wait
+    (job(attempts=1, dispatched_at=T0 - timedelta(seconds=1)), 0.0),
 ])
-def test_queue_wait_at_claim(record, now, expected):
-    [obs] = claim_observations(record, "sdxl", now)
+def test_queue_wait_of_a_first_attempt(record, expected):
+    [obs] = claim_observations(record, "sdxl")
     assert obs.metric == "comfyfleet_job_queue_wait_seconds"
     assert obs.value == pytest.approx(expected)
     assert obs.labels == {"pool": "sdxl", "template": template_label(record.template)}
 
 
-def test_an_abandoned_job_reclaimed_is_no_queue_wait():
-    assert claim_observations(job(state=JobState.RUNNING, attempts=1), "sdxl", T0) == []
+@pytest.mark.parametrize("record", [
+    job(attempts=2, dispatched_at=T0 + timedelta(seconds=60)),  # a retry: its wait is mostly its backoff
+    job(attempts=0),  # not dispatched
+])
+def test_no_queue_wait_for_retries_or_undispatched_records(record):
+    assert claim_observations(record, "sdxl") == []
 
 
 @pytest.mark.parametrize(("template", "label"), [("txt2img", "txt2img"), (None, "custom"), ("made-up", "other")])
@@ -119,7 +121,7 @@ def test_no_label_ever_carries_a_user_or_a_job_id():
     record = job(state=JobState.SUCCEEDED, owner="alice", pool="user-typed")
     a = attempt(job_id=record.id, prompt_started_at=1.0, prompt_finished_at=2.0, outputs_stored_at=2.1,
                 pod_events=[("execution_start", 1), ("execution_success", 2)])
-    for o in attempt_observations(record, a) + claim_observations(job(), "sdxl", T0):
+    for o in attempt_observations(record, a) + claim_observations(job(attempts=1, dispatched_at=T0), "sdxl"):
         assert set(o.labels) == set(JOB_METRICS[o.metric].labels)
         assert not {"alice", record.id, "user-typed"} & set(o.labels.values())
 
