@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     def stack_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
         p.add_argument("--data-dir", default=".data", help="outputs, logs and simulator files (default .data)")
-        p.add_argument("--dispatchers", type=int, default=1,
-                       help="dispatcher processes (default 1: it drives every endpoint, up to 256 at once)")
+        p.add_argument("--dispatchers", "--workers", type=int, default=1,
+                       help="dispatcher processes (default 1: it drives every endpoint, up to 256 at once; "
+                            "--workers is the old name)")
         p.add_argument("--sims", type=int, default=2, help="ComfyUI simulators to start (default 2)")
         p.add_argument("--comfyui-url", action="append", help="a real ComfyUI to use (repeatable)")
         p.add_argument("--redis-url", help="use this Redis instead of starting one")

@@ -113,3 +113,8 @@ class Keys:
 
     def queue_names(self) -> list[str]:
         return [self.queue_name(p) for p in PRIORITIES]
+
+
+def as_text(value: object) -> str:
+    """A Redis reply as text (replies are bytes; typed as bytes | str by redis-py)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -138,11 +139,12 @@ class Engine:
         self.probe = ProbeServer(self, settings.dispatcher_host, settings.dispatcher_port)
 
     # --- plumbing ---------------------------------------------------------------------------------
-    async def io(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
+    async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.io_pool, call)
 
-    async def rq(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.rq_pool, fn, *args)
+    async def rq(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.rq_pool, functools.partial(fn, *args, **kwargs))
 
     @property
     def slots(self) -> int:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 from pydantic import BaseModel, Field
 
 from comfyfleet.dispatch.selection import Candidate
-from comfyfleet.keys import Keys
+from comfyfleet.keys import Keys, as_text
 
 # Compare-and-delete / compare-and-extend, so a worker never frees or renews a lease it no longer holds.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
@@ -53,8 +54,8 @@ class Endpoint(BaseModel):
 _JSON_FIELDS = {"checkpoints", "loras", "info"}
 
 
-def _encode(fields: dict[str, Any]) -> dict[str, str]:
-    out = {}
+def _encode(fields: dict[str, Any]) -> dict[Any, str]:
+    out: dict[Any, str] = {}
     for k, v in fields.items():
         if k in _JSON_FIELDS:
             out[k] = json.dumps(v)
@@ -65,10 +66,10 @@ def _encode(fields: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
+def _decode(raw: Mapping[Any, Any]) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for k, v in raw.items():
-        key, text = k.decode(), v.decode()
+        key, text = as_text(k), as_text(v)
         if key in _JSON_FIELDS:
             data[key] = json.loads(text) if text else ([] if key != "info" else {})
         elif key == "healthy":
@@ -111,7 +112,7 @@ class Registry:
             pipe.execute()
 
     def ids(self) -> list[str]:
-        return sorted(i.decode() for i in self.conn.smembers(self.keys.pods))
+        return sorted(as_text(i) for i in self.conn.smembers(self.keys.pods))
 
     def get(self, endpoint_id: str) -> Endpoint | None:
         raw = self.conn.hgetall(self.keys.pod(endpoint_id))
@@ -190,7 +191,7 @@ class Registry:
         if not ids:
             return {}
         values = self.conn.mget([self.keys.lease(i) for i in ids])
-        return {i: v.decode() for i, v in zip(ids, values, strict=True) if v}
+        return {i: as_text(v) for i, v in zip(ids, values, strict=True) if v}
 
     def candidates(self) -> list[Candidate]:
         """A snapshot for the selection policy: every endpoint with its lease state."""

@@ -107,7 +107,8 @@ class JobRun:
         delay = 0.2
         while True:
             try:
-                return await self.ctx.io(fn, *args)
+                result: T = await self.ctx.io(fn, *args)
+                return result
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if time.monotonic() > deadline:
                     raise
@@ -377,6 +378,7 @@ def on_rq_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: 
 
     from comfyfleet.dispatch.service import Dispatcher
     from comfyfleet.jobs.model import ErrorCode, JobError
+    from comfyfleet.keys import as_text
 
     if (job.retries_left or 0) > 0:
         return  # RQ will run it again; the record is (or will be) back in QUEUED
@@ -395,7 +397,7 @@ def on_rq_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: 
                 hooks.observe_finished(failed)
         endpoint = conn.get(d.keys.claim(job.id))
         if endpoint:
-            d.registry.release_lease(endpoint.decode(), job.id)
+            d.registry.release_lease(as_text(endpoint), job.id)
         d.scheduler.wake()
     finally:
         conn.close()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
+from redis.lock import Lock
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 
@@ -33,7 +34,7 @@ from comfyfleet.dispatch.selection import Candidate, Capability, capability, sel
 from comfyfleet.jobs.model import ErrorCode, JobError, JobState, utcnow
 from comfyfleet.jobs.states import can_transition, transition
 from comfyfleet.jobs.workflow import ModelNeeds
-from comfyfleet.keys import PRIORITIES, Keys
+from comfyfleet.keys import PRIORITIES, Keys, as_text
 from comfyfleet.observability import hooks
 from comfyfleet.store.jobrepo import JobNotFound, JobRepo, needs_of
 
@@ -113,10 +114,10 @@ class Scheduler:
         could be leased to another job."""
         return int(self.lease_ttl * 1500)
 
-    def lock(self) -> redis.lock.Lock:
+    def lock(self) -> Lock:
         # 10 s lock timeout: a claim takes milliseconds; a crashed holder must not block the fleet long.
         # Waiting up to 5 s for it: a dispatcher that cannot get it backs off and tries on the next wake-up.
-        return self.conn.lock(self.keys.schedule_lock, timeout=10, blocking_timeout=5)
+        return Lock(self.conn, self.keys.schedule_lock, timeout=10, blocking_timeout=5)
 
     def wake(self) -> None:
         """Tell dispatchers that a job was queued or an endpoint freed (coalesced by each listener)."""
@@ -174,7 +175,7 @@ class Scheduler:
         window_left = self.window
         start = 0
         while start < _SCAN_LIMIT:
-            ids = [i.decode() for i in self.conn.lrange(queue_key, start, start + _PAGE - 1)]
+            ids = [as_text(i) for i in self.conn.lrange(queue_key, start, start + _PAGE - 1)]
             if not ids:
                 return
             start += len(ids)
@@ -268,7 +269,7 @@ class Scheduler:
                 pipe.lrem(self.queue_key(c.queue_name), 0, c.job_id)
                 pipe.set(self.keys.lease(c.endpoint_id), c.job_id, px=self.lease_ms)
                 pipe.set(self.keys.claim(c.job_id), c.endpoint_id, ex=24 * 3600)
-                fields: dict[str, str] = {"last_assigned_at": str(stamp)}
+                fields: dict[Any, str] = {"last_assigned_at": str(stamp)}
                 if plan.checkpoints.get(c.job_id):
                     fields["last_checkpoint"] = plan.checkpoints[c.job_id] or ""
                 pipe.hset(self.keys.pod(c.endpoint_id), mapping=fields)
@@ -300,10 +301,10 @@ class Scheduler:
         log.info("job %s parked: pool %s has no healthy endpoint", job_id, pool)
 
     def _unpark(self, cands: list[Candidate]) -> None:
-        pools = {p.decode() for p in self.conn.smembers(self.keys.parked_pools)}
+        pools = {as_text(p) for p in self.conn.smembers(self.keys.parked_pools)}
         live = {c.pool for c in cands if c.healthy}
         for pool in sorted(pools & live):
-            ids = [i.decode() for i in self.conn.zrange(self.keys.parked(pool), 0, -1)]
+            ids = [as_text(i) for i in self.conn.zrange(self.keys.parked(pool), 0, -1)]
             infos = self.repo.compact_many(ids)
             with self.conn.pipeline(transaction=True) as pipe:
                 # Back to the front of their queues, oldest first, as they were before parking.
@@ -317,12 +318,12 @@ class Scheduler:
 
     def parked_ids(self) -> list[str]:
         """Every parked job id (jobs for pools with no healthy endpoint), oldest first per pool."""
-        pools = sorted(p.decode() for p in self.conn.smembers(self.keys.parked_pools))
+        pools = sorted(as_text(p) for p in self.conn.smembers(self.keys.parked_pools))
         with self.conn.pipeline(transaction=False) as pipe:
             for pool in pools:
                 pipe.zrange(self.keys.parked(pool), 0, -1)
             lists = pipe.execute()
-        return [i.decode() for ids in lists for i in ids]
+        return [as_text(i) for ids in lists for i in ids]
 
     def unqueue(self, job_id: str, priority: int, pool: str | None) -> None:
         """Take a queued job out of wherever it waits (its queue or the parked set)."""
@@ -342,18 +343,18 @@ class Scheduler:
         if not self.conn.zrangebyscore(self.keys.inflight, "-inf", now, start=0, num=1):
             return []
         with signals_deferred(), self.lock():
-            ids = [i.decode() for i in self._adopt(keys=[self.keys.inflight, self.keys.inflight_owner],
+            ids = [as_text(i) for i in self._adopt(keys=[self.keys.inflight, self.keys.inflight_owner],
                                                    args=[now, now + self.lease_ttl, owner, slots])]
             claims = []
             for job_id in ids:
                 raw = self.conn.get(self.keys.claim(job_id))
-                endpoint_id = raw.decode() if raw else ""
+                endpoint_id = as_text(raw) if raw else ""
                 if endpoint_id:
                     holder = self.conn.get(self.keys.lease(endpoint_id))
                     if holder is None:
                         if not self.conn.set(self.keys.lease(endpoint_id), job_id, nx=True, px=self.lease_ms):
                             endpoint_id = ""
-                    elif holder.decode() != job_id:
+                    elif as_text(holder) != job_id:
                         endpoint_id = ""  # the endpoint went on to other work: this attempt is lost
                     else:
                         self.conn.pexpire(self.keys.lease(endpoint_id), self.lease_ms)

@@ -76,7 +76,7 @@ def start_attempt(job: Job, endpoint_id: str | None, endpoint: EndpointLike | No
         if queue_wait(job) is not None and job.dispatched_at is not None:
             try:
                 tracing.record_queue_wait(job, pool, endpoint_id, job.created_at, job.dispatched_at)
-            except Exception as exc:  # a tracing failure must never fail a job
+            except Exception as exc:  # noqa: BLE001 - a tracing failure must never fail a job
                 log.warning("job %s: could not record its queue-wait span: %s", job.id, exc)
     dispatched = job.dispatched_at.timestamp() if job.dispatched_at else None
     return Attempt(job_id=job.id, attempt=job.attempts, endpoint=endpoint_id, pool=pool, template=job.template,
@@ -116,7 +116,7 @@ def observe_finished(job: Job, attempt: Attempt | None = None) -> None:
              f", {pod_seconds:.2f} s on the pod" if pod_seconds is not None else "")
     try:
         tracing.record_attempt(job, attempt)
-    except Exception as exc:  # a tracing failure must never fail a job
+    except Exception as exc:  # noqa: BLE001 - a tracing failure must never fail a job
         log.warning("job %s: could not record its attempt spans: %s", job.id, exc)
 
 

@@ -235,7 +235,7 @@ def emit(observations: list[Observation]) -> None:
         return
     try:
         current_sink().record(observations)
-    except Exception as exc:  # observing must never fail a job: log and carry on
+    except Exception as exc:  # noqa: BLE001 - observing must never fail a job: log and carry on
         log.warning("could not record job observations %s: %s", [o.metric for o in observations], exc)
 
 

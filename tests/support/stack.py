@@ -115,7 +115,7 @@ class Stack:
             proc.stop()
 
 
-def wait_until(cond, timeout: float = 20, what: str = "") -> Any:  # noqa: ANN001
+def wait_until(cond, timeout: float = 20, what: str = "") -> Any:
     return wait_for(cond, timeout=timeout, interval=0.1, what=what)
 
 

@@ -7,7 +7,7 @@ import pytest
 from comfyfleet.comfy.errors import ComfyPromptLost, ComfyProtocolError, ComfyUnavailable
 from comfyfleet.comfy.messages import ExecutionError
 from comfyfleet.comfy.models import RunResult
-from comfyfleet.dispatch.outcome import EndKind, Ending, decide, ending_of_error, ending_of_result
+from comfyfleet.dispatch.outcome import Ending, EndKind, decide, ending_of_error, ending_of_result
 from comfyfleet.jobs.model import ErrorCode, JobState
 
 Q, S, F, C = JobState.QUEUED, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
