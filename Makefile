@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo up test test-unit test-integration test-k8s k8s-binaries firebase-emulators lint fmt sync-crds bench clean
+.PHONY: install demo up test test-unit test-integration test-k8s k8s-binaries promtool firebase-emulators lint fmt sync-crds bench clean
 
 install: $(VENV)/.installed
 
@@ -24,13 +24,16 @@ k8s-binaries:  ## build (or reuse) etcd, kube-apiserver, kubectl and helm under 
 	scripts/k8s-binaries >/dev/null
 	scripts/helm-binary >/dev/null
 
+promtool:  ## build (or reuse) promtool under ~/.cache/comfyfleet (checks the chart's alert rules)
+	scripts/promtool-binary >/dev/null
+
 firebase-emulators:  ## install (or reuse) the pinned Firebase emulators from npm under ~/.cache/comfyfleet
 	scripts/firebase-emulators >/dev/null
 
-test: install k8s-binaries firebase-emulators  ## every tier: unit, integration (real Redis + simulators), k8s (real apiserver)
+test: install k8s-binaries promtool firebase-emulators  ## every tier: unit, integration (real Redis + simulators), k8s (real apiserver)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: install
+test-unit: install promtool
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: install firebase-emulators
