@@ -142,3 +142,21 @@ def test_status_and_jobs_commands_read_the_public_api(sim_factory, stack_factory
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "HTTP 401" in refused.stderr
 
+
+
+def test_a_retry_is_counted_by_its_reason(sim_factory, stack_factory):
+    sims = [sim_factory(step_seconds=0.1), sim_factory(step_seconds=0.1)]
+    port = free_port()
+    stack = stack_factory([s.url for s in sims], workers=1, env={"COMFYFLEET_DISPATCHER_PORT": str(port)})
+    stack.wait_workers_ready(2)
+    job_id = stack.generate(txt2img(6, steps=40)).json()["jobId"]
+    first_pod = stack.wait_state(job_id, "running")["worker"]
+    next(s for s in sims if first_pod.endswith(s.url)).kill()  # the pod dies mid-job: retried elsewhere
+    done = stack.wait_state(job_id, timeout=60)
+    assert done["state"] == "succeeded" and done["attempts"] == 2, done["error"]
+    metrics = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert value(metrics, "comfyfleet_job_retries_total", pool="default", reason="worker_lost") == 1
+    assert value(metrics, "comfyfleet_job_outcomes_total", state="succeeded", error_code="none") == 1
+    assert value(metrics, "comfyfleet_job_queue_wait_seconds_count") == 1, "queue wait counts first attempts only"
+    busy = {s.labels["endpoint"]: s.value for s in samples(metrics, "comfyfleet_endpoint_busy_seconds_total")}
+    assert busy.get(done["worker"], 0) > 0
