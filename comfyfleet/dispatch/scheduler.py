@@ -64,6 +64,8 @@ class Claim:
     queue_name: str
     # True when this dispatcher took the job over from one that died: attach to its prompt, never post twice.
     adopted: bool = False
+    # Committed to the endpoint behind its running job (prefetch): its timeout starts when it starts.
+    prefetched: bool = False
 
 
 @dataclass
@@ -84,6 +86,15 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _slot(c: Candidate, leased: dict[str, str], ahead: dict[str, str]) -> Candidate:
+    """A candidate as this pass sees it: free, its prefetch slot free (ahead=1), or busy."""
+    if c.id not in leased:
+        return replace(c, busy=False, ahead=0)
+    if c.prefetch and c.id not in ahead:
+        return replace(c, busy=False, ahead=1)
+    return replace(c, busy=True, ahead=0)
 
 
 def _needs(info: dict[str, Any]) -> ModelNeeds:
@@ -145,9 +156,10 @@ class Scheduler:
             held_since = time.perf_counter()
             try:
                 leased = self.registry.leases([c.id for c in snapshot])
+                ahead = self.registry.next_leases([c.id for c in snapshot if c.prefetch and c.id in leased])
                 # A snapshot may predate an endpoint's withdrawal (done under this lock): drop what is gone.
                 members = set(self.registry.ids()) if candidates is not None else None
-                cands = [replace(c, busy=c.id in leased) for c in snapshot if members is None or c.id in members]
+                cands = [_slot(c, leased, ahead) for c in snapshot if members is None or c.id in members]
                 self._unpark(cands)
                 if not any(c.healthy and not c.busy for c in cands):
                     return []
@@ -234,8 +246,11 @@ class Scheduler:
         if pick is None:
             blocked.add(cls)
             return "waits"
-        cands[cands.index(pick)] = replace(pick, busy=True)
-        plan.claims.append(Claim(job_id=job_id, endpoint_id=pick.id, queue_name=queue_name))
+        # Taken: a pod with prefetch still offers its slot behind the job just given to it.
+        taken = replace(pick, busy=False, ahead=1) if pick.prefetch and not pick.ahead else replace(pick, busy=True)
+        cands[cands.index(pick)] = taken
+        plan.claims.append(Claim(job_id=job_id, endpoint_id=pick.id, queue_name=queue_name,
+                                 prefetched=bool(pick.ahead)))
         plan.checkpoints[job_id] = min(needs.checkpoints) if needs.checkpoints else None
         if state is not JobState.QUEUED:
             plan.requeued.append(job_id)
@@ -267,7 +282,8 @@ class Scheduler:
             for c in plan.claims:
                 job_key = self.keys.job(c.job_id)
                 pipe.lrem(self.queue_key(c.queue_name), 0, c.job_id)
-                pipe.set(self.keys.lease(c.endpoint_id), c.job_id, px=self.lease_ms)
+                lease_key = self.keys.lease_next(c.endpoint_id) if c.prefetched else self.keys.lease(c.endpoint_id)
+                pipe.set(lease_key, c.job_id, px=self.lease_ms)
                 pipe.set(self.keys.claim(c.job_id), c.endpoint_id, ex=24 * 3600)
                 fields: dict[Any, str] = {"last_assigned_at": str(stamp)}
                 if plan.checkpoints.get(c.job_id):
@@ -349,9 +365,14 @@ class Scheduler:
             for job_id in ids:
                 raw = self.conn.get(self.keys.claim(job_id))
                 endpoint_id = as_text(raw) if raw else ""
+                prefetched = False
                 if endpoint_id:
                     holder = self.conn.get(self.keys.lease(endpoint_id))
-                    if holder is None:
+                    queued = self.conn.get(self.keys.lease_next(endpoint_id))
+                    if queued is not None and as_text(queued) == job_id:
+                        prefetched = True
+                        self.conn.pexpire(self.keys.lease_next(endpoint_id), self.lease_ms)
+                    elif holder is None:
                         if not self.conn.set(self.keys.lease(endpoint_id), job_id, nx=True, px=self.lease_ms):
                             endpoint_id = ""
                     elif as_text(holder) != job_id:
@@ -360,7 +381,8 @@ class Scheduler:
                         self.conn.pexpire(self.keys.lease(endpoint_id), self.lease_ms)
                 info = (self.repo.compact_many([job_id]) or [None])[0] or {}
                 priority = int(info.get("priority") or 5) if "corrupt" not in info else 5
-                claims.append(Claim(job_id, endpoint_id, self.keys.queue_name(priority), adopted=True))
+                claims.append(Claim(job_id, endpoint_id, self.keys.queue_name(priority), adopted=True,
+                                    prefetched=prefetched))
                 log.warning("adopted job %s (endpoint %s) from a dispatcher that stopped", job_id, endpoint_id or "-")
         return claims
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Response
 from comfyfleet.api.auth import Principal
 from comfyfleet.api.deps import PrincipalDep, StateDep, io
 from comfyfleet.api.errors import ApiError
-from comfyfleet.api.events import job_feed, wait_until_final
+from comfyfleet.api.events import wait_until_final
 from comfyfleet.api.schemas import JobCreate, JobPublic
 from comfyfleet.api.state import AppState
 from comfyfleet.jobs.model import ErrorCode, Job, JobState
@@ -103,7 +103,7 @@ async def generate(body: JobCreate, principal: PrincipalDep, state: StateDep, re
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/api/comfyui/job/{job.id}"
-    return JobPublic.of(job)
+    return state.public(job)  # browser: with its access token
 
 
 @router.post("/generate/sync", response_model=JobPublic, responses={504: {"description": "still running"}})
@@ -114,7 +114,7 @@ async def generate_sync(body: JobCreate, principal: PrincipalDep, state: StateDe
     job = await build_job(state, body, principal, idempotency_key)
     wait = timeout or state.settings.sync_timeout_seconds
     started = time.monotonic()
-    async with job_feed(state.aconn, state.dispatcher.keys, job.id) as feed:
+    async with state.hub.follow(job.id) as feed:  # browser: the process's shared event subscription
         job, _ = await io(state.dispatcher.submit, job)
         current = await io(state.dispatcher.repo.require, job.id)
         job = await wait_until_final(feed, current, wait - (time.monotonic() - started))
@@ -124,4 +124,4 @@ async def generate_sync(body: JobCreate, principal: PrincipalDep, state: StateDe
     if job.state is JobState.FAILED and job.error and job.error.code is ErrorCode.VALIDATION:
         raise ApiError(422, job.error.message, code="invalid_workflow",
                        details={"field": "workflow", "jobId": job.id, **(job.error.details or {})})
-    return JobPublic.of(job)
+    return state.public(job)  # browser: with its access token

@@ -227,15 +227,11 @@ def test_chart_prometheus_rule_is_opt_in_and_carries_the_thresholds(tmp_path):
     assert "{{ $labels.pool }}" in annotations, "Prometheus templates reach the rule untouched by helm"
 
 
-def test_chart_scrapes_the_dispatch_workers_job_metrics():
-    from tests.unit.test_chart import by_kind_name, containers, env_of, render
+def test_chart_scrapes_the_dispatchers_job_metrics():
+    from tests.unit.test_chart import by_kind_name, render
 
     objects = render("--set", "serviceMonitor.enabled=true")
-    dispatcher = by_kind_name(objects, "Deployment", "cf-comfyfleet-dispatcher")
-    [container] = containers(dispatcher)
-    assert env_of(container)["COMFYFLEET_DISPATCHER_PORT"]["value"] == "8081"
-    assert {"name": "metrics", "containerPort": 8081} in container["ports"]
-    monitor = by_kind_name(objects, "PodMonitor", "cf-comfyfleet-dispatcher")
-    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= dispatcher["spec"]["template"]["metadata"][
-        "labels"].items()
+    monitor = by_kind_name(objects, "ServiceMonitor", "cf-comfyfleet-dispatcher")
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    service = by_kind_name(objects, "Service", "cf-comfyfleet-dispatcher")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
