@@ -31,6 +31,8 @@ from comfyfleet.observability.tracing import TracingMiddleware, setup_tracing
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
 from comfyfleet.store.jobevents import EventHub
+from comfyfleet.webhooks.metrics import WebhookCollector  # HOOK(integrations)
+from comfyfleet.webhooks.openapi import document_webhooks  # HOOK(integrations)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.cf = state
     app.state.metrics = Metrics(dispatcher)
+    app.state.metrics.registry.register(WebhookCollector(conn, dispatcher.keys))  # HOOK(integrations)
+    document_webhooks(app)  # HOOK(integrations): the notification request in the OpenAPI document
     install_error_handlers(app)
     for router in (generate.router, jobs.router, stream.router, fleet.router, health.router):
         app.include_router(router)

@@ -26,6 +26,7 @@ from comfyfleet.comfy.errors import ComfyError
 from comfyfleet.comfy.hub import WsHub
 from comfyfleet.comfy.messages import ComfyEvent, Executing, ExecutionCached, ExecutionStart, Progress
 from comfyfleet.comfy.models import RunResult
+from comfyfleet.convert import store_output  # HOOK(integrations): output format + inline
 from comfyfleet.dispatch.outcome import Decision, Ending, EndKind, decide, ending_of_error, ending_of_result
 from comfyfleet.dispatch.registry import Endpoint, Registry
 from comfyfleet.jobs.model import Job, JobState, OutputFile, utcnow
@@ -265,8 +266,9 @@ class JobRun:
                                           f"could not fetch output {ref.filename}: {exc}")) from None
             content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
             try:
-                stored.append(await self.ctx.io(self.ctx.store.put, job, ref.node_id, ref.filename, data,
-                                                content_type))
+                # HOOK(integrations): convert per job.output, store, embed inline when asked
+                stored.append(await self.ctx.io(store_output, self.ctx.store, job, ref.node_id, ref.filename, data,
+                                                content_type, self.ctx.settings.output_inline_max_bytes))
             except StorageError as exc:
                 raise AttemptEnded(Ending(EndKind.STORAGE, str(exc))) from None
         return stored

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from typing import Annotated, Any
 
@@ -13,6 +11,7 @@ from comfyfleet.api.auth import Principal
 from comfyfleet.api.deps import PrincipalDep, StateDep, io
 from comfyfleet.api.errors import ApiError
 from comfyfleet.api.events import wait_until_final
+from comfyfleet.api.integrations import FieldError, job_integrations
 from comfyfleet.api.schemas import JobCreate, JobPublic
 from comfyfleet.api.state import AppState
 from comfyfleet.jobs.model import ErrorCode, Job, JobState
@@ -47,7 +46,10 @@ async def build_job(state: AppState, body: JobCreate, principal: Principal, idem
         raise ApiError(422, str(exc), details=[{"field": "template", "message": str(exc)}]) from None
     except ParamError as exc:
         raise ApiError(422, str(exc), details=[{"field": f"params.{exc.param}", "message": str(exc)}]) from None
-    images = decode_input_images(body.input_images)
+    try:  # HOOK(integrations): images by URL or data URL, webhook and output options
+        images, extras = await job_integrations(state.settings, body, principal.owner)
+    except FieldError as exc:
+        raise ApiError(422, str(exc), details=[{"field": exc.field, "message": exc.message}]) from None
     catalog = await io(state.cached_catalog, body.pool, lambda: _catalog(state, body.pool))
     issues = validate_workflow(workflow or {}, catalog, frozenset(images))
     if issues:
@@ -64,34 +66,11 @@ async def build_job(state: AppState, body: JobCreate, principal: Principal, idem
         owner=principal.owner, workflow=workflow or {}, template=body.template,
         params=body.params.given(), priority=body.priority, pool=body.pool,
         max_attempts=settings.max_attempts, timeout_seconds=body.timeout_seconds or settings.job_timeout_seconds,
-        idempotency_key=body.idempotency_key or idempotency_key, source="api",
+        idempotency_key=body.idempotency_key or idempotency_key, source="api", **extras,
     )
     if images:
         job.inputs = [await io(state.store.put_input, job, name, data) for name, data in images.items()]
     return job
-
-
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
-
-
-def decode_input_images(encoded: dict[str, str]) -> dict[str, bytes]:
-    """Base64-decode input images, refusing names with paths and bytes that are not PNG, JPEG or WebP."""
-    images: dict[str, bytes] = {}
-    for name, text in encoded.items():
-        field = f"inputImages.{name}"
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise ApiError(422, f"{field}: image names must be plain file names",
-                           details=[{"field": field, "message": "plain file name required"}])
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(422, f"{field}: not valid base64",
-                           details=[{"field": field, "message": "not valid base64"}]) from None
-        if not data.startswith(_IMAGE_MAGIC):
-            raise ApiError(422, f"{field}: not a PNG, JPEG or WebP image",
-                           details=[{"field": field, "message": "unsupported image format"}])
-        images[name] = data
-    return images
 
 
 @router.post("/generate", response_model=JobPublic, status_code=202)
