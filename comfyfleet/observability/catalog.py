@@ -22,12 +22,13 @@ def _registries() -> list[CollectorRegistry]:
 
 
 def exported_families() -> dict[str, str]:
-    """Family name -> type, of the API (HTTP + fleet), the dispatcher (engine + job metrics) and the operator."""
+    """Family name -> type, of the API (HTTP, fleet, webhooks, Firestore mirror), the dispatcher (engine + job
+    metrics) and the operator."""
     families: dict[str, str] = {}
     for registry in _registries():
         for metric in registry.collect():
             families[metric.name] = metric.type
-    for metric in [*fleet_families().values(), *_engine_families()]:
+    for metric in [*fleet_families().values(), *_engine_families(), *_webhook_families(), *_firestore_families()]:
         families[metric.name] = metric.type
     return families
 
@@ -53,3 +54,24 @@ def referenced_metrics(expr: str) -> set[str]:
     import re
 
     return set(re.findall(r"\bcomfyfleet_[a-zA-Z0-9_]+", expr))
+
+
+def _webhook_families() -> list[Metric]:
+    """The API's webhook delivery figures (webhooks/metrics.py), collected over an empty stand-in of Redis."""
+    from types import SimpleNamespace
+
+    from comfyfleet.keys import Keys
+    from comfyfleet.webhooks.metrics import WebhookCollector
+
+    empty = SimpleNamespace(hgetall=lambda key: {}, zcard=lambda key: 0)
+    return list(WebhookCollector(empty, Keys()).collect())  # type: ignore[arg-type]
+
+
+def _firestore_families() -> list[Metric]:
+    """The Firestore write-behind's figures (store/firestore/metrics.py), from an idle stand-in mirror."""
+    from types import SimpleNamespace
+
+    from comfyfleet.store.firestore.metrics import MirrorCollector
+
+    idle = SimpleNamespace(backlog=lambda: 0, written=0, write_errors=0, last_success=0.0)
+    return list(MirrorCollector(idle).collect())  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from tests.support.stack import ALICE, auth
 
 # Label names comfyfleet's metrics may carry; a user or job id label would make series unbounded.
 ALLOWED_LABELS = {"pool", "template", "state", "error_code", "reason", "stage", "phase", "endpoint", "priority",
-                  "method", "route", "status", "le", "namespace", "action"}
+                  "method", "route", "status", "le", "namespace", "action", "result"}
 
 
 def txt2img(seed: int, steps: int = 4, **body) -> dict:
