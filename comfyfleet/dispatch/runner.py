@@ -41,9 +41,6 @@ from comfyfleet.store.outputs import OutputStore, StorageError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# After asking the pod to interrupt, wait this long for ComfyUI to reach a node boundary before settling the
-# job anyway; the endpoint then stays leased until the prompt really leaves the pod.
-CANCEL_GRACE_SECONDS = 15.0
 # While holding an endpoint for a prompt ComfyUI has not let go of, look at its queue this often...
 HOLD_POLL_SECONDS = 1.0
 # ...and give up after this long: the endpoint is marked unhealthy (a probe re-admits it once it is clear).
@@ -60,6 +57,7 @@ class Link(Protocol):
 
     client: ComfyClient
     hub: WsHub
+    can_clean: bool  # the pod serves the worker image's cleanup route (False after its first 404)
 
 
 @dataclass
@@ -112,8 +110,9 @@ class JobRun:
             try:
                 result: T = await self.ctx.io(fn, *args)
                 return result
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if time.monotonic() > deadline:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
+                # Also "OOM command not allowed" (Redis at maxmemory with noeviction): retried until memory frees.
+                if time.monotonic() > deadline or (isinstance(exc, redis.ResponseError) and "OOM" not in str(exc)):
                     raise
                 log.warning("job %s: Redis unavailable (%s); retrying in %.1f s", self.job_id, exc, delay)
                 await asyncio.sleep(delay)
@@ -176,13 +175,24 @@ class JobRun:
             outputs = await self._store_outputs(link.client, job, result)
             hooks.note_outputs_stored(self.obs)  # HOOK(observability)
             self.job = job.model_copy(update={"outputs": outputs})
-            if self.ctx.settings.delete_pod_history:
-                with contextlib.suppress(ComfyError):
-                    await link.client.delete_history([result.prompt_id])
+            await self._clean_pod(link, job, result)
         elif ending.kind is EndKind.OUT_OF_MEMORY:
             with contextlib.suppress(ComfyError):
                 await link.client.free(unload_models=True, free_memory=True)
         return ending
+
+    async def _clean_pod(self, link: Link, job: Job, result: RunResult) -> None:
+        """Once outputs are stored: forget the prompt's history entry and delete its uploads and outputs on the
+        pod (the worker image's cleanup route; a pod without it answers 404 once and is not asked again)."""
+        settings = self.ctx.settings
+        with contextlib.suppress(ComfyError):
+            if settings.delete_pod_history:
+                await link.client.delete_history([result.prompt_id])
+            if not settings.keep_pod_files and link.can_clean:
+                outputs = [o for o in result.outputs if o.type == "output"]
+                folder = f"comfyfleet-{job.id}" if job.inputs else None
+                if outputs or folder:
+                    link.can_clean = await link.client.cleanup_files(folder, outputs)
 
     async def _wait(self, run: asyncio.Task[RunResult], client: ComfyClient, job: Job) -> RunResult:
         """The run's result; on cancel or timeout, interrupt the prompt and wait a grace period for it."""
@@ -221,7 +231,7 @@ class JobRun:
         """Wait for an interrupted prompt to end: its result if it ends, AttemptEnded(why) once it has left the
         pod's queue without one (a pending prompt we deleted), or after the grace period with the endpoint
         marked held (ComfyUI is still inside a node it cannot leave)."""
-        deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+        deadline = time.monotonic() + self.ctx.settings.cancel_grace_seconds
         absent = 0
         while time.monotonic() < deadline:
             done, _ = await asyncio.wait({run}, timeout=0.5)
@@ -265,13 +275,26 @@ class JobRun:
                 raise AttemptEnded(Ending(EndKind.ENDPOINT_LOST,
                                           f"could not fetch output {ref.filename}: {exc}")) from None
             content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
-            try:
-                # HOOK(integrations): convert per job.output, store, embed inline when asked
-                stored.append(await self.ctx.io(store_output, self.ctx.store, job, ref.node_id, ref.filename, data,
-                                                content_type, self.ctx.settings.output_inline_max_bytes))
-            except StorageError as exc:
-                raise AttemptEnded(Ending(EndKind.STORAGE, str(exc))) from None
+            stored.append(await self._store_one(job, ref.node_id, ref.filename, data, content_type))
         return stored
+
+    async def _store_one(self, job: Job, node_id: str, filename: str, data: bytes, content_type: str) -> OutputFile:
+        """Convert per job.output, store, embed inline when asked; a failing store is retried with backoff for
+        `store_retry_seconds` (the output stays on the pod meanwhile), then the job fails with storage_error."""
+        deadline = time.monotonic() + self.ctx.settings.store_retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                result: OutputFile = await self.ctx.io(store_output, self.ctx.store, job, node_id, filename, data,
+                                                       content_type, self.ctx.settings.output_inline_max_bytes)
+                return result
+            except StorageError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise AttemptEnded(Ending(EndKind.STORAGE, f"{exc} (retried for "
+                                              f"{self.ctx.settings.store_retry_seconds:.0f} s)")) from None
+                log.warning("job %s: storing %s failed (%s); retrying in %.1f s", job.id, filename, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
 
     # --- settling ---------------------------------------------------------------------------------
     async def _settle(self, ending: Ending) -> Settled:
