@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo up test test-unit test-integration test-k8s test-browser k8s-binaries firebase-emulators browser-deps ts-types lint fmt sync-crds bench clean
+.PHONY: install demo up test test-unit test-integration test-k8s test-browser k8s-binaries promtool firebase-emulators browser-deps ts-types lint fmt sync-crds bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ k8s-binaries:  ## build (or reuse) etcd, kube-apiserver, kubectl and helm under 
 	scripts/k8s-binaries >/dev/null
 	scripts/helm-binary >/dev/null
 
+promtool:  ## build (or reuse) promtool under ~/.cache/comfyfleet (checks the chart's alert rules)
+	scripts/promtool-binary >/dev/null
+
 firebase-emulators:  ## install (or reuse) the pinned Firebase emulators from npm under ~/.cache/comfyfleet
 	scripts/firebase-emulators >/dev/null
 
@@ -33,10 +36,10 @@ browser-deps:  ## install (or reuse) Debian's chromium and the TypeScript client
 ts-types: install  ## regenerate clients/typescript/openapi.json and src/schema.d.ts from the API
 	scripts/gen-ts-types
 
-test: install k8s-binaries firebase-emulators browser-deps  ## every tier: unit, integration (real Redis + simulators), k8s (real apiserver), browser (Node + Chromium)
+test: install k8s-binaries promtool firebase-emulators browser-deps  ## every tier: unit, integration (real Redis + simulators), k8s (real apiserver), browser (Node + Chromium)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: install
+test-unit: install promtool
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: install firebase-emulators

@@ -1,4 +1,4 @@
-"""The `comfyfleet` command: up, demo, submit, api, worker, sim, operator."""
+"""The `comfyfleet` command: up, demo, submit, status, jobs, api, worker, sim, operator."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from comfyfleet.local import LocalStack
+from comfyfleet.observability.logs import setup_logging
 from comfyfleet.settings import LocalSettings
 
 REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -27,9 +28,10 @@ def cmd_api(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = ApiSettings(**overrides)
-    _logging(settings.log_level)
+    setup_logging("api", settings)
+    # log_config=None: uvicorn's lines go through our handler (JSON or text), not uvicorn's own formatters.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                access_log=False)
+                access_log=False, log_config=None)
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> None:
@@ -40,7 +42,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> None:
     if args.port is not None:
         overrides["dispatcher_port"] = args.port
     settings = DispatchSettings(**overrides)
-    _logging(settings.log_level)
+    setup_logging("dispatch", settings)  # HOOK(observability): JSON/text format, per-component levels
     if args.command == "worker":
         logging.getLogger("comfyfleet").warning(
             "`comfyfleet worker` is now `comfyfleet dispatcher` (one process drives many endpoints); "
@@ -115,6 +117,19 @@ def cmd_submit(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_console(args: argparse.Namespace) -> None:
+    """`comfyfleet status` / `comfyfleet jobs`: read the public API and print (or --watch) a summary."""
+    from comfyfleet.observability.console import ConsoleError, run
+
+    local = LocalSettings()
+    try:
+        run(args.command, args.api or local.api, args.token or local.token, watch=args.watch, colour=args.color,
+            limit=getattr(args, "limit", 20), user=getattr(args, "user", None))
+    except ConsoleError as exc:
+        print(f"comfyfleet {args.command}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from comfyfleet.local import StackError
     from comfyfleet.submit import SubmitError, SubmitOptions, build_body, submit
@@ -174,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", default="outputs", help="where --wait downloads outputs (default ./outputs)")
     sm.add_argument("--quiet", action="store_true", help="no progress bar")
     sm.set_defaults(func=cmd_submit)
+
+    def console_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--api", help="API base URL (or COMFYFLEET_API; default http://127.0.0.1:8000)")
+        p.add_argument("--token", help="bearer token (or COMFYFLEET_TOKEN)")
+        p.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                       help="redraw every SECONDS (default 2) until Ctrl-C")
+        colour = p.add_mutually_exclusive_group()
+        colour.add_argument("--color", dest="color", action="store_true", default=None, help="always colour")
+        colour.add_argument("--no-color", dest="color", action="store_false", help="never colour")
+        p.set_defaults(func=cmd_console)
+
+    st = sub.add_parser("status", help="pools, endpoints, queue per priority and pool, oldest job")
+    console_args(st)
+    jb = sub.add_parser("jobs", help="recent jobs with state, wait and run time")
+    console_args(jb)
+    jb.add_argument("--limit", type=int, default=20, help="how many jobs (1-100, default 20)")
+    jb.add_argument("--user", help="another user's jobs (admins only)")
 
     api = sub.add_parser("api", help="run the REST API")
     api.add_argument("--host")

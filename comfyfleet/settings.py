@@ -82,6 +82,45 @@ class CommonSettings(_Base):
     def _csv_hosts(cls, value: object) -> object:
         return _split_csv(value)
 
+    # --- observability (comfyfleet.observability) ---
+    # `json`: one JSON object per line with job_id/pool/endpoint/attempt/user, for log collectors (Loki, Cloud
+    # Logging); `text` stays the default because it is what a person reads in a terminal.
+    log_format: Literal["text", "json"] = "text"
+    # Per-component levels over log_level, e.g. `api=INFO,dispatch=DEBUG,operator=WARNING` (or a JSON object):
+    # turn one noisy or suspect part up or down without drowning the others.
+    log_levels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318; empty = tracing off (no OpenTelemetry import).
+    otlp_endpoint: str = ""
+    # Share of job traces kept (parent-based ratio sampling): 1.0 keeps every job, lower it for busy fleets.
+    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+
+    @field_validator("log_levels", mode="before")
+    @classmethod
+    def _levels(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("{"):
+            pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("log_levels must be component=LEVEL pairs, e.g. api=INFO,dispatch=DEBUG")
+            return {k.strip(): v.strip().upper() for k, v in pairs}
+        if isinstance(value, str):
+            import json
+
+            return json.loads(value)
+        return value
+
+    @field_validator("log_levels", mode="after")
+    @classmethod
+    def _known_levels(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(LOG_COMPONENTS))
+        if unknown:
+            raise ValueError(f"log_levels names unknown components {unknown}; known: {', '.join(LOG_COMPONENTS)}")
+        return {k: _check_level(v) for k, v in value.items()}
+
+    @field_validator("log_level")
+    @classmethod
+    def _level_name(cls, value: str) -> str:
+        return _check_level(value)
+
 
 class DispatchSettings(CommonSettings):
     """RQ dispatch workers: queueing, retries, leases and timeouts."""
@@ -375,6 +414,16 @@ class LocalSettings(_Base):
     health_interval_seconds: float = Field(1.0, gt=0)
     # Use this Redis when it answers; otherwise `comfyfleet up` starts its own redis-server.
     redis_url: str | None = None
+
+
+LOG_COMPONENTS = ("api", "dispatch", "operator", "sim", "cli")
+
+
+def _check_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+        raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
 
 
 def _is_loopback(host: str) -> bool:

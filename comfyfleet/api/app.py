@@ -27,6 +27,7 @@ from comfyfleet.api.tokens import JobTokens, shared_secret
 from comfyfleet.dispatch.health import HealthMonitor
 from comfyfleet.dispatch.registry import endpoint_id_for_url
 from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.observability.tracing import TracingMiddleware, setup_tracing
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
 from comfyfleet.store.jobevents import EventHub
@@ -102,6 +103,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
+    setup_tracing("api", settings)  # off unless COMFYFLEET_OTLP_ENDPOINT is set
     conn = redis.Redis.from_url(settings.redis_url)
     aconn = aioredis.Redis.from_url(settings.redis_url)
     dispatcher = Dispatcher(conn, settings)
@@ -126,6 +128,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(TracingMiddleware)  # around everything but CORS: the request span covers the rest
     if settings.cors_origins:  # outermost, so every answer (errors included) carries the CORS headers
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,

@@ -1,53 +1,31 @@
-"""Prometheus metrics: request figures from the API, fleet figures read from Redis at scrape time."""
+"""Prometheus metrics: request figures from the API, fleet figures read from Redis at scrape time, and the
+job-level figures of what this process settles itself (jobs cancelled while queued)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from comfyfleet.dispatch.service import Dispatcher
-
-
-class FleetCollector(Collector):
-    """Queue depth, job totals and worker states, straight from Redis on each scrape."""
-
-    def __init__(self, dispatcher: Dispatcher):
-        self.dispatcher = dispatcher
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        stats = self.dispatcher.stats()
-        waiting = GaugeMetricFamily("comfyfleet_queue_waiting", "Jobs waiting in the queue", labels=["priority"])
-        for priority, count in stats.waiting_by_priority.items():
-            waiting.add_metric([str(priority)], count)
-        yield waiting
-        yield GaugeMetricFamily("comfyfleet_jobs_active", "Jobs running on a worker", value=stats.active)
-        yield GaugeMetricFamily("comfyfleet_jobs_retrying", "Jobs waiting for a retry", value=stats.retrying)
-        finished = CounterMetricFamily("comfyfleet_jobs_finished", "Jobs that reached a final state", labels=["state"])
-        for state, value in (("succeeded", stats.completed), ("failed", stats.failed), ("cancelled", stats.cancelled)):
-            finished.add_metric([state], value)
-        yield finished
-        yield CounterMetricFamily("comfyfleet_jobs_created", "Jobs accepted", value=stats.created)
-        candidates = self.dispatcher.registry.candidates()
-        workers = GaugeMetricFamily("comfyfleet_workers", "ComfyUI endpoints by state", labels=["state"])
-        workers.add_metric(["ready"], sum(1 for c in candidates if c.healthy and not c.busy))
-        workers.add_metric(["busy"], sum(1 for c in candidates if c.healthy and c.busy))
-        workers.add_metric(["unhealthy"], sum(1 for c in candidates if not c.healthy))
-        yield workers
+from comfyfleet.observability.fleet import FleetCollector
+from comfyfleet.observability.metrics import JobMetrics, configure_sink
 
 
 class Metrics:
-    def __init__(self, dispatcher: Dispatcher):
+    def __init__(self, dispatcher: Dispatcher | None):
+        """dispatcher None: no fleet figures (the metric catalogue lists those from fleet_families)."""
         self.registry = CollectorRegistry()
         self.requests = Counter("comfyfleet_http_requests", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)
         self.latency = Histogram("comfyfleet_http_request_duration_seconds", "HTTP request latency",
                                  ["method", "route"], registry=self.registry)
-        self.registry.register(FleetCollector(dispatcher))
+        if dispatcher is not None:
+            self.registry.register(FleetCollector(dispatcher))
+        # Cancels of queued jobs are settled here, not by a dispatcher: this process exports them itself.
+        self.jobs = JobMetrics(self.registry)
+        configure_sink(self.jobs)
 
 
 class MetricsMiddleware:

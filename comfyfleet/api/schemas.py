@@ -12,6 +12,7 @@ from pydantic.alias_generators import to_camel
 from comfyfleet.api.tokens import JobTokens
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.jobs.params import GenerateParams
+from comfyfleet.observability.tracing import trace_id_of
 
 
 class ApiModel(BaseModel):
@@ -110,6 +111,10 @@ class JobPublic(ApiModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # When a pod was claimed for the latest attempt (queue wait = dispatchedAt - createdAt on a first attempt).
+    dispatched_at: datetime | None = None
+    # The job's OpenTelemetry trace id when tracing is on (find its spans in the tracing backend).
+    trace_id: str | None = None
     access_token: str | None = Field(
         None, description="short-lived token for this job only: add ?token=... to its events, WebSocket and "
                           "output URLs where no Authorization header can be sent (EventSource, <img src>)")
@@ -133,6 +138,7 @@ class JobPublic(ApiModel):
                                   url=with_token(o.url, token), data=o.data) for o in job.outputs],
             worker=job.endpoint, source=job.source, cancel_requested=job.cancel_requested, created_at=job.created_at,
             updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+            dispatched_at=job.dispatched_at, trace_id=trace_id_of(job.traceparent),
             access_token=token,
             access_token_expires_at=datetime.fromtimestamp(expires, UTC) if expires is not None else None,
             webhook_url=job.webhook.url if job.webhook else None,
@@ -206,6 +212,10 @@ class QueueStatsPublic(ApiModel):
     cancelled: int
     created: int
     by_priority: dict[str, int]
+    # Queued jobs by the pool they asked for ("any": every pool may run them; "other": a pool with no endpoint),
+    # and the age of the oldest one in seconds (0 when none): what `comfyfleet status` shows.
+    by_pool: dict[str, int] = Field(default_factory=dict)
+    oldest_age_seconds: dict[str, float] = Field(default_factory=dict)
 
 
 class QueueCleanRequest(ApiModel):

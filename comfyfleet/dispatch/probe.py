@@ -11,6 +11,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from comfyfleet.observability import hooks
+
 if TYPE_CHECKING:
     from comfyfleet.dispatch.engine import Engine
 
@@ -46,6 +48,7 @@ class ProbeServer:
         self.port = port
         self.registry = CollectorRegistry()
         self.registry.register(EngineCollector(engine))
+        hooks.start_dispatcher_observability(engine.settings, self.registry)  # HOOK(observability): job metrics
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:

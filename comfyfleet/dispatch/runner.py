@@ -33,6 +33,7 @@ from comfyfleet.jobs.model import Job, JobState, OutputFile, utcnow
 from comfyfleet.jobs.progress import ProgressTracker
 from comfyfleet.jobs.states import can_transition, transition
 from comfyfleet.jobs.workflow import rename_input_images
+from comfyfleet.observability import hooks
 from comfyfleet.settings import DispatchSettings
 from comfyfleet.store.jobrepo import JobNotFound, JobRepo, StateChanged
 from comfyfleet.store.outputs import OutputStore, StorageError
@@ -99,6 +100,7 @@ class JobRun:
         self.job: Job | None = None
         self.held_prompt = False
         self._progress: ProgressWriter | None = None
+        self.obs: hooks.Attempt | None = None
 
     async def durable(self, fn: Callable[..., T], *args: Any) -> T:
         """A Redis call that must land: retried through an outage (Redis restarting, failing over)."""
@@ -134,6 +136,8 @@ class JobRun:
             return Settled(job, Decision(JobState.QUEUED, job.error))
         if not self.adopted:
             await self.best_effort(self.ctx.repo.publish, job, "state")
+        endpoint_id = self.endpoint.id if self.endpoint else None
+        self.obs = hooks.start_attempt(job, endpoint_id, self.endpoint, adopted=self.adopted)  # HOOK(observability)
         try:
             ending = await self._attempt(job)
         except AttemptEnded as ended:
@@ -165,9 +169,11 @@ class JobRun:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await run
             await self._progress.flush()
+        hooks.note_prompt_finished(self.obs)  # HOOK(observability)
         ending = ending_of_result(result)
         if ending.kind is EndKind.SUCCEEDED:
             outputs = await self._store_outputs(link.client, job, result)
+            hooks.note_outputs_stored(self.obs)  # HOOK(observability)
             self.job = job.model_copy(update={"outputs": outputs})
             await self._clean_pod(link, job, result)
         elif ending.kind is EndKind.OUT_OF_MEMORY:
@@ -317,6 +323,7 @@ class JobRun:
                          decision.error.message if decision.error else "")
             if decision.endpoint_unhealthy and self.endpoint is not None:
                 await self.best_effort(self.ctx.registry.mark_unhealthy, self.endpoint.id, ending.message)
+            await self.ctx.io(hooks.observe_finished, written, self.obs)  # HOOK(observability): metrics + spans
             return Settled(written, decision, held_prompt=self.held_prompt)
 
     async def mark_running(self) -> None:
@@ -356,6 +363,7 @@ class ProgressWriter:
         self._pending: asyncio.Task[None] | None = None
 
     async def on_event(self, event: ComfyEvent) -> None:
+        hooks.note_comfy_event(self.run.obs, event)  # HOOK(observability): the pod's execution timestamps
         if isinstance(event, ExecutionStart):
             await self.run.mark_running()
             return
@@ -437,7 +445,10 @@ def on_rq_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: 
         message = f"the job failed outside its dispatcher: {exc_type.__name__ if exc_type else 'unknown'}: {exc_value}"
         error = JobError(code=ErrorCode.WORKER_LOST, message=message)
         with contextlib.suppress(JobNotFound):
-            d.repo.update(job.id, lambda j: j if j.state.is_terminal else transition(j, JobState.FAILED, error=error))
+            failed = d.repo.update(job.id, lambda j: j if j.state.is_terminal else transition(j, JobState.FAILED,
+                                                                                               error=error))
+            if failed.error == error:  # HOOK(observability): outcome of a job lost outside any dispatcher
+                hooks.observe_finished(failed)
         endpoint = conn.get(d.keys.claim(job.id))
         if endpoint:
             d.registry.release_lease(as_text(endpoint), job.id)

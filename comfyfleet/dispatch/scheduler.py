@@ -35,6 +35,7 @@ from comfyfleet.jobs.model import ErrorCode, JobError, JobState, utcnow
 from comfyfleet.jobs.states import can_transition, transition
 from comfyfleet.jobs.workflow import ModelNeeds
 from comfyfleet.keys import PRIORITIES, Keys, as_text
+from comfyfleet.observability import hooks
 from comfyfleet.store.jobrepo import JobNotFound, JobRepo, needs_of
 
 log = logging.getLogger(__name__)
@@ -399,8 +400,10 @@ class Scheduler:
         self.conn.lrem(queue_key, 0, job_id)
         self._compact.pop(job_id, None)
         try:
-            self.repo.update(job_id, lambda j: transition(j, JobState.FAILED, error=error)
-                             if not j.state.is_terminal else j)
+            failed = self.repo.update(job_id, lambda j: transition(j, JobState.FAILED, error=error)
+                                      if not j.state.is_terminal else j)
+            if failed.error == error:  # HOOK(observability): outcome counter (failed fast, no endpoint)
+                hooks.observe_finished(failed)
         except JobNotFound:
             pass
         drop_rq_job(self.conn, job_id)

@@ -24,6 +24,7 @@ from comfyfleet.dispatch.scheduler import Scheduler, drop_rq_job, signals_deferr
 from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
 from comfyfleet.jobs.states import InvalidTransition, transition
 from comfyfleet.keys import PRIORITIES, Keys
+from comfyfleet.observability import hooks
 from comfyfleet.settings import DispatchSettings
 from comfyfleet.store.jobrepo import JobRepo
 
@@ -64,6 +65,7 @@ class Dispatcher:
 
     def submit(self, job: Job) -> tuple[Job, bool]:
         """Record the job and queue it; an idempotent repeat returns the first job (created=False)."""
+        job = hooks.observe_submit(job)  # HOOK(observability): trace context on the record, log fields
         job, created = self.repo.create(job)
         if not created:
             return job, False
@@ -100,7 +102,9 @@ class Dispatcher:
                 self.scheduler.unqueue(job_id, job.priority, job.pool)
                 drop_rq_job(self.conn, job_id)
                 error = JobError(code=ErrorCode.CANCELLED, message="cancelled while queued")
-                return self.repo.update(job_id, lambda j: transition(j, JobState.CANCELLED, error=error))
+                cancelled = self.repo.update(job_id, lambda j: transition(j, JobState.CANCELLED, error=error))
+                hooks.observe_finished(cancelled)  # HOOK(observability): cancels/outcomes counters
+                return cancelled
             # Dispatched or running: its dispatcher hears this at once, interrupts the pod and finishes the job.
             job = self.repo.update(job_id, request_cancel)
         self.conn.publish(self.keys.cancel, job_id)

@@ -159,3 +159,6 @@ class Job(BaseModel):
     webhook: WebhookSpec | None = None
     webhook_deliveries: list[WebhookDelivery] = Field(default_factory=list)
     output: OutputSpec | None = None
+    # W3C traceparent of the API request that created the job (tracing on only): the dispatcher's spans join
+    # that trace, and log lines show its trace id (comfyfleet.observability.tracing).
+    traceparent: str | None = None

@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 import redis
 
+from comfyfleet.observability.logs import setup_logging
 from comfyfleet.operator import job_handlers, workers
 from comfyfleet.operator.models import GROUP, JOB_PLURAL, VERSION, WORKER_PLURAL
 from comfyfleet.operator.runtime import Runtime
@@ -109,10 +110,9 @@ class QuietTimerSuccess(logging.Filter):
         return not (record.levelno == logging.INFO and message.startswith("Timer ") and message.endswith(" succeeded."))
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(QuietTimerSuccess())
+def configure_logging(settings: OperatorSettings) -> None:
+    # comfyfleet.observability.logs: text or JSON lines with the job fields, per-component levels.
+    setup_logging("operator", settings).addFilter(QuietTimerSuccess())
     # One line per probe request and per /healthz hit is noise at INFO; their errors still show.
     for noisy in ("httpx", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -121,7 +121,7 @@ def configure_logging(level: str) -> None:
 def run() -> None:
     """Run the operator until SIGTERM/SIGINT (`comfyfleet operator`)."""
     settings = OperatorSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     runtime = Runtime.create(settings)
     runtime.metrics.serve(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.liveness_port}{LIVENESS_PATH}" if settings.liveness_port else None

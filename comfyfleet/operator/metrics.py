@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from comfyfleet.observability.metrics import JobMetrics, configure_sink
 from comfyfleet.operator.capacity import CapacityVerdict
 from comfyfleet.operator.models import WorkerState
 
@@ -46,6 +47,9 @@ class OperatorMetrics:
         self.dispatch_slots_short = Gauge("comfyfleet_operator_dispatch_slots_short",
                                           "Slots missing: ready pods that can sit idle while jobs wait (alert > 0)",
                                           registry=self.registry)
+        # Jobs this process settles itself (a GenerationJob deleted while queued is cancelled here).
+        self.jobs = JobMetrics(self.registry)
+        configure_sink(self.jobs)
 
     def observe_pool(self, namespace: str, pool: str, states: Iterable[str], desired: int, queue: int) -> None:
         """Record one reconcile pass of a pool."""

@@ -194,7 +194,7 @@ def test_fleet_routes_stats_and_metrics(sim_factory, stack_factory):
     assert detailed["status"] == "ok" and detailed["redis"] == "ok" and detailed["workers"]["ready"] == 1
     metrics = stack.http.get("/metrics").text
     assert 'comfyfleet_jobs_finished_total{state="succeeded"} 1.0' in metrics
-    assert 'comfyfleet_workers{state="ready"} 1.0' in metrics
+    assert 'comfyfleet_endpoints{pool="default",state="ready"} 1.0' in metrics
     assert "comfyfleet_http_requests_total" in metrics
     history = stack.http.get("/api/comfyui/jobs", headers=auth()).json()["jobs"]
     assert [j["jobId"] for j in history] == [job_id]

@@ -485,6 +485,8 @@ export interface components {
              * Format: date-time
              */
             createdAt: string;
+            /** Dispatchedat */
+            dispatchedAt?: string | null;
             error: components["schemas"]["ErrorPublic"] | null;
             /** Finishedat */
             finishedAt: string | null;
@@ -508,6 +510,8 @@ export interface components {
             state: components["schemas"]["JobState"];
             /** Template */
             template: string | null;
+            /** Traceid */
+            traceId?: string | null;
             /**
              * Updatedat
              * Format: date-time
@@ -617,6 +621,10 @@ export interface components {
         QueueStatsPublic: {
             /** Active */
             active: number;
+            /** Bypool */
+            byPool?: {
+                [key: string]: number;
+            };
             /** Bypriority */
             byPriority: {
                 [key: string]: number;
@@ -629,6 +637,10 @@ export interface components {
             created: number;
             /** Failed */
             failed: number;
+            /** Oldestageseconds */
+            oldestAgeSeconds?: {
+                [key: string]: number;
+            };
             /** Retrying */
             retrying: number;
             /** Waiting */

@@ -21,6 +21,7 @@ from comfyfleet.api.schemas import (
 )
 from comfyfleet.api.state import AppState
 from comfyfleet.dispatch.registry import endpoint_id_for_url
+from comfyfleet.observability.fleet import queue_per_pool
 
 router = APIRouter(tags=["fleet"])
 
@@ -81,9 +82,11 @@ async def verify_lora(body: VerifyLoraRequest, principal: PrincipalDep, state: S
 async def queue_stats(principal: PrincipalDep, state: StateDep) -> QueueStatsPublic:
     """Jobs waiting (per priority), active, retrying, and totals by final state."""
     s = await io(state.dispatcher.stats)
+    pools = await io(queue_per_pool, state.dispatcher)  # observability: per-pool queue and oldest job
     return QueueStatsPublic(
         waiting=s.waiting, active=s.active, retrying=s.retrying, completed=s.completed, failed=s.failed,
         cancelled=s.cancelled, created=s.created, by_priority={str(p): n for p, n in s.waiting_by_priority.items()},
+        by_pool=pools.count, oldest_age_seconds=pools.oldest_age_seconds,
     )
 
 
