@@ -21,8 +21,10 @@ from comfyfleet.api.state import AppState
 from comfyfleet.dispatch.health import HealthMonitor
 from comfyfleet.dispatch.registry import endpoint_id_for_url
 from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.fairuse.background import queue_timeout_sweeper
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
+from comfyfleet.usage import UsageBook, UsageCollector
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             mirror = FirestoreMirror.from_settings(settings, conn, dispatcher.repo)
             app.state.metrics.registry.register(MirrorCollector(mirror))
             mirror_task = asyncio.create_task(mirror.run_forever(), name="firestore-mirror")
+        sweeper = asyncio.create_task(queue_timeout_sweeper(  # HOOK(reliability): queue timeouts
+            dispatcher, settings.queue_timeout_seconds, settings.queue_sweep_interval_seconds), name="queue-timeouts")
         try:
             yield
         finally:
+            sweeper.cancel()  # HOOK(reliability)
             if mirror_task:
                 mirror_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -76,7 +81,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.cf = state
     app.state.metrics = Metrics(dispatcher)
-    install_error_handlers(app)
+    app.state.metrics.registry.register(UsageCollector(UsageBook(conn, dispatcher.keys)))  # HOOK(reliability)
+    install_error_handlers(app, settings.unavailable_retry_after_seconds)
     for router in (generate.router, jobs.router, fleet.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

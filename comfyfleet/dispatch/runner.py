@@ -31,6 +31,7 @@ from comfyfleet.settings import DispatchSettings
 from comfyfleet.store.factory import output_store
 from comfyfleet.store.jobrepo import JobRepo
 from comfyfleet.store.outputs import OutputStore, StorageError
+from comfyfleet.usage import record_run_usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -248,8 +249,10 @@ class JobRun:
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError, ComfyError):
                 await run
+        await record_run_usage(client, self.ctx.conn, self.ctx.keys, self.ctx.repo, self.job_id)  # HOOK(reliability)
 
     async def _finish(self, client: ComfyClient, result: RunResult) -> Job:
+        await record_run_usage(client, self.ctx.conn, self.ctx.keys, self.ctx.repo, self.job_id)  # HOOK(reliability)
         job = await self.io(self.ctx.repo.require, self.job_id)
         if result.status == "interrupted":
             if job.cancel_requested:

@@ -9,7 +9,7 @@ from datetime import datetime
 import httpx
 
 from tests.support.procs import descendants
-from tests.support.stack import auth, wait_until
+from tests.support.stack import ADMIN, auth, wait_until
 
 
 def txt2img(seed: int, steps: int = 4, **extra) -> dict:
@@ -96,7 +96,7 @@ def test_unhealthy_worker_is_skipped_and_readmitted(sim_factory, stack_factory):
     b.kill()
 
     def states() -> dict[str, str]:
-        body = stack.http.get("/api/comfyui/workers", headers=auth()).json()
+        body = stack.http.get("/api/comfyui/workers", headers=auth(ADMIN)).json()  # URLs are for admins
         return {w["url"]: w["state"] for w in body["workers"]}
 
     wait_until(lambda: states()[b.url] == "unhealthy", what="b marked unhealthy")
@@ -136,7 +136,7 @@ def test_dead_rq_worker_frees_its_pod_and_its_job_is_retried(sim_factory, stack_
         os.kill(horse, signal.SIGKILL)  # worker and work horse die together, as on a lost node
 
     def lease_free() -> bool:
-        body = stack.http.get("/api/comfyui/workers", headers=auth()).json()
+        body = stack.http.get("/api/comfyui/workers", headers=auth(ADMIN)).json()  # current jobs: admins only
         return next(w for w in body["workers"] if w["id"] == running["worker"])["currentJob"] is None
 
     wait_until(lease_free, timeout=30, what="the dead worker's lease to expire")
