@@ -155,6 +155,10 @@ async def commit(state: AppState, sub: Submission, submit: Callable[[Job], tuple
         raise
     if not created:  # a concurrent request with the same key won: drop this one's reservation and files
         await _undo(state, limits, sub.job)
+        if job.owner != sub.job.owner:  # never hand out another user's job, whatever the key layout
+            log.error("idempotency key of %s resolved to a job of %s: refused", sub.job.owner, job.owner)
+            raise ApiError(409, "idempotencyKey: this key cannot be used; choose another",
+                           details=[{"field": "idempotencyKey", "message": "key conflict"}])
     return job, created
 
 
