@@ -20,6 +20,10 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
           429: "too_many_requests", 500: "internal_error", 503: "unavailable", 504: "timeout"}
 
 
+# FastAPI's detail when a body cannot be decoded at all; it is bad input like any other, so 422 naming `body`.
+BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
@@ -56,9 +60,6 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorBody, "description": text.get(c, "Error")} for c in codes}
 
 
-# What most routes may answer besides their success code.
-COMMON_ERRORS = error_responses(401, 403, 404, 413, 422, 503)
-
 # Redis failures a client should retry later, not bugs: unreachable, loading, or out of memory/read-only.
 _UNAVAILABLE_MARKERS = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "MISCONF", "BUSY")
 
@@ -77,6 +78,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 def install_error_handlers(app: FastAPI, retry_after_seconds: int = 5) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:  # bytes that are not JSON text (bad UTF-8)
+            return JSONResponse(error_body("validation_error", "invalid request: body: not valid JSON text",
+                                           [{"field": "body", "message": "not valid JSON text"}]), status_code=422)
         code = getattr(exc, "code", None) or _CODES.get(exc.status_code, "error")
         body = error_body(code, str(exc.detail), getattr(exc, "details", None))
         return JSONResponse(jsonable_encoder(body), status_code=exc.status_code, headers=exc.headers)

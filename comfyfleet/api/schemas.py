@@ -172,7 +172,7 @@ class QueueStatsPublic(ApiModel):
 
 
 class QueueCleanRequest(ApiModel):
-    older_than_seconds: float | None = Field(None, ge=0)
+    older_than_seconds: float | None = Field(None, ge=0, le=100 * 365 * 24 * 3600)
 
 
 class QueueCleanPublic(ApiModel):
