@@ -65,9 +65,12 @@ _UNAVAILABLE_MARKERS = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "MISCONF", "
 
 
 def redis_unavailable(exc: redis.RedisError) -> bool:
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError
+                  | redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError):
         return True
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_UNAVAILABLE_MARKERS)
+    text = str(exc)
+    # A failed command inside a pipeline comes back as "Command # N (...) of pipeline caused error: <reply>".
+    return isinstance(exc, redis.ResponseError) and (text.startswith(_UNAVAILABLE_MARKERS) or "maxmemory" in text)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -302,3 +302,21 @@ def test_auth_none_serves_only_loopback_connections(tmp_path, redis_server):
         assert r.status_code == 403 and "loopback" in r.json()["error"]["message"]
     finally:
         proc.stop()
+
+
+def test_redis_out_of_memory_is_503_not_500(tmp_path, stack_factory):
+    import redis
+
+    redis_server = RedisServer(tmp_path / "full-redis")
+    try:
+        stack = stack_factory([], workers=0, env={"COMFYFLEET_REDIS_URL": redis_server.url})
+        conn = redis.Redis.from_url(redis_server.url)
+        conn.config_set("maxmemory-policy", "noeviction")  # as the chart runs it
+        conn.config_set("maxmemory", "1")  # full: every write that needs memory is refused with OOM
+        r = stack.generate(PARKED)
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        assert error_of(r)["code"] == "unavailable"
+        conn.config_set("maxmemory", "0")
+        assert stack.generate(PARKED).status_code == 202, "accepted again once Redis has room"
+    finally:
+        redis_server.stop()

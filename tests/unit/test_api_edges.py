@@ -1,9 +1,11 @@
 """Pure helpers at the API edge: endpoint URL policy, image names, downloads, worker views, progress."""
 
 import pytest
+import redis
 from starlette.requests import Request
 
 from comfyfleet.api.deps import served_on_loopback
+from comfyfleet.api.errors import redis_unavailable
 from comfyfleet.api.routes.fleet import redact_url, worker_view
 from comfyfleet.api.routes.generate import image_name_problem
 from comfyfleet.api.routes.jobs import content_disposition
@@ -74,3 +76,16 @@ def test_finished_job_reads_complete():
 def test_auth_none_only_on_loopback_sockets(server, local):
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "server": server})
     assert served_on_loopback(request) is local
+
+
+@pytest.mark.parametrize(("exc", "unavailable"), [
+    (redis.ConnectionError("Error 111 connecting"), True),
+    (redis.TimeoutError("timeout"), True),
+    (redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"), True),
+    (redis.ResponseError("Command # 1 (SET x) of pipeline caused error: OOM command not allowed when used "
+                         "memory > 'maxmemory'."), True),
+    (redis.ResponseError("LOADING Redis is loading the dataset in memory"), True),
+    (redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+])
+def test_which_redis_errors_mean_come_back_later(exc, unavailable):
+    assert redis_unavailable(exc) is unavailable
