@@ -138,7 +138,7 @@ class ApiSettings(PoolSettings, DispatchSettings):
     unavailable_retry_after_seconds: int = Field(5, ge=1, le=3600)
     # /metrics and /health/detailed: open (Prometheus scrapes without a token, as the chart's
     # ServiceMonitor does) or behind the same bearer auth as the API.
-    ops_routes_require_auth: bool = False
+    protect_ops_routes: bool = False
     # How often the API looks for queued jobs past their queue timeout.
     queue_sweep_interval_seconds: float = Field(5.0, gt=0)
     # Per-user-per-day GPU-second totals are kept this long.

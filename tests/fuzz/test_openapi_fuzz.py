@@ -28,7 +28,7 @@ def test_api_conforms_to_its_schema(tmp_path: Path) -> None:
     redis_server = RedisServer(tmp_path / "redis")
     # No health monitor: fuzzed admin calls register endpoint URLs that must not be probed.
     stack = Stack(tmp_path / "stack", redis_server.url, [], workers=0, env={
-        "COMFYFLEET_RUN_HEALTH_MONITOR": "false", "COMFYFLEET_OPS_ROUTES_REQUIRE_AUTH": "true",
+        "COMFYFLEET_RUN_HEALTH_MONITOR": "false", "COMFYFLEET_PROTECT_OPS_ROUTES": "true",
         "COMFYFLEET_MAX_BODY_BYTES": str(256 * 1024)})
     try:
         result = subprocess.run(

@@ -256,7 +256,7 @@ def test_queue_clean_uses_finish_time_and_deletes_files(sim_factory, stack_facto
 
 
 def test_ops_routes_behind_auth_when_configured(stack_factory):
-    stack = stack_factory([], workers=0, env={"COMFYFLEET_OPS_ROUTES_REQUIRE_AUTH": "true"})
+    stack = stack_factory([], workers=0, env={"COMFYFLEET_PROTECT_OPS_ROUTES": "true"})
     assert stack.http.get("/metrics").status_code == 401
     assert stack.http.get("/health/detailed").status_code == 401
     assert stack.http.get("/metrics", headers=auth()).status_code == 200

@@ -18,8 +18,8 @@ router = APIRouter(tags=["health"])
 
 
 async def ops_access(request: Request, state: StateDep) -> None:
-    """/metrics and /health/detailed: open, or behind bearer auth when ops_routes_require_auth is on."""
-    if state.settings.ops_routes_require_auth:
+    """/metrics and /health/detailed: open, or behind bearer auth when protect_ops_routes is on."""
+    if state.settings.protect_ops_routes:
         await get_principal(request, state)
 
 
