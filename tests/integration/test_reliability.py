@@ -320,3 +320,25 @@ def test_redis_out_of_memory_is_503_not_500(tmp_path, stack_factory):
         assert stack.generate(PARKED).status_code == 202, "accepted again once Redis has room"
     finally:
         redis_server.stop()
+
+
+async def test_an_endpoint_removed_while_being_added_is_a_409(redis_server, tmp_path):
+    """The race (another admin deletes the endpoint between the write and the read-back) cannot be timed over
+    HTTP, so the registry's upsert is wrapped to lose it every time; Redis and the app are real."""
+    from comfyfleet.api.app import create_app
+    from comfyfleet.settings import ApiSettings
+    from tests.support.stack import TOKENS
+
+    app = create_app(ApiSettings(redis_url=redis_server.url, redis_prefix=f"race{free_port()}", api_tokens=TOKENS,
+                                 run_health_monitor=False, data_dir=tmp_path))
+    registry = app.state.cf.dispatcher.registry
+    upsert = registry.upsert
+
+    def upsert_then_lose(endpoint_id: str, *args, **kwargs) -> None:
+        upsert(endpoint_id, *args, **kwargs)
+        registry.remove(endpoint_id)
+
+    registry.upsert = upsert_then_lose
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        r = await client.post("/api/comfyui/workers", json={"url": "http://gpu-box:8188"}, headers=auth(ADMIN))
+    assert r.status_code == 409 and error_of(r)["details"]["field"] == "url", r.text
