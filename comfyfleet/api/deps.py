@@ -36,11 +36,12 @@ def served_on_loopback(request: Request) -> bool:
     try:
         return ipaddress.ip_address(str(server[0]).split("%")[0]).is_loopback
     except ValueError:
-        return server[0] == "localhost"
+        return bool(server[0] == "localhost")
 
 
 async def get_principal(request: Request, state: StateDep,
-                        _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None) -> Principal:
+                        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+                        ) -> Principal:
     if state.settings.auth_mode == "none" and not served_on_loopback(request):
         # Settings refuse a non-loopback COMFYFLEET_HOST, but create_app may be served by any server on
         # any socket: check the socket this request came in on.

@@ -193,7 +193,7 @@ def check_bounds(workflow: Any, *, max_depth: int, max_nodes: int, max_bytes: in
             raise WorkflowTooLarge("workflow", f"is larger than {max_bytes} bytes")
 
 
-_META_SCALARS = (str, int, float, bool, type(None))
+_META_SCALARS: tuple[type, ...] = (str, int, float, bool, type(None))
 
 
 def check_meta(workflow: Workflow) -> list[NodeIssue]:
