@@ -146,8 +146,6 @@ def test_dead_rq_worker_frees_its_pod_and_its_job_is_retried(sim_factory, stack_
 
 
 def test_wedged_pod_is_taken_out_of_rotation(sim_factory, stack_factory):
-    from tests.support.stack import ADMIN
-
     wedged = sim_factory(hang=True)
     stack = stack_factory([wedged.url], workers=1)
     stack.wait_workers_ready(1)
@@ -156,7 +154,7 @@ def test_wedged_pod_is_taken_out_of_rotation(sim_factory, stack_factory):
     assert done["state"] == "failed" and done["error"]["code"] == "timeout"
 
     def wedged_state() -> dict | None:
-        [worker] = stack.http.get("/api/comfyui/workers", headers=auth()).json()["workers"]
+        [worker] = stack.http.get("/api/comfyui/workers", headers=auth(ADMIN)).json()["workers"]  # errors: admins
         return worker if worker["state"] == "unhealthy" else None
 
     worker = wait_until(wedged_state, timeout=20, what="the wedged pod to leave rotation")
