@@ -159,6 +159,10 @@ def _check_value(node_id: str, cls: str, name: str, value: Any, input_spec: Any)
     return []
 
 
+# The API's defaults (ApiSettings.max_workflow_*); the operator applies the same to GenerationJobs.
+DEFAULT_BOUNDS = {"max_depth": 32, "max_nodes": 2_000, "max_bytes": 2 * 1024 * 1024}
+
+
 class WorkflowTooLarge(ValueError):
     """The graph breaks a size bound; `field` names where (e.g. `workflow.5.inputs.text`)."""
 

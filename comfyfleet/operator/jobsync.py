@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from comfyfleet.jobs.model import ErrorCode, Job
 from comfyfleet.jobs.params import GenerateParams
 from comfyfleet.jobs.templates import UnknownTemplate, render_template
-from comfyfleet.jobs.validation import validate_workflow
+from comfyfleet.jobs.validation import DEFAULT_BOUNDS, WorkflowTooLarge, check_bounds, validate_workflow
 from comfyfleet.jobs.workflow import ParamError, apply_params
 from comfyfleet.operator.jobstatus import InvalidJobSpec, generation_job_params, job_status
 from comfyfleet.operator.models import GenerationJobSpec, spec_problem
@@ -55,6 +55,10 @@ def build_workflow(spec: GenerationJobSpec) -> tuple[dict[str, Any], dict[str, A
     that is not API-format.
     """
     workflow, template, params = generation_job_params(spec)
+    try:  # reliability: the API's bounds, so no GenerationJob stores a record that cannot be read back
+        check_bounds(workflow or {}, **DEFAULT_BOUNDS)
+    except WorkflowTooLarge as exc:
+        raise InvalidJobSpec(f"spec.{exc}") from None
     try:
         given = GenerateParams(**params)
     except ValidationError as exc:

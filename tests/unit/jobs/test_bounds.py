@@ -5,6 +5,7 @@ import json
 import pytest
 
 from comfyfleet.jobs.validation import (
+    DEFAULT_BOUNDS,
     WorkflowTooLarge,
     check_bounds,
     check_meta,
@@ -96,3 +97,20 @@ def test_file_like_combo_misses_are_advisory_when_not_strict():
 ])
 def test_file_like(options, value, expected):
     assert is_file_like(options, value) is expected
+
+
+def test_generation_jobs_get_the_same_bounds():
+    from comfyfleet.operator import jobsync
+    from comfyfleet.operator.jobstatus import InvalidJobSpec
+    from comfyfleet.operator.models import GenerationJobSpec
+
+    spec = GenerationJobSpec.model_validate({"workflow": {"1": {**node(), "_meta": nested(250)}}})
+    with pytest.raises(InvalidJobSpec, match=r"spec\.workflow\.1\._meta\.a.*deeper than 32"):
+        jobsync.build_workflow(spec)
+
+
+def test_the_operator_bounds_are_the_api_defaults():
+    from comfyfleet.settings import ApiSettings
+
+    fields = ApiSettings.model_fields
+    assert {k: fields[f"max_workflow_{k.removeprefix('max_')}"].default for k in DEFAULT_BOUNDS} == DEFAULT_BOUNDS
