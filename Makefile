@@ -39,8 +39,9 @@ test-integration: install firebase-emulators
 test-k8s: install k8s-binaries
 	$(PY) -m pytest tests/k8s $(PYTEST_ARGS)
 
-lint: install
+lint: install  ## ruff, then mypy (strict on comfyfleet/, gradual on tests/; config in pyproject.toml)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 fmt: install
 	$(VENV)/bin/ruff check --fix .

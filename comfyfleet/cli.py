@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,28 +32,20 @@ def cmd_api(args: argparse.Namespace) -> None:
                 access_log=False)
 
 
-def cmd_worker(args: argparse.Namespace) -> None:
-    from comfyfleet.dispatch.worker import run_worker
+def cmd_dispatcher(args: argparse.Namespace) -> None:
+    from comfyfleet.dispatch.engine import run
     from comfyfleet.settings import DispatchSettings
 
-    settings = DispatchSettings()
+    overrides = {"max_in_flight": args.max_in_flight} if args.max_in_flight else {}
+    if args.port is not None:
+        overrides["dispatcher_port"] = args.port
+    settings = DispatchSettings(**overrides)
     _logging(settings.log_level)
-    if args.concurrency <= 1:
-        run_worker(settings, burst=args.burst)
-        return
-    # One RQ worker per process (RQ forks a work horse per job); this parent only supervises them.
-    children = [subprocess.Popen([sys.executable, "-m", "comfyfleet", "worker", *(["--burst"] if args.burst else [])])
-                for _ in range(args.concurrency)]
-
-    def stop(signum: int, frame: object) -> None:
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    codes = [c.wait() for c in children]
-    sys.exit(max(codes, default=0))
+    if args.command == "worker":
+        logging.getLogger("comfyfleet").warning(
+            "`comfyfleet worker` is now `comfyfleet dispatcher` (one process drives many endpoints); "
+            "--concurrency is ignored")
+    run(settings)
 
 
 def cmd_sim(args: argparse.Namespace, rest: list[str]) -> None:
@@ -71,7 +62,7 @@ def cmd_operator(args: argparse.Namespace) -> None:
 
 def _stack(args: argparse.Namespace) -> LocalStack:
 
-    return LocalStack(port=args.port, data_dir=Path(args.data_dir), workers=args.workers, sims=args.sims,
+    return LocalStack(port=args.port, data_dir=Path(args.data_dir), dispatchers=args.dispatchers, sims=args.sims,
                       comfyui_urls=args.comfyui_url or [], redis_url=args.redis_url)
 
 
@@ -90,7 +81,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     try:
         stack.start()
         print(f"comfyfleet is up: API {stack.api_url} (docs {stack.api_url}/docs), "
-              f"{args.workers} RQ workers, ComfyUI at {', '.join(stack.sim_urls + (args.comfyui_url or []))}")
+              f"{args.dispatchers} dispatcher(s), ComfyUI at {', '.join(stack.sim_urls + (args.comfyui_url or []))}")
         print("Ctrl-C stops everything.")
         while not stopping["flag"]:
             stack.check_children()
@@ -131,7 +122,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     stack = _stack(args)
     try:
         stack.start()
-        print(f"stack up: API {stack.api_url}, {args.sims} simulated ComfyUI pods, {args.workers} RQ workers",
+        print(f"stack up: API {stack.api_url}, {args.sims} simulated ComfyUI pods, {args.dispatchers} dispatcher(s)",
               file=sys.stderr)
         body = build_body(REPO_EXAMPLES / "txt2img.json", None,
                           {"prompt": "a lighthouse on a cliff at dawn, oil painting", "seed": 42, "steps": 12}, [], 5)
@@ -152,12 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     def stack_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
         p.add_argument("--data-dir", default=".data", help="outputs, logs and simulator files (default .data)")
-        p.add_argument("--workers", type=int, default=2, help="RQ dispatch worker processes (default 2)")
+        p.add_argument("--dispatchers", "--workers", type=int, default=1,
+                       help="dispatcher processes (default 1: it drives every endpoint, up to 256 at once; "
+                            "--workers is the old name)")
         p.add_argument("--sims", type=int, default=2, help="ComfyUI simulators to start (default 2)")
         p.add_argument("--comfyui-url", action="append", help="a real ComfyUI to use (repeatable)")
         p.add_argument("--redis-url", help="use this Redis instead of starting one")
 
-    up = sub.add_parser("up", help="run the whole system locally (Redis, API, workers, simulators)")
+    up = sub.add_parser("up", help="run the whole system locally (Redis, API, dispatcher, simulators)")
     stack_args(up)
     up.set_defaults(func=cmd_up)
     demo = sub.add_parser("demo", help="start the local system, generate one image, print its path, stop")
@@ -181,10 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host")
     api.add_argument("--port", type=int)
     api.set_defaults(func=cmd_api)
-    worker = sub.add_parser("worker", help="run RQ dispatch workers")
-    worker.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
-    worker.add_argument("--burst", action="store_true", help="exit when nothing can run now")
-    worker.set_defaults(func=cmd_worker)
+    for name, text in (("dispatcher", "run a dispatcher (drives up to --max-in-flight jobs on many endpoints)"),
+                       ("worker", "deprecated name of `dispatcher`")):
+        d = sub.add_parser(name, help=text)
+        d.add_argument("--max-in-flight", type=int, help="jobs at once (default 256; COMFYFLEET_MAX_IN_FLIGHT)")
+        d.add_argument("--port", type=int, help="/healthz and /metrics port (default 8081; 0 = off)")
+        if name == "worker":
+            d.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
+            d.add_argument("--burst", action="store_true", help=argparse.SUPPRESS)
+        d.set_defaults(func=cmd_dispatcher)
     sub.add_parser("sim", help="run the ComfyUI simulator (flags: --help)", add_help=False).set_defaults(func=cmd_sim)
     sub.add_parser("operator", help="run the Kubernetes operator (kopf)").set_defaults(func=cmd_operator)
     return parser

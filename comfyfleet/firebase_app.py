@@ -43,7 +43,7 @@ def _anonymous_credential() -> Any:
 
     class AnonymousCredential(credentials.Base):  # type: ignore[misc]
         def get_credential(self) -> AnonymousCredentials:
-            return AnonymousCredentials()
+            return AnonymousCredentials()  # type: ignore[no-untyped-call]  # google-auth leaves it untyped
 
     return AnonymousCredential()
 

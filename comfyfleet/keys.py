@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 PRIORITIES = tuple(range(10, 0, -1))  # highest first: the order RQ workers look at the queues
@@ -15,7 +16,10 @@ class Keys:
         return f"{self.prefix}:job:{job_id}"
 
     def idempotency(self, owner: str, key: str) -> str:
-        return f"{self.prefix}:idem:{owner}:{key}"
+        """One key per (owner, key) pair: hashed with the owner's length, so no owner or key containing `:` can
+        land on another owner's slot (`acme` + `bob:K` and `acme:bob` + `K` differ)."""
+        digest = hashlib.sha256(f"{len(owner)}:{owner}:{key}".encode()).hexdigest()
+        return f"{self.prefix}:idem:{digest}"
 
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:events:{job_id}"
@@ -68,7 +72,40 @@ class Keys:
 
     @property
     def wake(self) -> str:
+        """Pub/sub channel: a job was queued, a pod freed or turned healthy; dispatchers run a claim pass."""
         return f"{self.prefix}:sched:wake"
+
+    @property
+    def cancel(self) -> str:
+        """Pub/sub channel: the id of a job whose cancel was requested (its dispatcher interrupts it at once)."""
+        return f"{self.prefix}:sched:cancel"
+
+    @property
+    def inflight(self) -> str:
+        """Sorted set: job id -> deadline (unix s) by which its dispatcher must renew it, or another adopts it."""
+        return f"{self.prefix}:inflight"
+
+    @property
+    def inflight_owner(self) -> str:
+        """Hash: job id -> the dispatcher that runs it (only the owner may renew its deadline)."""
+        return f"{self.prefix}:inflight:owner"
+
+    def parked(self, pool: str) -> str:
+        """Sorted set: queued jobs for a pool with no healthy endpoint at all, kept out of the claim scan."""
+        return f"{self.prefix}:parked:{pool}"
+
+    @property
+    def parked_pools(self) -> str:
+        return f"{self.prefix}:parked-pools"
+
+    @property
+    def dispatchers(self) -> str:
+        """Sorted set: dispatcher name -> unix time after which it counts as dead."""
+        return f"{self.prefix}:dispatchers"
+
+    def dispatcher(self, name: str) -> str:
+        """Hash of one dispatcher process: slots, in_flight, last_tick."""
+        return f"{self.prefix}:dispatcher:{name}"
 
     def queue_name(self, priority: int) -> str:
         """RQ queue name for a priority level (RQ itself prefixes its keys with rq:queue:)."""

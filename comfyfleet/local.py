@@ -1,6 +1,7 @@
 """`comfyfleet up`: the whole system on one machine as supervised child processes.
 
-Redis (started if none answers), K ComfyUI simulators (or real ComfyUI URLs), the API and N RQ workers.
+Redis (started if none answers), K ComfyUI simulators (or real ComfyUI URLs), the API and N dispatchers
+(one is enough for any number of endpoints up to its 256 slots; more are for trying out hand-over).
 Every child runs in its own process group and is stopped (SIGTERM, then SIGKILL) when the stack stops.
 """
 
@@ -63,7 +64,7 @@ class Child:
 class LocalStack:
     port: int = 8000
     data_dir: Path = Path(".data")
-    workers: int = 2
+    dispatchers: int = 1
     sims: int = 2
     comfyui_urls: list[str] = field(default_factory=list)
     redis_url: str | None = None
@@ -105,8 +106,9 @@ class LocalStack:
                 "COMFYFLEET_HEALTH_INTERVAL_SECONDS": str(self.settings.health_interval_seconds),
             }
             self._spawn("api", [sys.executable, "-m", "comfyfleet", "api"], env)
-            self._spawn("workers", [sys.executable, "-m", "comfyfleet", "worker", "--concurrency", str(self.workers)],
-                        env)
+            for i in range(self.dispatchers):
+                self._spawn(f"dispatcher-{i}", [sys.executable, "-m", "comfyfleet", "dispatcher",
+                                                "--port", str(free_port())], env)
             self._wait_ready(len(urls))
         except BaseException:
             self.stop()

@@ -67,7 +67,21 @@ class DispatchSettings(CommonSettings):
     # Finished job records stay in Redis this long (the API reads them); outputs live in the store.
     result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     # How many queued jobs per priority level the scheduler looks past the head to backfill a free pod.
+    # Jobs that cannot run at all (parked, failed fast, unreadable) never count against it.
     schedule_window: int = Field(64, ge=1, le=10_000)
+    # Jobs one dispatcher process runs at once (asyncio tasks, ~100 KB each): 256 covers a large pool per
+    # replica; the chart's 2 replicas give 512 slots with no tuning. More pods than slots is reported loudly.
+    max_in_flight: int = Field(256, ge=1, le=10_000)
+    # Threads for blocking Redis and file calls of the dispatcher (Redis calls take ~0.1-1 ms each).
+    io_threads: int = Field(16, ge=2, le=256)
+    # RQ execution heartbeats (its started registry); RQ itself defaults to 30 s.
+    job_monitoring_interval_seconds: int = Field(10, ge=1, le=600)
+    # The dispatcher's /healthz and /metrics; port 0 turns the listener off.
+    dispatcher_host: str = "0.0.0.0"
+    dispatcher_port: int = Field(8081, ge=0, le=65535)
+    # Remove a finished prompt's entry from the pod's ComfyUI history once its outputs are stored (history
+    # otherwise grows without bound on a long-lived pod).
+    delete_pod_history: bool = True
     # --- reliability (issue 9) ---
     # A job that has not started within this many seconds of being queued fails with queue_timeout
     # (a request may set its own queueTimeoutSeconds): an hour covers a cold scale-from-zero pool.

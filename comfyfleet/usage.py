@@ -109,12 +109,14 @@ class UsageBook:
         return {k.decode(): float(v) for k, v in self.conn.hgetall(self.totals_key).items()}
 
 
-async def record_run_usage(client: ComfyClient, conn: redis.Redis, keys: Keys, repo: JobRepo, job_id: str) -> float:
+async def record_run_usage(client: ComfyClient, repo: JobRepo, job_id: str) -> float:
     """Runner hook, called once a run ended on its pod (finished, failed, interrupted, timed out).
 
     Reads the prompt's history from the pod and adds its GPU time to the job and the owner's day.
-    Never raises for pod or Redis trouble: accounting must not fail a job. Returns the seconds counted.
+    Call it before the pod's history entry is deleted. Never raises for pod or Redis trouble: accounting must
+    not fail a job. Returns the seconds counted.
     """
+    conn, keys = repo.conn, repo.keys
     try:
         entry = await client.history(job_id)
         if entry is None:

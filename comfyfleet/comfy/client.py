@@ -16,6 +16,7 @@ import certifi
 import httpx
 
 from comfyfleet.comfy.errors import ComfyProtocolError, ComfyUnavailable
+from comfyfleet.comfy.hub import WsHub
 from comfyfleet.comfy.messages import ComfyEvent
 from comfyfleet.comfy.models import (
     HistoryEntry,
@@ -259,14 +260,20 @@ class ComfyClient:
         *,
         silence_timeout: float = 10.0,
         resume: bool = False,
+        hub: WsHub | None = None,
     ) -> RunResult:
         """Submit prompt (or, with resume, attach to it if the server has it) and wait for its end.
 
         Raises ComfyValidationError (400), ComfyUnavailable (server gone), ComfyPromptLost (server
-        up, prompt gone), ComfyProtocolError. One run at a time per client (one clientId, one socket).
+        up, prompt gone), ComfyProtocolError. Without a hub, one run at a time per client (one clientId, one
+        socket); with the endpoint's shared hub (same clientId as this client), any number at once.
         """
         from comfyfleet.comfy.run import PromptRun
 
+        if hub is not None:
+            if hub.client_id != self.client_id:
+                raise ValueError("the hub's clientId must be this client's")
+            return await PromptRun(self, prompt_id, on_event, silence_timeout, hub).execute(prompt, resume=resume)
         if self._run_lock.locked():
             raise RuntimeError("a run is already in progress on this ComfyClient; use one client per run")
         async with self._run_lock:

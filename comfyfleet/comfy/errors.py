@@ -39,6 +39,11 @@ class ComfyProtocolError(ComfyError):
         return (_rebuild, (type(self), str(self), {"status_code": self.status_code, "body": self.body}))
 
 
+# Error types of a 400 from POST /prompt that blame the request rather than the workflow. Servers after
+# 0.3.64 refuse a client-chosen prompt_id that is not a canonical lowercase UUID with this type.
+INVALID_PROMPT_ID = "invalid_prompt_id"
+
+
 class ComfyValidationError(ComfyError):
     """POST /prompt answered 400: the workflow is invalid; not retryable."""
 
@@ -73,6 +78,11 @@ class ComfyValidationError(ComfyError):
 
     def __str__(self) -> str:
         return self._describe()
+
+    @property
+    def rejects_prompt_id(self) -> bool:
+        """The server refused our prompt_id (a client bug), not the workflow (a user error)."""
+        return self.error_type == INVALID_PROMPT_ID
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Picklable for job queues: the default would call __init__ with only the message.

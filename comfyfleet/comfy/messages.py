@@ -212,6 +212,11 @@ def _str_list(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """value when the server sent an object there, else {} (a field a newer or older server shapes otherwise)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _node_progress(node_id: str, item: Any) -> NodeProgress:
     item = item if isinstance(item, dict) else {}
     return NodeProgress(
@@ -236,7 +241,7 @@ def execution_error_from(data: dict[str, Any]) -> ExecutionError:
         traceback=[str(t) for t in traceback] if isinstance(traceback, list) else [],
         prompt_id=_str_or_none(data.get("prompt_id")),
         executed=_str_list(data.get("executed")),
-        current_inputs=data.get("current_inputs") if isinstance(data.get("current_inputs"), dict) else {},
+        current_inputs=as_dict(data.get("current_inputs")),
         timestamp=data.get("timestamp"),
         raw=data,
     )
@@ -291,8 +296,8 @@ def _parse_known(kind: str, data: dict[str, Any], pid: str | None) -> ComfyEvent
         parsed = {str(k): _node_progress(str(k), v) for k, v in nodes.items()}
         return ProgressState(parsed, pid, raw=data)
     if kind == "executed":
-        output = data.get("output") if isinstance(data.get("output"), dict) else {}
-        return Executed(str(data["node"]), output, pid, _str_or_none(data.get("display_node")), raw=data)
+        node, output = str(data["node"]), as_dict(data.get("output"))
+        return Executed(node, output, pid, _str_or_none(data.get("display_node")), raw=data)
     if kind == "execution_success":
         return ExecutionSuccess(prompt_id=pid, timestamp=data.get("timestamp"), raw=data)
     if kind == "execution_error":

@@ -9,6 +9,7 @@ from comfyfleet.comfy.errors import ComfyProtocolError, ComfyValidationError
 from comfyfleet.comfy.messages import (
     ExecutionError,
     ExecutionInterrupted,
+    as_dict,
     execution_error_from,
     execution_interrupted_from,
 )
@@ -267,7 +268,7 @@ def parse_node_errors(node_errors: Any) -> list[NodeError]:
         for err in info.get("errors") or []:
             if not isinstance(err, dict):
                 continue
-            extra = err.get("extra_info") if isinstance(err.get("extra_info"), dict) else {}
+            extra = as_dict(err.get("extra_info"))
             errors.append(
                 InputError(
                     type=str(err.get("type") or ""),
@@ -315,17 +316,55 @@ def validation_error_from(body: Any) -> ComfyValidationError:
     )
 
 
-def combo_options(spec: Any) -> list[str]:
-    """Choices of a COMBO input spec, old form [["a", "b"], {...}] or new ["COMBO", {"options": [...]}]."""
+@dataclass(frozen=True, slots=True)
+class ComboInput:
+    """A COMBO input of /object_info: its listed choices and how the server checks a value against them."""
+
+    options: list[Any]
+    # Newer servers (after 0.3.64): a multiselect COMBO takes a list of choices; a remote COMBO's
+    # choices are fetched by the browser, so the server lists none and does not check the value.
+    multiselect: bool = False
+    remote: bool = False
+
+    def rejected(self, value: Any) -> list[Any]:
+        """The values ComfyUI would refuse as "value_not_in_list" ([] when it accepts `value`)."""
+        if self.remote:
+            return []
+        values = value if self.multiselect and isinstance(value, list) else [value]
+        return [v for v in values if v not in self.options]
+
+
+def combo_input(spec: Any) -> ComboInput | None:
+    """The COMBO an /object_info input spec declares, or None when it is another type.
+
+    Both catalog forms: the old [["a", "b"], {...}] and the newer ["COMBO", {"options": [...]}].
+    Values are as the server lists them (usually strings); empty options is a COMBO with no choice.
+    """
     if not isinstance(spec, list | tuple) or not spec:
-        return []
+        return None
     head = spec[0]
+    extra = as_dict(spec[1]) if len(spec) > 1 else {}
     if isinstance(head, list | tuple):
-        return [str(v) for v in head]
-    if head == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-        options = spec[1].get("options")
-        return [str(v) for v in options] if isinstance(options, list) else []
-    return []
+        options = list(head)
+    elif head == "COMBO":
+        listed = extra.get("options")
+        options = list(listed) if isinstance(listed, list | tuple) else []
+    else:
+        return None
+    return ComboInput(options, multiselect=bool(extra.get("multiselect")), remote=bool(extra.get("remote_combo")))
+
+
+def combo_options(spec: Any) -> list[Any] | None:
+    """Choices of an /object_info input spec, or None when it is not a COMBO (see `combo_input`)."""
+    combo = combo_input(spec)
+    return None if combo is None else combo.options
+
+
+def literal_value(value: Any) -> Any:
+    """A widget value as ComfyUI validates it: {"__value__": v} wraps a list value so it is not read as a link."""
+    if isinstance(value, dict) and "__value__" in value:
+        return value["__value__"]
+    return value
 
 
 def node_input_options(object_info: Any, node_class: str, input_name: str) -> list[str]:
@@ -339,5 +378,5 @@ def node_input_options(object_info: Any, node_class: str, input_name: str) -> li
     for section in ("required", "optional"):
         spec = (inputs.get(section) or {}).get(input_name)
         if spec is not None:
-            return combo_options(spec)
+            return [str(v) for v in combo_options(spec) or []]
     return []

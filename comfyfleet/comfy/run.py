@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from comfyfleet.comfy.errors import ComfyPromptLost, ComfyProtocolError, ComfyUnavailable
+from comfyfleet.comfy.hub import SocketClosed, Subscription, WsHub
 from comfyfleet.comfy.messages import (
     ComfyEvent,
     Executed,
@@ -57,9 +58,13 @@ class PromptRun:
     """The state of one run(): its socket, the events seen so far, and the watchdog clock."""
 
     def __init__(
-        self, client: ComfyClient, prompt_id: str, on_event: EventCallback | None, silence_timeout: float
+        self, client: ComfyClient, prompt_id: str, on_event: EventCallback | None, silence_timeout: float,
+        hub: WsHub | None = None,
     ):
         self.client = client
+        # With a hub, events come from the endpoint's shared socket (our clientId); without, from our own.
+        self.hub = hub
+        self.sub: Subscription | None = None
         self.prompt_id = prompt_id
         self.on_event = on_event
         self.silence_timeout = silence_timeout
@@ -87,6 +92,8 @@ class PromptRun:
             await self._connect(self.client.client_id)
             self.submitted = await self.client.submit(prompt, self.prompt_id)
             self.prompt_id = self.submitted.prompt_id
+            if self.sub is not None and self.sub.prompt_id != self.prompt_id:
+                self.sub.rename(self.prompt_id)
             self.last_heard = self.last_check = time.monotonic()
             return await self._watch()
         finally:
@@ -122,14 +129,14 @@ class PromptRun:
             )
             wait = max(max(self.last_heard, self.last_check) + interval - time.monotonic(), 0.0)
             try:
-                frame = await self._recv(wait)
+                event = await self._recv(wait)
             except TimeoutError:
                 result = await self._check_state()
                 if result is not None:
                     return result
                 self.last_check = time.monotonic()
                 continue
-            except ConnectionClosed as exc:
+            except (ConnectionClosed, _Dropped) as exc:
                 log.warning(
                     "websocket to %s closed during prompt %s: %s", self.client.base_url, self.prompt_id, exc
                 )
@@ -138,15 +145,20 @@ class PromptRun:
                 if result is not None:
                     return result
                 continue
-            if await self._handle(parse_frame(frame)):
+            if await self._handle(event):
                 return await self._finish()
 
-    async def _recv(self, timeout: float) -> str | bytes:
+    async def _recv(self, timeout: float) -> ComfyEvent:
+        if self.sub is not None:
+            item = await self.sub.get(timeout)
+            if isinstance(item, SocketClosed):
+                raise _Dropped(item.reason)
+            return item
         if self._backlog:
-            return self._backlog.popleft()
+            return parse_frame(self._backlog.popleft())
         assert self.ws is not None
         async with asyncio.timeout(timeout):
-            return await self.ws.recv()
+            return parse_frame(await self.ws.recv())
 
     async def _handle(self, event: ComfyEvent) -> bool:
         """Record and forward one event; True when it is our end-of-prompt marker."""
@@ -246,6 +258,12 @@ class PromptRun:
 
     async def _connect(self, client_id: str) -> None:
         """Open the socket as client_id and wait for its hello, so the server has registered it."""
+        if self.hub is not None and client_id == self.hub.client_id:
+            if self.sub is None:
+                self.sub = self.hub.subscribe(self.prompt_id)
+            await self.hub.ensure_connected()
+            self.ws_client_id = client_id
+            return
         url = self.client.ws_url(client_id)
         try:
             ws = await connect(
@@ -272,7 +290,8 @@ class PromptRun:
             log.warning("websocket %s answered with sid %r", url, hello.sid)
 
     async def _reconnect(self) -> None:
-        await self._close_ws()
+        if self.sub is None:
+            await self._close_ws()
         last: ComfyUnavailable | None = None
         for attempt in range(self.client.reconnect_attempts):
             await asyncio.sleep(self.client.reconnect_backoff * 2**attempt)
@@ -288,7 +307,14 @@ class PromptRun:
         ) from last
 
     async def _close_ws(self) -> None:
+        if self.sub is not None:
+            self.sub.close()
+            self.sub = None
         ws, self.ws = self.ws, None
         self._backlog.clear()
         if ws is not None:
             await ws.close()
+
+
+class _Dropped(Exception):
+    """The endpoint's shared socket dropped while this prompt waited on it."""

@@ -81,13 +81,13 @@ class HealthMonitor:
         """Prompts on the pod that none of our live jobs accounts for: a prompt we gave up on (a timeout or cancel
         the pod never honoured, so it is wedged) or another client's work. New jobs would queue behind it, so
         such a pod counts as a failed probe until its queue is clear again. A prompt of a job that is still in
-        flight on this pod (its RQ worker died; the retry will re-attach to it) is ours, not foreign."""
+        flight on this pod (its dispatcher died; the adopter re-attaches to it) is ours, not foreign; a prompt of a
+        job already settled (cancelled or timed out while ComfyUI could not leave its node) is wedged, even while
+        its dispatcher still holds the pod's lease waiting for it to end."""
         if not prompt_ids:
             return []
-        lease = self.registry.leases([endpoint_id]).get(endpoint_id)
-        others = [p for p in prompt_ids if p != lease]
-        jobs = self.scheduler.repo.get_many(others)
-        return [p for p, job in zip(others, jobs, strict=True)
+        jobs = self.scheduler.repo.get_many(prompt_ids)
+        return [p for p, job in zip(prompt_ids, jobs, strict=True)
                 if job is None or job.state.is_terminal or job.worker != endpoint_id]
 
 

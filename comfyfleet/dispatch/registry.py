@@ -18,6 +18,15 @@ _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
     "else return 0 end"
 )
+# Renew many leases in one round trip: KEYS are lease keys, ARGV[1] the TTL in ms, ARGV[2..] the holders.
+# Returns, per lease, 1 if renewed and 0 if it was no longer held by that job.
+_RENEW_MANY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[i + 1] then out[i] = redis.call('pexpire', key, ARGV[1]) else out[i] = 0 end
+end
+return out
+"""
 
 
 class Endpoint(BaseModel):
@@ -37,6 +46,8 @@ class Endpoint(BaseModel):
     queue_remaining: int = 0
     last_error: str | None = None
     info: dict[str, Any] = Field(default_factory=dict)
+    # Prompts committed to the pod ahead of the running one (the pool's `prefetch`, 0 or 1).
+    prefetch: int = 0
 
 
 _JSON_FIELDS = {"checkpoints", "loras", "info"}
@@ -79,14 +90,17 @@ class Registry:
     def __init__(self, conn: redis.Redis, keys: Keys):
         self.conn = conn
         self.keys = keys
+        self._renew_many = conn.register_script(_RENEW_MANY)
 
     # --- membership -------------------------------------------------------------------------------
-    def upsert(self, endpoint_id: str, url: str, pool: str = "default", source: str = "static") -> None:
-        """Add an endpoint (unhealthy until probed) or update its address and pool."""
+    def upsert(self, endpoint_id: str, url: str, pool: str = "default", source: str = "static",
+               prefetch: int = 0) -> None:
+        """Add an endpoint (unhealthy until probed) or update its address, pool and prefetch depth."""
         key = self.keys.pod(endpoint_id)
+        fields = {"id": endpoint_id, "url": url.rstrip("/"), "pool": pool, "source": source, "prefetch": prefetch}
         with self.conn.pipeline() as pipe:
             pipe.sadd(self.keys.pods, endpoint_id)
-            pipe.hset(key, mapping=_encode({"id": endpoint_id, "url": url.rstrip("/"), "pool": pool, "source": source}))
+            pipe.hset(key, mapping=_encode(fields))
             pipe.hsetnx(key, "healthy", "0")
             pipe.execute()
 
@@ -159,6 +173,14 @@ class Registry:
 
     def renew_lease(self, endpoint_id: str, job_id: str, ttl_seconds: float) -> bool:
         return bool(self.conn.eval(_RENEW, 1, self.keys.lease(endpoint_id), job_id, int(ttl_seconds * 1000)))
+
+    def renew_leases(self, held: list[tuple[str, str]], ttl_seconds: float) -> list[bool]:
+        """Renew (endpoint_id, job_id) leases in one round trip; False where the job no longer holds it."""
+        if not held:
+            return []
+        result = self._renew_many(keys=[self.keys.lease(e) for e, _ in held],
+                                  args=[int(ttl_seconds * 1000), *(j for _, j in held)])
+        return [bool(r) for r in result]
 
     def release_lease(self, endpoint_id: str, job_id: str) -> bool:
         return bool(self.conn.eval(_RELEASE, 1, self.keys.lease(endpoint_id), job_id))

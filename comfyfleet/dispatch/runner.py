@@ -1,6 +1,10 @@
-"""The RQ job function: run one job on the pod its claim leased, track it, store outputs, settle its state.
+"""One attempt of one job on the endpoint its claim leased: an asyncio task inside the dispatcher.
 
-RQ calls `run_job(job_id)` in a work horse; everything else is resolved inside from settings and Redis.
+The attempt posts the prompt over the endpoint's pooled HTTP client and follows it on the endpoint's shared
+websocket, turns ComfyUI's events into progress (throttled writes of the progress field only), stores the
+outputs, and settles the job through the pure `outcome.decide`. A cancel or timeout interrupts the prompt on
+the pod; if ComfyUI has not let go of it when the job is settled (it interrupts only at node boundaries),
+the endpoint stays leased until the prompt has left the pod's queue, so no new prompt waits behind it.
 """
 
 from __future__ import annotations
@@ -9,188 +13,196 @@ import asyncio
 import contextlib
 import logging
 import mimetypes
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 import redis
 
 from comfyfleet.comfy.client import ComfyClient
-from comfyfleet.comfy.errors import ComfyError, ComfyPromptLost, ComfyUnavailable, ComfyValidationError
+from comfyfleet.comfy.errors import ComfyError
+from comfyfleet.comfy.hub import WsHub
 from comfyfleet.comfy.messages import ComfyEvent, Executing, ExecutionCached, ExecutionStart, Progress
 from comfyfleet.comfy.models import RunResult
+from comfyfleet.dispatch.outcome import Decision, Ending, EndKind, decide, ending_of_error, ending_of_result
 from comfyfleet.dispatch.registry import Endpoint, Registry
-from comfyfleet.dispatch.scheduler import Scheduler
-from comfyfleet.dispatch.service import Dispatcher
-from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState, OutputFile
+from comfyfleet.jobs.model import Job, JobState, OutputFile, utcnow
 from comfyfleet.jobs.progress import ProgressTracker
 from comfyfleet.jobs.states import can_transition, transition
 from comfyfleet.jobs.workflow import rename_input_images
-from comfyfleet.keys import Keys
 from comfyfleet.settings import DispatchSettings
-from comfyfleet.store.factory import output_store
-from comfyfleet.store.jobrepo import JobRepo
+from comfyfleet.store.jobrepo import JobNotFound, JobRepo, StateChanged
 from comfyfleet.store.outputs import OutputStore, StorageError
 from comfyfleet.usage import record_run_usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# After asking the pod to interrupt, wait this long for ComfyUI to reach a node boundary before giving up.
+# After asking the pod to interrupt, wait this long for ComfyUI to reach a node boundary before settling the
+# job anyway; the endpoint then stays leased until the prompt really leaves the pod.
 CANCEL_GRACE_SECONDS = 15.0
-# How often the runner looks for a cancel request while the job runs.
-CANCEL_POLL_SECONDS = 0.25
+# While holding an endpoint for a prompt ComfyUI has not let go of, look at its queue this often...
+HOLD_POLL_SECONDS = 1.0
+# ...and give up after this long: the endpoint is marked unhealthy (a probe re-admits it once it is clear).
+HOLD_LIMIT_SECONDS = 1800.0
+# A settling write that meets a Redis outage is retried, backing off up to 5 s, for this long in all.
+REDIS_RETRY_SECONDS = 300.0
+# Sampler steps are coalesced to at most one write per job per this many seconds (a node's start and its last
+# step always land).
+PROGRESS_INTERVAL_SECONDS = 0.2
 
 
-class RetryableJobError(Exception):
-    """Raised to RQ so its Retry policy schedules the next attempt (the record is already back in QUEUED)."""
+class Link(Protocol):
+    """An endpoint's pooled HTTP client and shared websocket, owned by the dispatcher."""
 
-
-class JobOutcome(Exception):
-    """Internal: how a run ended, carried to the one place that settles the job's state."""
-
-    def __init__(self, error: JobError):
-        super().__init__(error.message)
-        self.error = error
+    client: ComfyClient
+    hub: WsHub
 
 
 @dataclass
-class RunnerContext:
+class RunContext:
     settings: DispatchSettings
-    conn: redis.Redis
-    keys: Keys
     repo: JobRepo
     registry: Registry
-    scheduler: Scheduler
     store: OutputStore
-
-    @classmethod
-    def from_settings(cls, settings: DispatchSettings | None = None) -> RunnerContext:
-        settings = settings or DispatchSettings()
-        conn = redis.Redis.from_url(settings.redis_url)
-        d = Dispatcher(conn, settings)
-        return cls(settings, conn, d.keys, d.repo, d.registry, d.scheduler, output_store(settings))
+    link_for: Callable[[Endpoint], Link]
+    io: Callable[..., Awaitable[Any]]  # run a blocking call (Redis, files) off the event loop
 
 
-def run_job(job_id: str) -> dict[str, Any]:
-    """RQ entry point: run job_id to a final state (or back to the queue for a retry)."""
-    ctx = RunnerContext.from_settings()
-    try:
-        return asyncio.run(JobRun(ctx, job_id).execute())
-    finally:
-        ctx.conn.close()
+@dataclass
+class Settled:
+    """How an attempt left the job (None when the record is gone), and whether the endpoint is still busy."""
+
+    job: Job | None
+    decision: Decision | None = None
+    held_prompt: bool = False  # ComfyUI still runs the prompt: keep the endpoint leased until it is gone
 
 
-def on_rq_failure(job: Any, connection: redis.Redis, exc_type: Any, exc_value: Any, tb: Any) -> None:
-    """RQ failure callback: settle the record when RQ gives up (hard timeout, lost worker, no retries left)."""
-    if (job.retries_left or 0) > 0:
-        return  # RQ will run it again; the record is (or will be) back in QUEUED
-    ctx = RunnerContext.from_settings()
-    try:
-        message = f"the job failed outside its runner: {exc_type.__name__ if exc_type else 'unknown'}: {exc_value}"
-        error = JobError(code=ErrorCode.WORKER_LOST, message=message)
-        record = ctx.repo.get(job.id)
-        if record is not None and not record.state.is_terminal:
-            ctx.repo.update(job.id, lambda j: transition(j, JobState.FAILED, error=error))
-        endpoint = ctx.conn.get(ctx.keys.claim(job.id))
-        if endpoint:
-            ctx.registry.release_lease(endpoint.decode(), job.id)
-        ctx.scheduler.wake()
-    finally:
-        ctx.conn.close()
+class AttemptEnded(Exception):
+    def __init__(self, ending: Ending):
+        super().__init__(ending.message)
+        self.ending = ending
 
 
 class JobRun:
-    """One attempt of one job on one pod."""
+    """One attempt: `await JobRun(ctx, job_id, endpoint, adopted, cancel).run()`."""
 
-    def __init__(self, ctx: RunnerContext, job_id: str):
+    def __init__(self, ctx: RunContext, job_id: str, endpoint: Endpoint | None, *, adopted: bool,
+                 cancelled: asyncio.Event):
         self.ctx = ctx
         self.job_id = job_id
-        self.endpoint_id: str | None = None
+        self.endpoint = endpoint
+        self.adopted = adopted
+        self.cancelled = cancelled
+        self.job: Job | None = None
+        self.held_prompt = False
+        self._progress: ProgressWriter | None = None
 
-    async def io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Redis and file calls run in a thread so the websocket loop never blocks on them."""
-        return await asyncio.to_thread(fn, *args)
-
-    async def update(self, change: Callable[[Job], Job], event: str = "state") -> Job:
-        return await self.io(self.ctx.repo.update, self.job_id, change, event)
-
-    async def execute(self) -> dict[str, Any]:
-        job = await self.io(self.ctx.repo.get, self.job_id)
-        if job is None or job.state.is_terminal:
-            await self.io(self._release)
-            return {"job_id": self.job_id, "state": job.state.value if job else "missing"}
-        raw = await self.io(self.ctx.conn.get, self.ctx.keys.claim(self.job_id))
-        self.endpoint_id = raw.decode() if raw else None
-        endpoint = await self.io(self.ctx.registry.get, self.endpoint_id) if self.endpoint_id else None
-        renewer = asyncio.create_task(self._renew_lease())
-        try:
-            if endpoint is None:
-                raise JobOutcome(JobError(code=ErrorCode.WORKER_LOST, message="the pod leased for this job is gone"))
-            if job.cancel_requested:  # cancelled between its claim and this work horse starting
-                raise JobOutcome(JobError(code=ErrorCode.CANCELLED, message="cancelled before it started"))
-            if job.state is JobState.QUEUED:  # claimed by a worker that did not mark it (defensive)
-                job = await self.update(lambda j: transition(j, JobState.DISPATCHED, worker=endpoint.id))
-            final = await self._run_on(endpoint, job)
-        except JobOutcome as outcome:
-            final = await self._settle_failure(outcome.error)
-        except Exception as exc:  # noqa: BLE001 - any bug must still settle the job, never leave it running
-            log.exception("job %s: unexpected error", self.job_id)
-            final = await self._settle_failure(JobError(code=ErrorCode.INTERNAL, message=f"internal error: {exc}"))
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            await self.io(self._release)
-        if final.state is JobState.QUEUED:
-            raise RetryableJobError(final.error.message if final.error else "retrying")
-        return {"job_id": self.job_id, "state": final.state.value}
-
-    def _release(self) -> None:
-        if self.endpoint_id:
-            self.ctx.registry.release_lease(self.endpoint_id, self.job_id)
-        self.ctx.conn.delete(self.ctx.keys.claim(self.job_id))
-        self.ctx.scheduler.wake()
-
-    async def _renew_lease(self) -> None:
-        ttl = self.ctx.settings.lease_ttl_seconds
-        while self.endpoint_id:
-            await asyncio.sleep(ttl / 3)
-            held = await self.io(self.ctx.registry.renew_lease, self.endpoint_id, self.job_id, ttl)
-            if not held:
-                log.warning("job %s lost its lease on %s", self.job_id, self.endpoint_id)
-
-    async def _run_on(self, endpoint: Endpoint, job: Job) -> Job:
-        settings = self.ctx.settings
-        tracker = ProgressTracker(total_nodes=len(job.workflow))
-        async with ComfyClient(endpoint.url) as client:
-            workflow = await self._upload_inputs(client, job)
-            run = asyncio.create_task(
-                client.run(workflow, job.id, self._on_event(tracker),
-                           silence_timeout=settings.silence_timeout_seconds, resume=job.attempts > 1)
-            )
-            watcher = asyncio.create_task(self._watch_cancel(client, run))
+    async def durable(self, fn: Callable[..., T], *args: Any) -> T:
+        """A Redis call that must land: retried through an outage (Redis restarting, failing over)."""
+        deadline = time.monotonic() + REDIS_RETRY_SECONDS
+        delay = 0.2
+        while True:
             try:
-                remaining = job.timeout_seconds
-                result = await asyncio.wait_for(asyncio.shield(run), timeout=remaining)
-            except TimeoutError:
-                await self._abort(client, run)
-                raise JobOutcome(JobError(code=ErrorCode.TIMEOUT,
-                                          message=f"job exceeded its timeout of {job.timeout_seconds} s")) from None
-            except ComfyValidationError as exc:
-                raise JobOutcome(validation_error(exc)) from None
-            except (ComfyUnavailable, ComfyPromptLost) as exc:
-                await self.io(self.ctx.registry.mark_unhealthy, endpoint.id, str(exc))
-                raise JobOutcome(JobError(code=ErrorCode.WORKER_LOST,
-                                          message=f"lost ComfyUI at {endpoint.url}: {exc}")) from None
-            except ComfyError as exc:
-                error = JobError(code=ErrorCode.WORKER_LOST, message=f"ComfyUI protocol error: {exc}")
-                raise JobOutcome(error) from None
-            finally:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            return await self._finish(client, result)
+                return await self.ctx.io(fn, *args)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("job %s: Redis unavailable (%s); retrying in %.1f s", self.job_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def best_effort(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A Redis write that may be lost (a progress tick): never fails the job."""
+        try:
+            await self.ctx.io(fn, *args)
+        except (redis.RedisError, OSError) as exc:
+            log.info("job %s: progress not written (%s)", self.job_id, exc)
+
+    async def run(self) -> Settled:
+        job = await self.durable(self.ctx.repo.get, self.job_id)
+        if job is None:
+            return Settled(None)
+        self.job = job
+        if job.state.is_terminal:  # adopted after it had finished: only the bookkeeping is left
+            return Settled(job)
+        if job.state is JobState.QUEUED:  # adopted after it was settled for a retry: RQ must queue it
+            return Settled(job, Decision(JobState.QUEUED, job.error))
+        if not self.adopted:
+            await self.best_effort(self.ctx.repo.publish, job, "state")
+        try:
+            ending = await self._attempt(job)
+        except AttemptEnded as ended:
+            ending = ended.ending
+        except Exception as exc:  # noqa: BLE001 - any bug must still settle the job, never leave it running
+            if not isinstance(exc, ComfyError):
+                log.exception("job %s: unexpected error", self.job_id)
+            ending = ending_of_error(exc, self.endpoint.url if self.endpoint else "")
+        return await self._settle(ending)
+
+    # --- the attempt ------------------------------------------------------------------------------
+    async def _attempt(self, job: Job) -> Ending:
+        if self.endpoint is None:
+            return Ending(EndKind.NO_ENDPOINT, "the endpoint leased for this job is gone")
+        if job.cancel_requested or self.cancelled.is_set():
+            return Ending(EndKind.CANCELLED, "cancelled before it started")
+        link = self.ctx.link_for(self.endpoint)
+        workflow = await self._upload_inputs(link.client, job)
+        self._progress = ProgressWriter(self, ProgressTracker(total_nodes=len(job.workflow)))
+        resume = self.adopted or job.attempts > 1
+        run = asyncio.create_task(link.client.run(
+            workflow, job.id, self._progress.on_event, silence_timeout=self.ctx.settings.silence_timeout_seconds,
+            resume=resume, hub=link.hub), name=f"prompt {job.id}")
+        try:
+            result = await self._wait(run, link.client, job)
+        finally:
+            if not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run
+            await self._progress.flush()
+            await record_run_usage(link.client, self.ctx.repo, job.id)  # HOOK(reliability): GPU-seconds
+        ending = ending_of_result(result)
+        if ending.kind is EndKind.SUCCEEDED:
+            outputs = await self._store_outputs(link.client, job, result)
+            self.job = job.model_copy(update={"outputs": outputs})
+            if self.ctx.settings.delete_pod_history:
+                with contextlib.suppress(ComfyError):
+                    await link.client.delete_history([result.prompt_id])
+        elif ending.kind is EndKind.OUT_OF_MEMORY:
+            with contextlib.suppress(ComfyError):
+                await link.client.free(unload_models=True, free_memory=True)
+        return ending
+
+    async def _wait(self, run: asyncio.Task[RunResult], client: ComfyClient, job: Job) -> RunResult:
+        """The run's result; on cancel or timeout, interrupt the prompt and wait a grace period for it."""
+        left = job.timeout_seconds - _elapsed_since(job.dispatched_at)
+        cancel_wait = asyncio.create_task(self.cancelled.wait())
+        try:
+            done, _ = await asyncio.wait({run, cancel_wait}, timeout=max(left, 0.0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancel_wait.cancel()
+        if run in done:
+            return run.result()
+        why = Ending(EndKind.CANCELLED) if self.cancelled.is_set() else Ending(
+            EndKind.TIMEOUT, f"job exceeded its timeout of {job.timeout_seconds} s")
+        log.info("job %s: %s; interrupting it on %s", job.id, why.kind.value, client.base_url)
+        try:
+            await asyncio.wait_for(client.cancel(job.id), timeout=5)
+        except (ComfyError, TimeoutError) as exc:
+            log.warning("job %s: interrupt on %s failed: %s", job.id, client.base_url, exc)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(run), timeout=CANCEL_GRACE_SECONDS)
+        except (TimeoutError, ComfyError):
+            # ComfyUI is still inside a node it cannot leave: settle now, keep the endpoint until it is free.
+            self.held_prompt = True
+            raise AttemptEnded(why) from None
+        if why.kind is EndKind.TIMEOUT and result.status != "success":
+            raise AttemptEnded(why)
+        return result
 
     async def _upload_inputs(self, client: ComfyClient, job: Job) -> dict[str, Any]:
         """Upload the job's input images to the pod (own subfolder per job) and point LoadImage at them."""
@@ -199,75 +211,15 @@ class JobRun:
         names: dict[str, str] = {}
         for item in job.inputs:
             try:
-                data = await self.io(self.ctx.store.read, item.key)
+                data = await self.ctx.io(self.ctx.store.read, item.key)
             except StorageError as exc:
-                raise JobOutcome(JobError(code=ErrorCode.STORAGE, message=str(exc))) from None
+                raise AttemptEnded(Ending(EndKind.STORAGE, str(exc))) from None
             try:
                 uploaded = await client.upload_image(data, item.name, subfolder=f"comfyfleet-{job.id}", overwrite=True)
-            except (ComfyUnavailable, ComfyError) as exc:
-                raise JobOutcome(JobError(code=ErrorCode.WORKER_LOST,
-                                          message=f"could not upload {item.name}: {exc}")) from None
+            except ComfyError as exc:
+                raise AttemptEnded(Ending(EndKind.ENDPOINT_LOST, f"could not upload {item.name}: {exc}")) from None
             names[item.name] = uploaded.load_image_value
         return rename_input_images(job.workflow, names)
-
-    def _on_event(self, tracker: ProgressTracker) -> Callable[[ComfyEvent], Awaitable[None]]:
-        async def handle(event: ComfyEvent) -> None:
-            if isinstance(event, ExecutionStart):
-                await self.update(lambda j: transition(j, JobState.RUNNING) if can_transition(j.state, JobState.RUNNING)
-                                  and j.state is not JobState.RUNNING else j)
-                return
-            if isinstance(event, ExecutionCached):
-                progress = tracker.cached(event.nodes)
-            elif isinstance(event, Executing) and event.node is not None:
-                progress = tracker.executing(event.node)
-            elif isinstance(event, Progress):
-                progress = tracker.step(event.value, event.max, event.node)
-            else:
-                return
-            await self.update(lambda j: j.model_copy(update={"progress": progress}), event="progress")
-
-        return handle
-
-    async def _watch_cancel(self, client: ComfyClient, run: asyncio.Task[RunResult]) -> None:
-        while not run.done():
-            await asyncio.sleep(CANCEL_POLL_SECONDS)
-            job = await self.io(self.ctx.repo.get, self.job_id)
-            if job is not None and job.cancel_requested:
-                log.info("job %s: cancel requested, interrupting it on its pod", self.job_id)
-                await self._abort(client, run)
-                return
-
-    async def _abort(self, client: ComfyClient, run: asyncio.Task[RunResult]) -> None:
-        """Delete the prompt from the pod's queue and interrupt it; stop waiting after a grace period."""
-        try:
-            await asyncio.wait_for(client.cancel(self.job_id), timeout=5)
-        except (ComfyError, TimeoutError) as exc:
-            log.warning("job %s: interrupt on pod failed: %s", self.job_id, exc)
-        try:
-            await asyncio.wait_for(asyncio.shield(run), timeout=CANCEL_GRACE_SECONDS)
-        except (TimeoutError, ComfyError):
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ComfyError):
-                await run
-        await record_run_usage(client, self.ctx.conn, self.ctx.keys, self.ctx.repo, self.job_id)  # HOOK(reliability)
-
-    async def _finish(self, client: ComfyClient, result: RunResult) -> Job:
-        await record_run_usage(client, self.ctx.conn, self.ctx.keys, self.ctx.repo, self.job_id)  # HOOK(reliability)
-        job = await self.io(self.ctx.repo.require, self.job_id)
-        if result.status == "interrupted":
-            if job.cancel_requested:
-                err = JobError(code=ErrorCode.CANCELLED, message="cancelled while running")
-                return await self.update(lambda j: transition(j, JobState.CANCELLED, error=err))
-            raise JobOutcome(JobError(code=ErrorCode.WORKER_LOST, message="the prompt was interrupted on its pod"))
-        if result.status == "error":
-            failure = result.error
-            if failure is not None and failure.is_oom:
-                with contextlib.suppress(ComfyError):
-                    await client.free(unload_models=True, free_memory=True)
-                raise JobOutcome(JobError(code=ErrorCode.OUT_OF_MEMORY, message=failure.exception_message.strip()))
-            raise JobOutcome(execution_error(failure))
-        outputs = await self._store_outputs(client, job, result)
-        return await self.update(lambda j: transition(j, JobState.SUCCEEDED).model_copy(update={"outputs": outputs}))
 
     async def _store_outputs(self, client: ComfyClient, job: Job, result: RunResult) -> list[OutputFile]:
         stored: list[OutputFile] = []
@@ -275,47 +227,166 @@ class JobRun:
             try:
                 data = await client.view(ref)
             except ComfyError as exc:
-                raise JobOutcome(JobError(code=ErrorCode.WORKER_LOST,
-                                          message=f"could not fetch output {ref.filename}: {exc}")) from None
+                raise AttemptEnded(Ending(EndKind.ENDPOINT_LOST,
+                                          f"could not fetch output {ref.filename}: {exc}")) from None
             content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
             try:
-                stored.append(await self.io(self.ctx.store.put, job, ref.node_id, ref.filename, data, content_type))
+                stored.append(await self.ctx.io(self.ctx.store.put, job, ref.node_id, ref.filename, data,
+                                                content_type))
             except StorageError as exc:
-                raise JobOutcome(JobError(code=ErrorCode.STORAGE, message=str(exc))) from None
+                raise AttemptEnded(Ending(EndKind.STORAGE, str(exc))) from None
         return stored
 
-    async def _settle_failure(self, error: JobError) -> Job:
-        """Back to the queue when a retry can help and attempts remain; otherwise FAILED (or CANCELLED)."""
-        job = await self.io(self.ctx.repo.require, self.job_id)
-        if job.state.is_terminal:
-            return job
-        if job.cancel_requested:
-            err = JobError(code=ErrorCode.CANCELLED, message="cancelled while running")
-            return await self.update(lambda j: transition(j, JobState.CANCELLED, error=err))
-        if error.retryable and job.attempts < job.max_attempts:
-            log.warning("job %s attempt %d failed (%s), retrying", job.id, job.attempts, error.message)
-            return await self.update(lambda j: transition(j, JobState.QUEUED, error=error))
-        log.warning("job %s failed: %s", job.id, error.message)
-        return await self.update(lambda j: transition(j, JobState.FAILED, error=error))
+    # --- settling ---------------------------------------------------------------------------------
+    async def _settle(self, ending: Ending) -> Settled:
+        """Write the decision for this ending; the stored record may have moved (a cancel flag): re-read once."""
+        outputs = self.job.outputs if self.job is not None and ending.kind is EndKind.SUCCEEDED else None
+        while True:
+            current = await self.durable(self.ctx.repo.get, self.job_id)
+            if current is None:
+                return Settled(None, held_prompt=self.held_prompt)
+            if current.state.is_terminal:
+                return Settled(current, held_prompt=self.held_prompt)
+            decision = decide(ending, cancel_requested=current.cancel_requested or self.cancelled.is_set(),
+                              attempts=current.attempts, max_attempts=current.max_attempts)
+            after = _apply(current, decision, outputs)
+            try:
+                written = await self.durable(self.ctx.repo.write, current, after)
+            except StateChanged:
+                continue
+            except JobNotFound:
+                return Settled(None, held_prompt=self.held_prompt)
+            if decision.state is JobState.QUEUED:
+                log.warning("job %s attempt %d failed (%s), retrying", self.job_id, current.attempts,
+                            decision.error.message if decision.error else "")
+            elif decision.state is not JobState.SUCCEEDED:
+                log.info("job %s %s: %s", self.job_id, decision.state.value,
+                         decision.error.message if decision.error else "")
+            if decision.endpoint_unhealthy and self.endpoint is not None:
+                await self.best_effort(self.ctx.registry.mark_unhealthy, self.endpoint.id, ending.message)
+            return Settled(written, decision, held_prompt=self.held_prompt)
+
+    async def mark_running(self) -> None:
+        job = self.job
+        if job is None or job.state is JobState.RUNNING or not can_transition(job.state, JobState.RUNNING):
+            return
+        try:
+            self.job = await self.durable(self.ctx.repo.write, job, transition(job, JobState.RUNNING))
+        except (StateChanged, JobNotFound):
+            fresh = await self.durable(self.ctx.repo.get, self.job_id)
+            if fresh is not None:
+                self.job = fresh
+                if fresh.cancel_requested:
+                    self.cancelled.set()
 
 
-def validation_error(exc: ComfyValidationError) -> JobError:
-    nodes = [
-        {"node_id": n.node_id, "class_type": n.class_type,
-         "errors": [{"type": e.type, "message": e.message, "details": e.details, "input_name": e.input_name}
-                    for e in n.errors]}
-        for n in exc.node_errors
-    ]
-    return JobError(code=ErrorCode.VALIDATION, message=str(exc),
-                    details={"error_type": exc.error_type, "node_errors": nodes})
+def _apply(job: Job, decision: Decision, outputs: list[OutputFile] | None) -> Job:
+    after = transition(job, decision.state, error=decision.error)
+    if outputs is not None:
+        after = after.model_copy(update={"outputs": outputs})
+    return after
 
 
-def execution_error(err: Any) -> JobError:
-    if err is None:
-        return JobError(code=ErrorCode.EXECUTION, message="ComfyUI reported an error without details")
-    return JobError(
-        code=ErrorCode.EXECUTION,
-        message=f"node {err.node_id} ({err.node_type}) failed: {err.exception_type}: {err.exception_message.strip()}",
-        details={"node_id": err.node_id, "node_type": err.node_type, "exception_type": err.exception_type,
-                 "exception_message": err.exception_message},
-    )
+def _elapsed_since(moment: datetime | None) -> float:
+    return (utcnow() - moment).total_seconds() if moment is not None else 0.0
+
+
+class ProgressWriter:
+    """ComfyUI events -> the job's RUNNING state and progress field, coalesced to one write per interval."""
+
+    def __init__(self, run: JobRun, tracker: ProgressTracker):
+        self.run = run
+        self.tracker = tracker
+        self.latest: Any = None
+        self.written: Any = None
+        self.last_write = 0.0
+        self._pending: asyncio.Task[None] | None = None
+
+    async def on_event(self, event: ComfyEvent) -> None:
+        if isinstance(event, ExecutionStart):
+            await self.run.mark_running()
+            return
+        if isinstance(event, ExecutionCached):
+            self.latest = self.tracker.cached(event.nodes)
+        elif isinstance(event, Executing) and event.node is not None:
+            self.latest = self.tracker.executing(event.node)
+        elif isinstance(event, Progress):
+            self.latest = self.tracker.step(event.value, event.max, event.node)
+        else:
+            return
+        # Steps inside a node are coalesced; a node's start and its last step are always written.
+        milestone = self.written is None or self.latest.node != self.written.node or (
+            self.latest.max and self.latest.value >= self.latest.max)
+        if milestone:
+            if self._pending is not None and not self._pending.done():
+                self._pending.cancel()
+            await self._write()
+        elif self._pending is None or self._pending.done():
+            delay = max(0.0, self.last_write + PROGRESS_INTERVAL_SECONDS - time.monotonic())
+            self._pending = asyncio.create_task(self._write_after(delay))
+
+    async def _write_after(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await self._write()
+
+    async def _write(self) -> None:
+        job = self.run.job
+        if job is None or self.latest is None or self.latest == self.written:
+            return
+        progress = self.latest
+        self.last_write = time.monotonic()
+        self.written = progress
+        job = job.model_copy(update={"progress": progress})
+        self.run.job = job
+        await self.run.best_effort(self.run.ctx.repo.set_progress, job)
+
+    async def flush(self) -> None:
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pending
+        if self.run.job is not None and not self.run.job.state.is_terminal:
+            await self._write()
+
+
+async def wait_prompt_gone(client: ComfyClient, prompt_id: str) -> bool:
+    """Poll the pod's queue until prompt_id has left it; False if it is still there after HOLD_LIMIT_SECONDS."""
+    deadline = time.monotonic() + HOLD_LIMIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if prompt_id not in await client.queue():
+                return True
+        except ComfyError as exc:
+            log.info("holding endpoint %s for prompt %s: queue unreadable (%s)", client.base_url, prompt_id, exc)
+        await asyncio.sleep(HOLD_POLL_SECONDS)
+    return False
+
+
+def on_rq_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: Any) -> None:
+    """RQ failure callback, for RQ's own abandoned-job cleanup (an execution whose heartbeats stopped while no
+    dispatcher adopted it): settle the record when RQ gives up. A job still in flight is left to the
+    dispatcher that adopts it."""
+    import redis
+
+    from comfyfleet.dispatch.service import Dispatcher
+    from comfyfleet.jobs.model import ErrorCode, JobError
+
+    if (job.retries_left or 0) > 0:
+        return  # RQ will run it again; the record is (or will be) back in QUEUED
+    settings = DispatchSettings()
+    conn = redis.Redis.from_url(settings.redis_url)
+    try:
+        d = Dispatcher(conn, settings)
+        if conn.zscore(d.keys.inflight, job.id) is not None:
+            return
+        message = f"the job failed outside its dispatcher: {exc_type.__name__ if exc_type else 'unknown'}: {exc_value}"
+        error = JobError(code=ErrorCode.WORKER_LOST, message=message)
+        with contextlib.suppress(JobNotFound):
+            d.repo.update(job.id, lambda j: j if j.state.is_terminal else transition(j, JobState.FAILED, error=error))
+        endpoint = conn.get(d.keys.claim(job.id))
+        if endpoint:
+            d.registry.release_lease(endpoint.decode(), job.id)
+        d.scheduler.wake()
+    finally:
+        conn.close()

@@ -1,37 +1,58 @@
-"""Capacity-aware matching of queued jobs to free pods, done atomically under one Redis lock.
+"""Capacity-aware matching of queued jobs to free endpoints, done atomically under one Redis lock.
 
-A job leaves its RQ queue only together with a lease on a free pod that can run it. Queues are scanned
-highest priority first and, within a queue, in FIFO order; a job whose pods are all busy is skipped only
-in favour of a later job that a *different* free pod can run (backfill), so no job ever waits inside an
-RQ worker while a higher-priority job waits in the queue, and adding RQ workers cannot oversubscribe GPUs.
+A job leaves its RQ queue only together with a lease on a free endpoint that can run it. Queues are scanned
+highest priority first and, within a queue, in FIFO order; a job whose endpoints are all busy is skipped only
+in favour of a later job that a *different* free endpoint can run (backfill), so no job waits inside a
+dispatcher while a higher-priority job waits in the queue, and adding dispatchers cannot oversubscribe GPUs.
+
+One pass assigns as many (job, endpoint) pairs as the caller has free slots, in one write. What no endpoint
+can ever run does not stay in the scan: a job whose models no healthy endpoint of its pool has fails at once
+(`no_capable_worker`); a job for a pool with no healthy endpoint at all is parked outside the queue until one
+appears (the pool may be scaling up from zero); a record that cannot be read is quarantined as failed. So a
+backlog of jobs that cannot run never hides a runnable job behind it, and one bad record never stops a pass.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
-from rq.queue import Queue
 
 from comfyfleet.dispatch.registry import Registry
 from comfyfleet.dispatch.rqconf import SERIALIZER
 from comfyfleet.dispatch.selection import Candidate, Capability, capability, select_worker
-from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
-from comfyfleet.jobs.states import transition
-from comfyfleet.jobs.workflow import model_needs
-from comfyfleet.keys import Keys
-from comfyfleet.store.jobrepo import JobNotFound, JobRepo
+from comfyfleet.jobs.model import ErrorCode, JobError, JobState, utcnow
+from comfyfleet.jobs.states import can_transition, transition
+from comfyfleet.jobs.workflow import ModelNeeds
+from comfyfleet.keys import PRIORITIES, Keys
+from comfyfleet.store.jobrepo import JobNotFound, JobRepo, needs_of
 
 log = logging.getLogger(__name__)
 
-# Wake-up tokens are capped: they only need to say "something changed", not how often.
-_WAKE_CAP = 64
+# Ids read per LRANGE while scanning a queue; a pass stops early once every free endpoint is assigned.
+_PAGE = 256
+# Hard bound on queue entries one pass looks at per priority (cached compact records make each cheap).
+_SCAN_LIMIT = 5000
+
+# Adopt in-flight jobs whose dispatcher stopped renewing them. KEYS: inflight zset, owner hash.
+# ARGV: now, new deadline, adopter name, max count. Returns the adopted job ids.
+_ADOPT = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+  redis.call('HSET', KEYS[2], id, ARGV[3])
+end
+return ids
+"""
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,17 @@ class Claim:
     job_id: str
     endpoint_id: str
     queue_name: str
+    # True when this dispatcher took the job over from one that died: attach to its prompt, never post twice.
+    adopted: bool = False
+
+
+@dataclass
+class _Pass:
+    """What one claim pass decided, written in one transaction."""
+
+    claims: list[Claim] = field(default_factory=list)
+    checkpoints: dict[str, str | None] = field(default_factory=dict)
+    requeued: list[str] = field(default_factory=list)  # abandoned records put back to QUEUED first
 
 
 @contextmanager
@@ -52,6 +84,11 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _needs(info: dict[str, Any]) -> ModelNeeds:
+    raw = info.get("needs") or {}
+    return ModelNeeds(frozenset(raw.get("checkpoints") or ()), frozenset(raw.get("loras") or ()))
+
+
 class Scheduler:
     def __init__(self, conn: redis.Redis, keys: Keys, repo: JobRepo, registry: Registry,
                  lease_ttl: float, window: int):
@@ -61,87 +98,300 @@ class Scheduler:
         self.registry = registry
         self.lease_ttl = lease_ttl
         self.window = window
+        # Compact records of queued jobs (pool, needs, owner...): fixed once queued, so cached across passes.
+        self._compact: dict[str, dict[str, Any]] = {}
+        self._adopt = conn.register_script(_ADOPT)
+        # Figures for the dispatcher's /metrics: passes under the lock, claims made, seconds the lock was held.
+        self.passes = 0
+        self.claimed = 0
+        self.lock_held_seconds = 0.0
+
+    @property
+    def lease_ms(self) -> int:
+        """A lease outlives its in-flight deadline, so a dead dispatcher's job is adopted before its endpoint
+        could be leased to another job."""
+        return int(self.lease_ttl * 1500)
 
     def lock(self) -> redis.lock.Lock:
         # 10 s lock timeout: a claim takes milliseconds; a crashed holder must not block the fleet long.
-        return self.conn.lock(self.keys.schedule_lock, timeout=10, blocking_timeout=10)
+        # Waiting up to 5 s for it: a dispatcher that cannot get it backs off and tries on the next wake-up.
+        return self.conn.lock(self.keys.schedule_lock, timeout=10, blocking_timeout=5)
 
     def wake(self) -> None:
-        """Tell idle RQ workers that a job was queued or a pod freed."""
-        with self.conn.pipeline() as pipe:
-            pipe.lpush(self.keys.wake, "1")
-            pipe.ltrim(self.keys.wake, 0, _WAKE_CAP - 1)
+        """Tell dispatchers that a job was queued or an endpoint freed (coalesced by each listener)."""
+        self.conn.publish(self.keys.wake, "1")
+
+    # --- claiming ---------------------------------------------------------------------------------
+    def claim(self, owner: str = "") -> Claim | None:
+        """One (job, endpoint) pair, or None if nothing can run now."""
+        claims = self.claim_batch(1, owner=owner)
+        return claims[0] if claims else None
+
+    def claim_batch(self, slots: int, candidates: list[Candidate] | None = None, owner: str = "") -> list[Claim]:
+        """Up to `slots` (job, endpoint) pairs, each endpoint leased, each job out of its queue and DISPATCHED.
+
+        candidates: a recent registry snapshot (health and models change slowly); leases are re-read under
+        the lock, so the snapshot can never cause a double assignment. owner: the dispatcher that will run
+        the jobs (only it may renew their in-flight deadlines).
+        """
+        if slots <= 0:
+            return []
+        snapshot = candidates if candidates is not None else self.registry.candidates()
+        if not any(c.healthy for c in snapshot):
+            return []
+        with signals_deferred(), self.lock():
+            held_since = time.perf_counter()
+            try:
+                leased = self.registry.leases([c.id for c in snapshot])
+                # A snapshot may predate an endpoint's withdrawal (done under this lock): drop what is gone.
+                members = set(self.registry.ids()) if candidates is not None else None
+                cands = [replace(c, busy=c.id in leased) for c in snapshot if members is None or c.id in members]
+                self._unpark(cands)
+                if not any(c.healthy and not c.busy for c in cands):
+                    return []
+                plan = self._plan(slots, cands)
+                if plan.claims:
+                    self._commit(plan, owner)
+            finally:
+                self.passes += 1
+                self.lock_held_seconds += time.perf_counter() - held_since
+        self.claimed += len(plan.claims)
+        return plan.claims
+
+    def _plan(self, slots: int, cands: list[Candidate]) -> _Pass:
+        plan = _Pass()
+        names = self.keys.queue_names()
+        for priority, queue_name in zip(PRIORITIES, names, strict=True):
+            self._scan_queue(priority, queue_name, slots, cands, plan)
+            if len(plan.claims) >= slots or not any(c.healthy and not c.busy for c in cands):
+                break
+        return plan
+
+    def _scan_queue(self, priority: int, queue_name: str, slots: int, cands: list[Candidate], plan: _Pass) -> None:
+        queue_key = self.queue_key(queue_name)
+        blocked: set[tuple[str | None, frozenset[str], frozenset[str]]] = set()
+        window_left = self.window
+        start = 0
+        while start < _SCAN_LIMIT:
+            ids = [i.decode() for i in self.conn.lrange(queue_key, start, start + _PAGE - 1)]
+            if not ids:
+                return
+            start += len(ids)
+            for job_id, info in zip(ids, self._infos(ids), strict=True):
+                verdict = self._consider(job_id, info, queue_key, queue_name, cands, blocked, plan)
+                if verdict == "removed":
+                    start -= 1  # the list shifted left under us
+                elif verdict == "waits":
+                    window_left -= 1
+                if len(plan.claims) >= slots or window_left <= 0:
+                    return
+                if not any(c.healthy and not c.busy for c in cands):
+                    return
+
+    def _consider(self, job_id: str, info: dict[str, Any] | None, queue_key: str, queue_name: str,
+                  cands: list[Candidate], blocked: set[tuple[str | None, frozenset[str], frozenset[str]]],
+                  plan: _Pass) -> str:
+        """Decide one queued job: 'claimed', 'waits' (counts against the window), 'skipped' or 'removed'."""
+        if info is None:  # record gone (expired or cleaned)
+            self._drop(queue_key, job_id)
+            return "removed"
+        if "corrupt" in info:
+            self.repo.get(job_id)  # decoding quarantines it as failed
+            log.error("job %s: unreadable record (%s) taken out of the queue", job_id, info["corrupt"])
+            self._drop(queue_key, job_id)
+            return "removed"
+        state = JobState(info["state"])
+        if state.is_terminal:
+            self._drop(queue_key, job_id)
+            return "removed"
+        prefer = None
+        if state is not JobState.QUEUED:
+            # Back in the queue while its record says dispatched/running: RQ retried an execution it thought
+            # abandoned. If a live dispatcher runs (or adopted) it, the entry is a stray; else run it again,
+            # preferring the endpoint that may still hold its prompt.
+            if self.conn.zscore(self.keys.inflight, job_id) is not None:
+                self.conn.lrem(queue_key, 0, job_id)
+                return "removed"
+            prefer = info.get("worker")
+        needs = _needs(info)
+        pool = info.get("pool")
+        cls = (pool, needs.checkpoints, needs.loras)
+        if cls in blocked:
+            return "skipped"
+        able = capability(cands, needs, pool)
+        if able is Capability.MISSING_MODELS:
+            self._fail_no_capable_worker(queue_key, job_id, pool, needs, cands)
+            return "removed"
+        if able is Capability.NO_WORKERS:
+            if pool is not None:
+                self._park(queue_key, job_id, pool)
+                return "removed"
+            blocked.add(cls)
+            return "skipped"
+        pick = select_worker(cands, needs, pool, prefer=prefer)
+        if pick is None:
+            blocked.add(cls)
+            return "waits"
+        cands[cands.index(pick)] = replace(pick, busy=True)
+        plan.claims.append(Claim(job_id=job_id, endpoint_id=pick.id, queue_name=queue_name))
+        plan.checkpoints[job_id] = min(needs.checkpoints) if needs.checkpoints else None
+        if state is not JobState.QUEUED:
+            plan.requeued.append(job_id)
+        return "claimed"
+
+    def _infos(self, ids: list[str]) -> list[dict[str, Any] | None]:
+        fresh: dict[str, dict[str, Any] | None] = {}
+        missing = [i for i in ids if i not in self._compact]
+        for job_id, info in zip(missing, self.repo.compact_many(missing), strict=True):
+            if info is not None and "corrupt" not in info and info.get("needs") is None:
+                job = self.repo.get(job_id)  # a record written before `needs` existed
+                info["needs"] = needs_of(job) if job is not None else {}
+            fresh[job_id] = info
+            if info is not None and "corrupt" not in info and info.get("state") == JobState.QUEUED.value:
+                self._compact[job_id] = info
+        if len(self._compact) > 50_000:  # forget the oldest half; they are re-read on demand
+            for k in list(self._compact)[:25_000]:
+                del self._compact[k]
+        return [fresh[i] if i in fresh else self._compact.get(i) for i in ids]
+
+    def _commit(self, plan: _Pass, owner: str) -> None:
+        for job_id in plan.requeued:
+            self._requeue_abandoned(job_id)
+        now = utcnow()
+        stamp = time.time()
+        assert can_transition(JobState.QUEUED, JobState.DISPATCHED)
+        dispatched = JobState.DISPATCHED.value
+        with self.conn.pipeline(transaction=True) as pipe:
+            for c in plan.claims:
+                job_key = self.keys.job(c.job_id)
+                pipe.lrem(self.queue_key(c.queue_name), 0, c.job_id)
+                pipe.set(self.keys.lease(c.endpoint_id), c.job_id, px=self.lease_ms)
+                pipe.set(self.keys.claim(c.job_id), c.endpoint_id, ex=24 * 3600)
+                fields: dict[str, str] = {"last_assigned_at": str(stamp)}
+                if plan.checkpoints.get(c.job_id):
+                    fields["last_checkpoint"] = plan.checkpoints[c.job_id] or ""
+                pipe.hset(self.keys.pod(c.endpoint_id), mapping=fields)
+                # The QUEUED -> DISPATCHED move of jobs/states.transition, written field by field.
+                pipe.hset(job_key, mapping={"state": json.dumps(dispatched), "worker": json.dumps(c.endpoint_id),
+                                            "dispatched_at": json.dumps(now.isoformat()),
+                                            "updated_at": json.dumps(now.isoformat()), "error": "null"})
+                pipe.hincrby(job_key, "attempts", 1)
+                pipe.zadd(self.keys.inflight, {c.job_id: stamp + self.lease_ttl})
+                pipe.hset(self.keys.inflight_owner, c.job_id, owner)
+                self._compact.pop(c.job_id, None)
             pipe.execute()
 
-    def wait_for_wake(self, timeout: float) -> None:
-        self.conn.blpop([self.keys.wake], timeout=timeout)
-
-    def claim(self) -> Claim | None:
-        """Pick the next (job, pod) pair and lease the pod, or return None if nothing can run now."""
-        with signals_deferred(), self.lock():
-            candidates = self.registry.candidates()
-            if not any(c.healthy and not c.busy for c in candidates):
-                return None
-            for queue_name in self.keys.queue_names():
-                claim = self._claim_from(queue_name, candidates)
-                if claim is not None:
-                    return claim
-        return None
-
-    def _claim_from(self, queue_name: str, candidates: list[Candidate]) -> Claim | None:
-        queue_key = Queue(queue_name, connection=self.conn, serializer=SERIALIZER).key
-        ids = [i.decode() for i in self.conn.lrange(queue_key, 0, self.window - 1)]
-        for job_id, job in zip(ids, self.repo.get_many(ids), strict=True):
-            if job is None or job.state.is_terminal:
-                self.conn.lrem(queue_key, 0, job_id)
-                continue
-            needs = model_needs(job.workflow)
-            # A job still marked dispatched/running but back in the queue was abandoned by a dead RQ
-            # worker and retried by RQ; the pod it ran on may still hold its prompt, so prefer it.
-            prefer = job.worker if job.state is not JobState.QUEUED else None
-            if capability(candidates, needs, job.pool) is Capability.MISSING_MODELS:
-                self._fail_no_capable_worker(queue_key, job, candidates)
-                continue
-            pick = select_worker(candidates, needs, job.pool, prefer=prefer)
-            if pick is None:
-                continue
-            if not self.registry.try_lease(pick.id, job_id, self.lease_ttl):
-                candidates[candidates.index(pick)] = replace(pick, busy=True)
-                continue
-            self.conn.lrem(queue_key, 0, job_id)
-            # The claim record outlives the run's own timeout, so the runner always finds its pod.
-            self.conn.set(self.keys.claim(job_id), pick.id, ex=job.timeout_seconds + 3600)
-            self.registry.note_assignment(pick.id, min(needs.checkpoints) if needs.checkpoints else None)
-            self._mark_dispatched(job, pick.id)
-            return Claim(job_id=job_id, endpoint_id=pick.id, queue_name=queue_name)
-        return None
-
-    def _mark_dispatched(self, job: Job, endpoint_id: str) -> None:
-        def change(j: Job) -> Job:
-            if j.state is not JobState.QUEUED:
-                j = transition(j, JobState.QUEUED, error=JobError(code=ErrorCode.WORKER_LOST,
-                               message="the RQ worker running this job was lost; retrying"))
-            return transition(j, JobState.DISPATCHED, worker=endpoint_id)
-
+    def _requeue_abandoned(self, job_id: str) -> None:
+        error = JobError(code=ErrorCode.WORKER_LOST, message="the dispatcher running this job was lost; retrying")
         try:
-            self.repo.update(job.id, change)
+            self.repo.update(job_id, lambda j: transition(j, JobState.QUEUED, error=error)
+                             if not j.state.is_terminal and j.state is not JobState.QUEUED else j)
         except JobNotFound:
-            log.warning("job %s vanished while being dispatched", job.id)
+            pass
 
-    def _fail_no_capable_worker(self, queue_key: str, job: Job, candidates: list[Candidate]) -> None:
-        needs = model_needs(job.workflow)
-        pods = [c for c in candidates if c.healthy and (job.pool is None or c.pool == job.pool)]
+    # --- parking ----------------------------------------------------------------------------------
+    def _park(self, queue_key: str, job_id: str, pool: str) -> None:
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.lrem(queue_key, 0, job_id)
+            pipe.zadd(self.keys.parked(pool), {job_id: time.time()}, nx=True)
+            pipe.sadd(self.keys.parked_pools, pool)
+            pipe.execute()
+        log.info("job %s parked: pool %s has no healthy endpoint", job_id, pool)
+
+    def _unpark(self, cands: list[Candidate]) -> None:
+        pools = {p.decode() for p in self.conn.smembers(self.keys.parked_pools)}
+        live = {c.pool for c in cands if c.healthy}
+        for pool in sorted(pools & live):
+            ids = [i.decode() for i in self.conn.zrange(self.keys.parked(pool), 0, -1)]
+            infos = self.repo.compact_many(ids)
+            with self.conn.pipeline(transaction=True) as pipe:
+                # Back to the front of their queues, oldest first, as they were before parking.
+                for job_id, info in reversed(list(zip(ids, infos, strict=True))):
+                    if info is not None and "corrupt" not in info and info.get("state") == JobState.QUEUED.value:
+                        pipe.lpush(self.queue_key(self.keys.queue_name(int(info.get("priority") or 5))), job_id)
+                pipe.delete(self.keys.parked(pool))
+                pipe.srem(self.keys.parked_pools, pool)
+                pipe.execute()
+            log.info("pool %s has a healthy endpoint again: %d parked jobs back in their queues", pool, len(ids))
+
+    def parked_ids(self) -> list[str]:
+        """Every parked job id (jobs for pools with no healthy endpoint), oldest first per pool."""
+        pools = sorted(p.decode() for p in self.conn.smembers(self.keys.parked_pools))
+        with self.conn.pipeline(transaction=False) as pipe:
+            for pool in pools:
+                pipe.zrange(self.keys.parked(pool), 0, -1)
+            lists = pipe.execute()
+        return [i.decode() for ids in lists for i in ids]
+
+    def unqueue(self, job_id: str, priority: int, pool: str | None) -> None:
+        """Take a queued job out of wherever it waits (its queue or the parked set)."""
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.lrem(self.queue_key(self.keys.queue_name(priority)), 0, job_id)
+            if pool is not None:
+                pipe.zrem(self.keys.parked(pool), job_id)
+            pipe.execute()
+        self._compact.pop(job_id, None)
+
+    # --- recovery ---------------------------------------------------------------------------------
+    def adopt_expired(self, owner: str, slots: int) -> list[Claim]:
+        """Take over in-flight jobs whose dispatcher stopped renewing them (it died): at most `slots`."""
+        if slots <= 0:
+            return []
+        now = time.time()
+        if not self.conn.zrangebyscore(self.keys.inflight, "-inf", now, start=0, num=1):
+            return []
+        with signals_deferred(), self.lock():
+            ids = [i.decode() for i in self._adopt(keys=[self.keys.inflight, self.keys.inflight_owner],
+                                                   args=[now, now + self.lease_ttl, owner, slots])]
+            claims = []
+            for job_id in ids:
+                raw = self.conn.get(self.keys.claim(job_id))
+                endpoint_id = raw.decode() if raw else ""
+                if endpoint_id:
+                    holder = self.conn.get(self.keys.lease(endpoint_id))
+                    if holder is None:
+                        if not self.conn.set(self.keys.lease(endpoint_id), job_id, nx=True, px=self.lease_ms):
+                            endpoint_id = ""
+                    elif holder.decode() != job_id:
+                        endpoint_id = ""  # the endpoint went on to other work: this attempt is lost
+                    else:
+                        self.conn.pexpire(self.keys.lease(endpoint_id), self.lease_ms)
+                info = (self.repo.compact_many([job_id]) or [None])[0] or {}
+                priority = int(info.get("priority") or 5) if "corrupt" not in info else 5
+                claims.append(Claim(job_id, endpoint_id, self.keys.queue_name(priority), adopted=True))
+                log.warning("adopted job %s (endpoint %s) from a dispatcher that stopped", job_id, endpoint_id or "-")
+        return claims
+
+    # --- failing fast -----------------------------------------------------------------------------
+    def _fail_no_capable_worker(self, queue_key: str, job_id: str, pool: str | None, needs: ModelNeeds,
+                                candidates: list[Candidate]) -> None:
+        pods = [c for c in candidates if c.healthy and (pool is None or c.pool == pool)]
         have = sorted(set().union(*(c.checkpoints | c.loras for c in pods))) if pods else []
         missing = needs.missing_on(set().union(*(c.checkpoints for c in pods)), set().union(*(c.loras for c in pods)))
         error = JobError(
             code=ErrorCode.NO_CAPABLE_WORKER,
-            message=f"no ready worker{' in pool ' + job.pool if job.pool else ''} has {', '.join(missing)}",
+            message=f"no ready worker{' in pool ' + pool if pool else ''} has {', '.join(missing)}",
             details={"missing": missing, "available": have},
         )
-        self.conn.lrem(queue_key, 0, job.id)
-        self.repo.update(job.id, lambda j: transition(j, JobState.FAILED, error=error))
-        drop_rq_job(self.conn, job.id)
-        log.info("job %s failed fast: %s", job.id, error.message)
+        self.conn.lrem(queue_key, 0, job_id)
+        self._compact.pop(job_id, None)
+        try:
+            self.repo.update(job_id, lambda j: transition(j, JobState.FAILED, error=error)
+                             if not j.state.is_terminal else j)
+        except JobNotFound:
+            pass
+        drop_rq_job(self.conn, job_id)
+        log.info("job %s failed fast: %s", job_id, error.message)
+
+    def _drop(self, queue_key: str, job_id: str) -> None:
+        self.conn.lrem(queue_key, 0, job_id)
+        self._compact.pop(job_id, None)
+        drop_rq_job(self.conn, job_id)
+
+    @staticmethod
+    def queue_key(queue_name: str) -> str:
+        """RQ's list key for a queue name (rq.Queue.key, without building a Queue per call)."""
+        return f"rq:queue:{queue_name}"
 
 
 def drop_rq_job(conn: redis.Redis, job_id: str) -> None:

@@ -67,6 +67,13 @@ class Dispatcher:
         job, created = self.repo.create(job)
         if not created:
             return job, False
+        self.enqueue(job)
+        self.scheduler.wake()
+        log.info("queued job %s (owner %s, priority %s)", job.id, job.owner, job.priority)
+        return job, True
+
+    def enqueue(self, job: Job) -> None:
+        """Put the RQ job for a stored record on the queue of its priority."""
         self.queue(job.priority).enqueue_call(
             RUN_JOB,
             args=(job.id,),
@@ -79,9 +86,6 @@ class Dispatcher:
             on_failure=Callback(ON_FAILURE),
             description=f"comfyfleet job {job.id} for {job.owner}",
         )
-        self.scheduler.wake()
-        log.info("queued job %s (owner %s, priority %s)", job.id, job.owner, job.priority)
-        return job, True
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one never runs; a running one is interrupted on its pod by its runner.
@@ -93,15 +97,22 @@ class Dispatcher:
             if job.state.is_terminal:
                 raise InvalidTransition(job.state, JobState.CANCELLED)
             if job.state is JobState.QUEUED:
-                self.queue(job.priority).remove(job_id)
+                self.scheduler.unqueue(job_id, job.priority, job.pool)
                 drop_rq_job(self.conn, job_id)
                 error = JobError(code=ErrorCode.CANCELLED, message="cancelled while queued")
                 return self.repo.update(job_id, lambda j: transition(j, JobState.CANCELLED, error=error))
-            # Dispatched or running: the runner watches this flag, interrupts the pod and finishes the job.
-            return self.repo.update(job_id, request_cancel)
+            # Dispatched or running: its dispatcher hears this at once, interrupts the pod and finishes the job.
+            job = self.repo.update(job_id, request_cancel)
+        self.conn.publish(self.keys.cancel, job_id)
+        return job
 
     def stats(self) -> QueueStats:
         by_priority = {p: self.queue(p).count for p in PRIORITIES}
+        parked = self.scheduler.parked_ids()
+        for info in self.repo.compact_many(parked):
+            if info is not None and "corrupt" not in info:
+                p = int(info.get("priority") or 5)
+                by_priority[p] = by_priority.get(p, 0) + 1
         active = sum(StartedJobRegistry(queue=self.queue(p)).count for p in PRIORITIES)
         retrying = sum(ScheduledJobRegistry(queue=self.queue(p)).count for p in PRIORITIES)
         counters = self.repo.counters()
@@ -119,11 +130,10 @@ class Dispatcher:
     def queued_by_pool(self) -> dict[str | None, int]:
         """Queued jobs per target pool (None = any pool), for the operator's autoscaler."""
         counts: dict[str | None, int] = {}
-        for p in PRIORITIES:
-            ids = self.queue(p).get_job_ids()
-            for job in self.repo.get_many(ids):
-                if job is not None and not job.state.is_terminal:
-                    counts[job.pool] = counts.get(job.pool, 0) + 1
+        ids = [i for p in PRIORITIES for i in self.queue(p).get_job_ids()] + self.scheduler.parked_ids()
+        for info in self.repo.compact_many(ids):
+            if info is not None and "corrupt" not in info and not JobState(info["state"]).is_terminal:
+                counts[info.get("pool")] = counts.get(info.get("pool"), 0) + 1
         return counts
 
     def clean(self, older_than: float | None = None) -> int:

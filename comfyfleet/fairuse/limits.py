@@ -136,9 +136,13 @@ class FairUse:
             pipe.execute()
 
     def queued_total(self) -> int:
-        with self.conn.pipeline() as pipe:
+        """Jobs waiting: in the RQ queues, plus those parked for a pool with no healthy endpoint."""
+        parked_pools = [p.decode() for p in self.conn.smembers(self.keys.parked_pools)]
+        with self.conn.pipeline(transaction=False) as pipe:
             for name in self.keys.queue_names():
                 pipe.llen(Queue(name, connection=self.conn, serializer=SERIALIZER).key)
+            for pool in parked_pools:
+                pipe.zcard(self.keys.parked(pool))
             return sum(int(n) for n in pipe.execute())
 
     def in_flight(self, owner: str) -> int:

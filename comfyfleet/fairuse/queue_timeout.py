@@ -42,29 +42,25 @@ def queue_timeout_error(job: Job, default_seconds: int) -> JobError:
 
 
 def sweep_queue_timeouts(dispatcher: Dispatcher, default_seconds: int, now: datetime | None = None) -> list[str]:
-    """Fail every queued job past its queue deadline; returns their ids."""
+    """Fail every queued job (in its RQ queue or parked for a pool with no healthy endpoint) past its
+    queue deadline; returns their ids."""
     now = now or utcnow()
+    ids = [i for p in PRIORITIES for i in dispatcher.queue(p).get_job_ids()] + dispatcher.scheduler.parked_ids()
     failed: list[str] = []
-    for priority in PRIORITIES:
-        queue = dispatcher.queue(priority)
-        ids = queue.get_job_ids()
-        for start in range(0, len(ids), BATCH):
-            chunk = ids[start:start + BATCH]
-            due = [i for i, job in zip(chunk, dispatcher.repo.get_many(chunk), strict=True)
-                   if expired(job, now, default_seconds)]
-            for job_id in due:
-                if _fail_if_still_due(dispatcher, job_id, priority, default_seconds, now):
-                    failed.append(job_id)
+    for start in range(0, len(ids), BATCH):
+        chunk = ids[start:start + BATCH]
+        due = [i for i, job in zip(chunk, dispatcher.repo.get_many(chunk), strict=True)
+               if expired(job, now, default_seconds)]
+        failed += [job_id for job_id in due if _fail_if_still_due(dispatcher, job_id, default_seconds, now)]
     return failed
 
 
-def _fail_if_still_due(dispatcher: Dispatcher, job_id: str, priority: int, default_seconds: int,
-                       now: datetime) -> bool:
+def _fail_if_still_due(dispatcher: Dispatcher, job_id: str, default_seconds: int, now: datetime) -> bool:
     with signals_deferred(), dispatcher.scheduler.lock():
         job = dispatcher.repo.get(job_id)
         if job is None or not expired(job, now, default_seconds):
             return False  # claimed or cancelled meanwhile
-        dispatcher.queue(priority).remove(job_id)
+        dispatcher.scheduler.unqueue(job_id, job.priority, job.pool)
         drop_rq_job(dispatcher.conn, job_id)
         error = queue_timeout_error(job, default_seconds)
         dispatcher.repo.update(job_id, lambda j: transition(j, JobState.FAILED, error=error))

@@ -9,20 +9,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from comfyfleet.comfy.models import (  # the one reader of ComfyUI's catalog forms
+    combo_input,
+    combo_options,
+    literal_value,
+)
 from comfyfleet.jobs.model import Workflow
 from comfyfleet.jobs.workflow import NodeIssue, check_shape, is_link
 
-_SCALARS = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}
-
-
-def combo_options(spec: Any) -> list[Any] | None:
-    """Options of a COMBO input in either catalog form: [[a, b], {...}] or ["COMBO", {"options": [...]}]."""
-    if isinstance(spec, list) and spec:
-        if isinstance(spec[0], list):
-            return spec[0]
-        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-            return list(spec[1].get("options", []))
-    return None
+_SCALARS: dict[str, type | tuple[type, ...]] = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}
 
 
 def validate_workflow(workflow: Workflow, catalog: dict[str, Any] | None,
@@ -75,6 +70,7 @@ def _check_inputs(workflow: Workflow, node_id: str, cls: str, inputs: dict[str, 
                 issues.append(NodeIssue(node_id, f"links to output {value[1]} of node {value[0]}, which has "
                                         f"{len(outputs)} outputs", cls, name, type="bad_link"))
             continue
+        value = literal_value(value)
         if not strict_files and is_file_like(combo_options(input_spec), value):
             continue
         issues.extend(_check_value(node_id, cls, name, value, input_spec))
@@ -133,9 +129,10 @@ def _merge_combos(into: dict[str, Any], other: dict[str, Any]) -> None:
 
 
 def _check_value(node_id: str, cls: str, name: str, value: Any, input_spec: Any) -> list[NodeIssue]:
-    options = combo_options(input_spec)
-    if options is not None:
-        if value not in options:
+    combo = combo_input(input_spec)
+    if combo is not None:
+        options = combo.options
+        if combo.rejected(value):
             shown = ", ".join(map(str, options[:10])) + (" …" if len(options) > 10 else "")
             return [NodeIssue(node_id, f"value {value!r} not in list [{shown}]", cls, name, type="value_not_in_list")]
         return []

@@ -102,7 +102,13 @@ def model_needs(workflow: Workflow) -> ModelNeeds:
 
 
 def workflow_hash(workflow: Workflow) -> str:
-    return hashlib.sha256(json.dumps(workflow, sort_keys=True).encode()).hexdigest()
+    """sha256 of the graph as canonical JSON: equal graphs hash equal whatever their key order.
+
+    Stored with outputs (Storage metadata) and job records (Firestore): changing the canonical form
+    changes every stored hash.
+    """
+    canonical = json.dumps(workflow, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _nodes_of(workflow: Workflow, classes: set[str] | dict[str, str]) -> list[str]:

@@ -15,14 +15,16 @@ import copy
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-import kopf
 import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+A = TypeVar("A")
 
 # Seconds before a single API call gives up: a hung connection must not stall a reconcile pass for
 # longer than a handful of probe intervals (kopf retries the pass).
@@ -48,19 +50,19 @@ def load_api_client() -> ApiClient:
     """An ApiClient for the operator's own identity: in-cluster ServiceAccount, else $KUBECONFIG."""
     config = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config(client_configuration=config)
+        kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=config)
+        kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
     return ApiClient(config)
 
 
-def quantities_as_strings(pod: dict[str, Any]) -> dict[str, Any]:
+def quantities_as_strings(pod: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a pod manifest whose resource quantities are strings (`{"nvidia.com/gpu": "1"}`).
 
     The API server takes numbers or strings, but the official client (v37+) validates bodies into
     its typed models, which declare quantities as strings only.
     """
-    out = copy.deepcopy(pod)
+    out = copy.deepcopy(dict(pod))
     spec = out.get("spec") or {}
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         resources = container.get("resources") or {}
@@ -70,7 +72,7 @@ def quantities_as_strings(pod: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _unless(status: int, answer: Any, request: Callable[[], Any]) -> Any:
+def _unless(status: int, answer: A, request: Callable[[], R]) -> R | A:
     """request(), or answer when the API server replies with status (409 on create, 404 on read/delete): those
     are expected outcomes here, not errors."""
     try:
@@ -92,38 +94,45 @@ class KubeGateway:
         """Pods matching a label selector, as JSON dicts (a consistent read, not a cache)."""
 
         def call() -> list[dict[str, Any]]:
-            resp = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False,
-                                                 _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            # _preload_content=False: the raw response (its JSON), not the client's model classes.
+            resp: Any = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False,
+                                                      _request_timeout=REQUEST_TIMEOUT_SECONDS)
             return list(json.loads(resp.data).get("items") or [])
 
         return await self._call(f"list pods {namespace}/{selector}", call)
 
-    async def create_owned(self, obj: dict[str, Any], owner: Mapping[str, Any]) -> bool:
-        """Create a pod or Service owned by owner (kopf.adopt); False if one of that name exists (409)."""
-        kopf.adopt(obj, owner=owner)  # type: ignore[arg-type]
+    async def create_owned(self, obj: Mapping[str, Any]) -> bool:
+        """Create a pod or Service as built; False if one of that name exists (409).
+
+        The builders (operator/builders.py) already give it its namespace, labels and controller owner
+        reference, so nothing is added here (no kopf.adopt: it would copy the pool's own labels onto
+        the pod) and the caller's dict is not changed.
+        """
         kind, namespace = obj["kind"], obj["metadata"]["namespace"]
-        if kind == "Pod":
-            obj = quantities_as_strings(obj)
-        create = self.core.create_namespaced_pod if kind == "Pod" else self.core.create_namespaced_service
+        body = quantities_as_strings(obj) if kind == "Pod" else copy.deepcopy(dict(obj))
+        # Bodies are JSON dicts, which the client accepts beside its model classes (its types say models only).
+        create: Callable[..., Any] = (
+            self.core.create_namespaced_pod if kind == "Pod" else self.core.create_namespaced_service
+        )
 
         def created() -> bool:
-            create(namespace, obj, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            create(namespace, body, _request_timeout=REQUEST_TIMEOUT_SECONDS)
             return True
 
         return await self._call(f"create {kind} {namespace}/{obj['metadata']['name']}",
                                 lambda: _unless(409, False, created))
 
-    async def ensure_service(self, obj: dict[str, Any], owner: Mapping[str, Any]) -> bool:
+    async def ensure_service(self, obj: Mapping[str, Any]) -> bool:
         """Create the Service unless it exists; True when it was created now."""
         if await self.read_service(obj["metadata"]["namespace"], obj["metadata"]["name"]) is not None:
             return False
-        return await self.create_owned(obj, owner)
+        return await self.create_owned(obj)
 
     async def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Service as a JSON dict, or None if it does not exist."""
 
         def call() -> dict[str, Any] | None:
-            resp = _unless(404, None, lambda: self.core.read_namespaced_service(
+            resp: Any = _unless(404, None, lambda: self.core.read_namespaced_service(
                 name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_SECONDS))
             return None if resp is None else dict(json.loads(resp.data))
 
@@ -145,11 +154,11 @@ class KubeGateway:
         return await self._call(f"delete {kind} {namespace}/{name}", lambda: _unless(404, False, deleted))
 
     @staticmethod
-    async def _call(action: str, fn: Any) -> Any:
+    async def _call(action: str, fn: Callable[[], R]) -> R:
         try:
             return await asyncio.to_thread(fn)
         except ApiException as exc:
             raise KubeError(action, exc) from exc
 
     def close(self) -> None:
-        self.api.close()
+        self.api.close()  # type: ignore[no-untyped-call]

@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 import redis
 
-from comfyfleet.operator import jobs, workers
+from comfyfleet.operator import job_handlers, workers
 from comfyfleet.operator.models import GROUP, JOB_PLURAL, VERSION, WORKER_PLURAL
 from comfyfleet.operator.runtime import Runtime
 from comfyfleet.settings import OperatorSettings
@@ -76,10 +76,10 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                registry=registry)(workers.comfyuiworker_reconcile)
 
     sync = settings.job_sync_interval_seconds
-    on.create(*job, id="generationjob_create", backoff=sync, registry=registry)(jobs.generationjob_create)
-    on.delete(*job, id="generationjob_delete", backoff=sync, registry=registry)(jobs.generationjob_delete)
-    kopf.timer(*job, id="generationjob_sync", interval=sync, backoff=sync, when=jobs.job_in_flight,
-               registry=registry)(jobs.generationjob_sync)
+    on.create(*job, id="generationjob_create", backoff=sync, registry=registry)(job_handlers.generationjob_create)
+    on.delete(*job, id="generationjob_delete", backoff=sync, registry=registry)(job_handlers.generationjob_delete)
+    kopf.timer(*job, id="generationjob_sync", interval=sync, backoff=sync, when=job_handlers.job_in_flight,
+               registry=registry)(job_handlers.generationjob_sync)
 
     on.login(id="login", registry=registry)(kopf.login_via_client)
     on.probe(id="redis", registry=registry)(probe_redis)

@@ -36,7 +36,7 @@ class OperatorMetrics:
 
     def observe_pool(self, namespace: str, pool: str, states: Iterable[str], desired: int, queue: int) -> None:
         """Record one reconcile pass of a pool."""
-        counts = dict.fromkeys(WORKER_STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(WORKER_STATES, 0)
         for state in states:
             counts[state] = counts.get(state, 0) + 1
         for state, count in counts.items():

@@ -10,14 +10,15 @@ does not know, and an operator one release behind its CRD must still read newer 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic.alias_generators import to_camel
 
-from comfyfleet.jobs.params import MAX_SEED
+from comfyfleet.jobs.params import GenerateParams
 
 GROUP = "comfyfleet.io"
 VERSION = "v1alpha1"
@@ -33,10 +34,15 @@ SHA256_HEX = r"^[a-f0-9]{64}$"
 # ComfyUI model sub-folders are plain directory names (checkpoints, loras, vae, controlnet, ...).
 MODEL_FOLDER = r"^[a-z0-9_]+$"
 TEMPLATE_NAME = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
-# Output file name prefixes: no spaces or shell specials (same rule as the API's GenerateParams).
-FILENAME_PREFIX = r"^[\w\-./]+$"
 
 IntOrString = int | str
+
+
+def namespace_of(namespace: str | None) -> str:
+    """The namespace kopf passes to our handlers: both CRDs are Namespaced, so there always is one."""
+    if not namespace:
+        raise ValueError("a comfyfleet custom resource without a namespace: the CRDs are Namespaced")
+    return namespace
 
 
 class CamelModel(BaseModel):
@@ -77,7 +83,7 @@ def rfc3339(moment: datetime | float) -> str:
 
 
 def set_condition(
-    conditions: list[Mapping[str, Any]] | None,
+    conditions: Sequence[Mapping[str, Any]] | None,
     type_: str,
     status: ConditionStatus,
     reason: str,
@@ -261,28 +267,27 @@ class ComfyUIWorkerStatus(CamelModel):
 # GenerationJob spec
 
 
-class GenerationParams(CamelModel):
-    """Parameters applied to the template (or workflow); unset ones keep the graph's own values.
+def camel_twin(model: type[BaseModel], name: str, doc: str, exclude: frozenset[str]) -> type[CamelModel]:
+    """A CamelModel with `model`'s fields (types, limits, defaults) minus `exclude`, under camelCase aliases."""
+    fields: dict[str, Any] = {
+        field: (info.annotation, copy.copy(info)) for field, info in model.model_fields.items() if field not in exclude
+    }
+    return create_model(name, __base__=CamelModel, __doc__=doc, __module__=__name__, **fields)
 
-    The camelCase twin of `comfyfleet.jobs.params.GenerateParams` (same names in snake_case, same
-    limits), minus `image`: input images are uploaded through the API, which kubectl cannot do.
-    """
 
-    prompt: str | None = Field(None, max_length=10_000)
-    negative_prompt: str | None = Field(None, max_length=10_000)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    steps: int | None = Field(None, ge=1, le=150)
-    cfg: float | None = Field(None, ge=0, le=30)
-    width: int | None = Field(None, ge=64, le=4096, multiple_of=8)
-    height: int | None = Field(None, ge=64, le=4096, multiple_of=8)
-    batch_size: int | None = Field(None, ge=1, le=16)
-    sampler_name: str | None = Field(None, max_length=64)
-    scheduler: str | None = Field(None, max_length=64)
-    denoise: float | None = Field(None, ge=0, le=1)
-    checkpoint: str | None = Field(None, max_length=255)
-    lora: str | None = Field(None, max_length=255)
-    lora_strength: float | None = Field(None, ge=-10, le=10)
-    filename_prefix: str | None = Field(None, max_length=128, pattern=FILENAME_PREFIX)
+# The job model's GenerateParams is the one definition of the generation parameters and their limits;
+# the CRD schema is checked against this twin (tests/unit/test_crds.py), so all three agree.
+if TYPE_CHECKING:
+    GenerationParams = CamelModel
+else:
+    GenerationParams = camel_twin(
+        GenerateParams,
+        "GenerationParams",
+        "Parameters applied to the template (or workflow); unset ones keep the graph's own values.\n\n"
+        "`comfyfleet.jobs.params.GenerateParams` under camelCase names, minus `image`: input images are\n"
+        "uploaded through the API, which kubectl cannot do.",
+        exclude=frozenset({"image"}),
+    )
 
 
 class GenerationJobSpec(CamelModel):

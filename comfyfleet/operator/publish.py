@@ -69,8 +69,8 @@ class PoolPublisher:
     def refresh(self, endpoint_ids: Iterable[str]) -> dict[str, Endpoint]:
         """Re-read endpoints after probing (health and failure counts).
 
-        Through `Registry.list`, which skips half-written hashes (a late `note_assignment` on a
-        withdrawn endpoint) that `Registry.get` would fail to parse.
+        Through `Registry.endpoints` (via `published`), which skips half-written hashes (a late
+        `note_assignment` on a withdrawn endpoint) that `Registry.get` would fail to parse.
         """
         wanted = set(endpoint_ids)
         return {i: e for i, e in self.published().items() if i in wanted}

@@ -16,7 +16,7 @@ import redis
 
 from comfyfleet.dispatch.health import HealthMonitor
 from comfyfleet.dispatch.service import Dispatcher
-from comfyfleet.operator.jobsync import JobDefaults
+from comfyfleet.operator.job_spec import JobDefaults
 from comfyfleet.operator.k8s import KubeGateway, load_api_client
 from comfyfleet.operator.metrics import OperatorMetrics
 from comfyfleet.operator.models import ProbeSpec

@@ -16,7 +16,6 @@ Handlers return nothing (status schemas keep no unknown fields); they write `pat
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -34,7 +33,7 @@ from comfyfleet.operator.builders import (
     service_name_for,
 )
 from comfyfleet.operator.k8s import KubeError
-from comfyfleet.operator.models import ComfyUIWorkerSpec, set_condition, spec_problem
+from comfyfleet.operator.models import ComfyUIWorkerSpec, namespace_of, set_condition, spec_problem
 from comfyfleet.operator.pods import (
     ObservedPod,
     after_changes,
@@ -86,7 +85,7 @@ async def comfyuiworker_resume(body: kopf.Body, patch: kopf.Patch, memo: kopf.Me
 
 
 async def comfyuiworker_reconcile(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """Timer, every probe interval: probe pods, publish/withdraw, autoscale, replace failures, status."""
     await asyncio.to_thread(declare_pool, memo.runtime.dispatcher, body["metadata"]["name"])  # HOOK(reliability)
@@ -98,26 +97,27 @@ async def comfyuiworker_reconcile(
 
 
 async def comfyuiworker_delete(
-    body: kopf.Body, name: str, namespace: str, uid: str, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    body: kopf.Body, name: str, namespace: str | None, uid: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """The pool is being deleted: withdraw its endpoints, delete its pods and Service (finalizer)."""
     rt: Runtime = memo.runtime
-    publisher = PoolPublisher(rt.dispatcher, namespace, name)
+    ns = namespace_of(namespace)
+    publisher = PoolPublisher(rt.dispatcher, ns, name)
     try:
         async with rt.lock_for(uid):
             withdrawn = await asyncio.to_thread(publisher.withdraw_all)
-            pods = [p for p in await rt.kube.list_pods(namespace, selector_for(name)) if owned_by(p, uid)]
+            pods = [p for p in await rt.kube.list_pods(ns, selector_for(name)) if owned_by(p, uid)]
             for pod in pods:
-                await rt.kube.delete_pod(namespace, pod["metadata"]["name"])
-            service = await rt.kube.read_service(namespace, service_name_for(name))
+                await rt.kube.delete_pod(ns, pod["metadata"]["name"])
+            service = await rt.kube.read_service(ns, service_name_for(name))
             if service is not None and owned_by(service, uid):
-                await rt.kube.delete_service(namespace, service_name_for(name))
+                await rt.kube.delete_service(ns, service_name_for(name))
     except (KubeError, redis.RedisError) as exc:
         raise kopf.TemporaryError(f"cleanup of pool {name} failed: {exc}",
                                   delay=rt.settings.probe_interval_seconds) from exc
     logger.info("pool %s deleted: withdrew %d endpoint(s), deleted %d pod(s)", name, len(withdrawn), len(pods))
     rt.forget(uid)
-    rt.metrics.forget_pool(namespace, name)
+    rt.metrics.forget_pool(ns, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ async def reconcile_pool(rt: Runtime, body: kopf.Body, patch: kopf.Patch) -> Non
     publisher = PoolPublisher(rt.dispatcher, namespace, name)
     try:
         async with rt.lock_for(uid):
-            await rt.kube.ensure_service(build_headless_service(name, namespace, spec, uid), owner=body)
+            await rt.kube.ensure_service(build_headless_service(name, namespace, spec, uid))
             listed = await rt.kube.list_pods(namespace, selector_for(name))
             pods = [observe_pod(p, spec.port) for p in listed if owned_by(p, uid)]
             health, jobs = await _sync_registry(rt, publisher, spec, uid, namespace, pods)
@@ -216,7 +216,7 @@ async def _apply(
     for _ in range(decision.create):
         for _attempt in range(CREATE_ATTEMPTS):
             pod_name = pod_name_for(name)
-            if await rt.kube.create_owned(build_worker_pod(name, namespace, spec, pod_name, uid), owner=body):
+            if await rt.kube.create_owned(build_worker_pod(name, namespace, spec, pod_name, uid)):
                 created.append(pod_name)
                 break
     replaced = len(decision.replace)

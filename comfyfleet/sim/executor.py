@@ -7,6 +7,7 @@ execution_error / execution_interrupted; history is written before the final `ex
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -229,7 +230,8 @@ class PromptExecutor:
             if run.prompt[node_id]["class_type"] == "KSampler":
                 return node_id
         non_output = [n for n in order if not NODE_CLASSES[run.prompt[n]["class_type"]].output_node]
-        return (non_output or order or [None])[0]
+        candidates = non_output or order
+        return candidates[0] if candidates else None
 
     def _execute_node(self, run: _Run, node_id: str) -> None:
         class_type = run.prompt[node_id]["class_type"]
@@ -321,7 +323,7 @@ class PromptExecutor:
             extra_pnginfo=run.extra_data.get("extra_pnginfo"),
             dirs=self.dirs,
             step_seconds=self.faults.step_seconds,
-            progress=lambda value, total, preview=None: self._step(run, node_id, value, total, preview),
+            progress=functools.partial(self._step, run, node_id),
             temp_prefix=temp_prefix,
         )
 

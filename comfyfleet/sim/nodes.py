@@ -8,6 +8,7 @@ identical for identical inputs, across processes too.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -154,7 +155,7 @@ def ksampler(
     for step in range(steps):
         if ctx.step_seconds:
             time.sleep(ctx.step_seconds)
-        ctx.progress(step + 1, steps, lambda step=step: _preview(seed, lat, step + 1, steps))
+        ctx.progress(step + 1, steps, functools.partial(_preview, seed, lat, step + 1, steps))
     fp = _fingerprint(
         "sample", model.ckpt, model.loras, seed, steps, cfg, sampler_name, scheduler,
         positive.text, positive.clip.loras, negative.text, latent_image.fingerprint, denoise,
@@ -247,7 +248,8 @@ def image_scale(
 def load_image(ctx: NodeContext, image: str) -> NodeResult:
     path = input_file_path(image, ctx.dirs)
     img = Image.open(str(path))  # a non-image raises PIL.UnidentifiedImageError, as in ComfyUI
-    frames, masks = [], []
+    frames: list[Image.Image] = []
+    masks: list[Image.Image] = []
     for frame in ImageSequence.Iterator(img):
         frame = ImageOps.exif_transpose(frame) or frame
         if frames and frame.size != frames[0].size:

@@ -12,7 +12,7 @@ from typing import Any
 MAXIMUM_HISTORY_SIZE = 10000
 
 # Queue item: (number, prompt_id, prompt, extra_data, outputs_to_execute, sensitive extra_data)
-QueueItem = tuple[Any, str, dict, dict, list, dict]
+QueueItem = tuple[Any, str, dict[str, Any], dict[str, Any], list[str], dict[str, Any]]
 
 
 class PromptQueue:
@@ -62,7 +62,7 @@ class PromptQueue:
             }
             self.on_update()
 
-    def current(self) -> tuple[list[list], list[list]]:
+    def current(self) -> tuple[list[list[Any]], list[list[Any]]]:
         """(running, pending) as GET /queue lists them: 5-element lists, pending in heap order."""
         with self.mutex:
             running = [list(x[:5]) for x in self.running.values()]
@@ -92,7 +92,9 @@ class PromptQueue:
             self.queue = []
             self.on_update()
 
-    def get_history(self, prompt_id: str | None = None, max_items: int | None = None, offset: int = -1) -> dict:
+    def get_history(
+        self, prompt_id: str | None = None, max_items: int | None = None, offset: int = -1
+    ) -> dict[str, Any]:
         with self.mutex:
             if prompt_id is not None:
                 return {prompt_id: copy.deepcopy(self.history[prompt_id])} if prompt_id in self.history else {}

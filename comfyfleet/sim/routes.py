@@ -71,7 +71,7 @@ async def get_queue(request: web.Request) -> web.Response:
 
 
 async def _clear_or_delete(
-    request: web.Request, clear: Callable[[], None], delete: Callable[[str], None]
+    request: web.Request, clear: Callable[[], object], delete: Callable[[str], object]
 ) -> web.Response:
     """POST /queue and POST /history share ComfyUI's body: {"clear": true} and/or {"delete": [ids]}."""
     json_data = await request.json()

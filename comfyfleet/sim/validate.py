@@ -76,7 +76,7 @@ class _Validator:
         self.custom = {"LoadImage": _load_image_check(dirs)}
         self.validated: dict[str, tuple[bool, list[Error], str]] = {}
 
-    def inputs(self, unique_id: str) -> tuple[bool, list[Error], str]:  # noqa: C901 - a port, kept in one piece
+    def inputs(self, unique_id: str) -> tuple[bool, list[Error], str]:
         if unique_id in self.validated:
             return self.validated[unique_id]
         inputs = self.prompt[unique_id]["inputs"]
@@ -156,7 +156,9 @@ class _Validator:
         self.validated[unique_id] = result
         return result
 
-    def _custom_checks(self, node: NodeClass, inputs: dict, spec: dict, checked: tuple[str, ...]) -> list[Error]:
+    def _custom_checks(
+        self, node: NodeClass, inputs: dict[str, Any], spec: dict[str, Any], checked: tuple[str, ...]
+    ) -> list[Error]:
         """Run the node's VALIDATE_INPUTS; links are not resolved yet, so they arrive as None."""
         filtered = {}
         for x, value in inputs.items():
@@ -173,7 +175,9 @@ class _Validator:
         ]  # fmt: skip
 
 
-def _range_or_choice_error(x: str, val: Any, input_type: Any, extra: dict, info: list) -> Error | None:
+def _range_or_choice_error(
+    x: str, val: Any, input_type: Any, extra: dict[str, Any], info: list[Any]
+) -> Error | None:
     if "min" in extra and val < extra["min"]:
         return _err("value_smaller_than_min", f"Value {val} smaller than min of {extra['min']}", x,
                     {"input_name": x, "input_config": info, "received_value": val})  # fmt: skip

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -27,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from comfyfleet.jobs.model import InputFile, Job, OutputFile
-from comfyfleet.jobs.workflow import SAMPLERS
+from comfyfleet.jobs.workflow import SAMPLERS, workflow_hash
 from comfyfleet.settings import CommonSettings
 from comfyfleet.store.outputs import StorageError, safe_name
 
@@ -56,12 +55,6 @@ def input_object_name(owner: str, job_id: str, name: str) -> str:
 
 def job_prefix(job: Job) -> str:
     return f"{PREFIX}/{safe_name(job.owner)}/{safe_name(job.id)}/"
-
-
-def workflow_hash(workflow: dict[str, Any]) -> str:
-    """sha256 of the workflow as canonical JSON: equal graphs hash equal whatever their key order."""
-    canonical = json.dumps(workflow, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def job_seed(job: Job) -> int | None:
@@ -147,8 +140,9 @@ class FirebaseOutputStore:
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         try:
-            return self.bucket.blob(key).download_as_bytes(timeout=REQUEST_TIMEOUT_SECONDS,
-                                                           retry=DEFAULT_RETRY.with_timeout(REQUEST_TIMEOUT_SECONDS))
+            data: bytes = self.bucket.blob(key).download_as_bytes(
+                timeout=REQUEST_TIMEOUT_SECONDS, retry=DEFAULT_RETRY.with_timeout(REQUEST_TIMEOUT_SECONDS))
+            return data
         except gexc.NotFound:
             raise StorageError(f"no object {key!r} in bucket {self.bucket.name}") from None
         except Exception as exc:  # noqa: BLE001 - google-cloud-storage raises API and transport errors alike
@@ -166,7 +160,8 @@ class FirebaseOutputStore:
 
     def url_of(self, blob: Any) -> str:
         if self.sign_urls:
-            return blob.generate_signed_url(version="v4", expiration=self.url_expiry, method="GET")
+            signed: str = blob.generate_signed_url(version="v4", expiration=self.url_expiry, method="GET")
+            return signed
         token = (blob.metadata or {}).get(TOKEN_METADATA_KEY, "").split(",")[0]
         return token_download_url(self.download_base, self.bucket.name, blob.name, token)
 

@@ -1,18 +1,67 @@
-"""Job records in Redis: the live source of truth for every job's state, progress and outputs."""
+"""Job records in Redis: the live source of truth for every job's state, progress and outputs.
+
+A record is one hash, one field per top-level field of `Job` (JSON values), so a state change or a progress
+tick writes only what changed — never the workflow again — and a field that cannot be parsed (a poisoned or
+truncated value) spoils only itself: readers still get the job, marked failed, and never crash on it.
+Besides the Job fields the hash holds `needs` (the pool, checkpoints and LoRAs the scheduler matches on),
+written once at creation so a claim pass never parses workflows.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 
-from comfyfleet.jobs.model import Job, JobState
+from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
+from comfyfleet.jobs.workflow import model_needs
 from comfyfleet.keys import Keys
+from comfyfleet.store import jobevents
 
 log = logging.getLogger(__name__)
+
+JOB_FIELDS: tuple[str, ...] = tuple(Job.model_fields)
+NEEDS_FIELD = "needs"
+# The fields a claim pass reads for each queued job (never the workflow).
+COMPACT_FIELDS = ("state", "pool", "owner", "priority", NEEDS_FIELD, "worker", "timeout_seconds")
+
+# Create a record, unless the (owner, idempotency key) slot already names a live job: atomic, so two concurrent
+# requests with one key create one job. KEYS: job, idem (or ""), owner index, all-jobs index, stats, dirty (or "").
+# ARGV: job id, score, idem ttl, track dirty (0/1), then field/value pairs. Returns the id of the job that counts.
+_CREATE = """
+if KEYS[2] ~= '' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing and existing ~= ARGV[1] and redis.call('EXISTS', ARGV[5] .. existing) == 1 then
+    return existing
+  end
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('HINCRBY', KEYS[5], 'created', 1)
+if ARGV[4] == '1' then redis.call('SADD', KEYS[6], ARGV[1]) end
+return ARGV[1]
+"""
+
+# Write changed fields only if the state is still the one the writer saw (compare-and-set on `state`).
+# KEYS: job, stats, dirty. ARGV: expected state JSON ('' = any), ttl (0 = none), count terminal (0/1),
+# mark dirty (0/1), new state value (for the stats counter), job id, then field/value pairs.
+# Returns 1 written, 0 state moved meanwhile, -1 no such job.
+_CAS = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return -1 end
+if ARGV[1] ~= '' and cur ~= ARGV[1] then return 0 end
+if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[5], 1) end
+if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[6]) end
+return 1
+"""
 
 
 class JobNotFound(LookupError):
@@ -21,8 +70,73 @@ class JobNotFound(LookupError):
         self.job_id = job_id
 
 
+class StateChanged(Exception):
+    """A compare-and-set write found the job in another state than the writer expected."""
+
+
+def encode_fields(job: Job, names: Iterable[str] | None = None) -> dict[str, str]:
+    """JSON value per Job field (all, or the named ones)."""
+    data = job.model_dump(mode="json", include=set(names) if names is not None else None)
+    return {k: json.dumps(v, separators=(",", ":")) for k, v in data.items()}
+
+
+def changed_fields(before: Job, after: Job) -> list[str]:
+    def same(name: str) -> bool:
+        a, b = getattr(before, name), getattr(after, name)
+        return a is b or bool(a == b)
+
+    return [f for f in JOB_FIELDS if not same(f)]
+
+
+def needs_of(job: Job) -> dict[str, Any]:
+    needs = model_needs(job.workflow)
+    return {"checkpoints": sorted(needs.checkpoints), "loras": sorted(needs.loras)}
+
+
+def decode_job(job_id: str, raw: dict[bytes, bytes]) -> Job:
+    """Build a Job from its hash. A field that does not parse is dropped to its default and the job comes back
+    failed with an `internal_error` naming the field (the caller quarantines it): one bad record never takes a
+    reader down."""
+    data: dict[str, Any] = {}
+    broken: list[str] = []
+    for k, v in raw.items():
+        name = k.decode()
+        if name not in Job.model_fields:
+            continue
+        try:
+            data[name] = json.loads(v)
+        except (ValueError, RecursionError):
+            broken.append(name)
+    data.setdefault("id", job_id)
+    try:
+        return Job.model_validate(data)
+    except (ValidationError, RecursionError) as exc:
+        if isinstance(exc, ValidationError):
+            broken += sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
+    return _quarantined(job_id, data, broken)
+
+
+def _quarantined(job_id: str, data: dict[str, Any], broken: list[str]) -> Job:
+    safe: dict[str, Any] = {"id": job_id, "owner": "unknown", "workflow": {}}
+    for name in ("owner", "priority", "pool", "created_at", "attempts", "max_attempts", "source", "template"):
+        if name in data and name not in broken:
+            safe[name] = data[name]
+    try:
+        base = Job.model_validate(safe)
+    except ValidationError:
+        base = Job(id=job_id, owner="unknown", workflow={})
+    error = JobError(code=ErrorCode.INTERNAL, message=f"the stored job record cannot be read (fields: "
+                     f"{', '.join(sorted(set(broken))) or 'record'}); the job was taken out of dispatch",
+                     details={"corrupt_fields": sorted(set(broken))})
+    return base.model_copy(update={"state": JobState.FAILED, "error": error})
+
+
+def is_quarantined(job: Job) -> bool:
+    return bool(job.error and job.error.details and "corrupt_fields" in job.error.details)
+
+
 class JobRepo:
-    """Reads and writes Job records; every change is published on the job's events channel."""
+    """Reads and writes Job records; every change is published as a job event (store/jobevents.py)."""
 
     def __init__(self, conn: redis.Redis, keys: Keys, finished_ttl_seconds: int = 7 * 24 * 3600,
                  track_dirty: bool = False):
@@ -31,32 +145,33 @@ class JobRepo:
         self.finished_ttl = finished_ttl_seconds
         # With a durable mirror (Firestore) on, every write also marks the job dirty for the write-behind.
         self.track_dirty = track_dirty
+        self._create = conn.register_script(_CREATE)
+        self._cas = conn.register_script(_CAS)
 
+    # --- create -----------------------------------------------------------------------------------
     def create(self, job: Job) -> tuple[Job, bool]:
         """Store a new job; with an idempotency key, return the existing job instead (created=False)."""
-        if job.idempotency_key:
-            idem = self.keys.idempotency(job.owner, job.idempotency_key)
-            if not self.conn.set(idem, job.id, nx=True, ex=self.finished_ttl):
-                existing_id = self.conn.get(idem)
-                existing = self.get(existing_id.decode()) if existing_id else None
-                if existing is not None:
-                    return existing, False
-                self.conn.set(idem, job.id, ex=self.finished_ttl)
-        score = job.created_at.timestamp()
-        with self.conn.pipeline() as pipe:
-            pipe.set(self.keys.job(job.id), job.model_dump_json())
-            pipe.zadd(self.keys.owner_jobs(job.owner), {job.id: score})
-            pipe.zadd(self.keys.all_jobs, {job.id: score})
-            pipe.hincrby(self.keys.stats, "created", 1)
-            if self.track_dirty:
-                pipe.sadd(self.keys.dirty, job.id)
-            pipe.execute()
-        self._publish(job, "state")
+        fields = encode_fields(job)
+        fields[NEEDS_FIELD] = json.dumps(needs_of(job))
+        idem = self.keys.idempotency(job.owner, job.idempotency_key) if job.idempotency_key else ""
+        args: list[Any] = [job.id, job.created_at.timestamp(), self.finished_ttl, int(self.track_dirty),
+                           self.keys.job("")]
+        for k, v in fields.items():
+            args += [k, v]
+        winner = self._create(keys=[self.keys.job(job.id), idem, self.keys.owner_jobs(job.owner), self.keys.all_jobs,
+                                    self.keys.stats, self.keys.dirty if self.track_dirty else ""], args=args)
+        winner_id = winner.decode() if isinstance(winner, bytes) else str(winner)
+        if winner_id != job.id:
+            existing = self.get(winner_id)
+            if existing is not None:
+                return existing, False
+        self.publish(job, "state")
         return job, True
 
+    # --- read -------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
-        raw = self.conn.get(self.keys.job(job_id))
-        return Job.model_validate_json(raw) if raw else None
+        raw = self.conn.hgetall(self.keys.job(job_id))
+        return self._decode(job_id, raw) if raw else None
 
     def require(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -67,40 +182,122 @@ class JobRepo:
     def get_many(self, job_ids: list[str]) -> list[Job | None]:
         if not job_ids:
             return []
-        raws = self.conn.mget([self.keys.job(j) for j in job_ids])
-        return [Job.model_validate_json(r) if r else None for r in raws]
+        with self.conn.pipeline(transaction=False) as pipe:
+            for j in job_ids:
+                pipe.hgetall(self.keys.job(j))
+            raws = pipe.execute()
+        return [self._decode(j, r) if r else None for j, r in zip(job_ids, raws, strict=True)]
 
+    def compact_many(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
+        """The scheduler's view of each job (COMPACT_FIELDS, JSON-decoded), None for a missing record; a field
+        that cannot be decoded comes back as the key `corrupt`."""
+        if not job_ids:
+            return []
+        with self.conn.pipeline(transaction=False) as pipe:
+            for j in job_ids:
+                pipe.hmget(self.keys.job(j), COMPACT_FIELDS)
+            rows = pipe.execute()
+        out: list[dict[str, Any] | None] = []
+        for row in rows:
+            if row[0] is None:
+                out.append(None)
+                continue
+            item: dict[str, Any] = {}
+            for name, value in zip(COMPACT_FIELDS, row, strict=True):
+                try:
+                    item[name] = json.loads(value) if value is not None else None
+                except (ValueError, RecursionError):
+                    item["corrupt"] = name
+            out.append(item)
+        return out
+
+    def _decode(self, job_id: str, raw: dict[bytes, bytes]) -> Job:
+        job = decode_job(job_id, raw)
+        if is_quarantined(job):
+            self.quarantine(job)
+        return job
+
+    def quarantine(self, job: Job) -> None:
+        """Persist a record that cannot be read as failed (only if it was not final), once; log it loudly."""
+        fields = {"state": json.dumps(JobState.FAILED.value), "error": json.dumps(job.error.model_dump(mode="json"))
+                  if job.error else "null"}
+        written = self._write(job.id, fields, expect=None, terminal=True, new_state=JobState.FAILED,
+                              only_if_live=True)
+        if written:
+            log.error("job %s: stored record is unreadable; marked failed: %s", job.id,
+                      job.error.message if job.error else "")
+
+    # --- write ------------------------------------------------------------------------------------
     def update(self, job_id: str, change: Callable[[Job], Job], event: str = "state") -> Job:
-        """Apply change to the stored job atomically (optimistic WATCH loop) and publish the result.
+        """Apply change to the stored job and write the fields it changed, atomically against concurrent state
+        changes (compare-and-set on the state; retried when it moved), then publish the result.
 
         change may raise (e.g. InvalidTransition); then nothing is written.
         """
-        key = self.keys.job(job_id)
-        with self.conn.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise JobNotFound(job_id)
-                    before = Job.model_validate_json(raw)
-                    after = change(before)
-                    pipe.multi()
-                    if after.state.is_terminal:
-                        pipe.set(key, after.model_dump_json(), ex=self.finished_ttl)
-                        if not before.state.is_terminal:
-                            pipe.hincrby(self.keys.stats, after.state.value, 1)
-                    else:
-                        pipe.set(key, after.model_dump_json())
-                    if self.track_dirty and event == "state":
-                        pipe.sadd(self.keys.dirty, job_id)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
-        self._publish(after, event)
+        while True:
+            before = self.get(job_id)
+            if before is None:
+                raise JobNotFound(job_id)
+            after = change(before)
+            try:
+                return self.write(before, after, event)
+            except StateChanged:
+                continue
+
+    def write(self, before: Job, after: Job, event: str = "state") -> Job:
+        """Write what changed from before to after if the stored state is still before's; raises StateChanged
+        (nothing written) if it moved, JobNotFound if the record is gone."""
+        names = changed_fields(before, after)
+        if not names:
+            return after
+        fields = encode_fields(after, names)
+        terminal = after.state.is_terminal
+        counted = terminal and not before.state.is_terminal
+        result = self._write(after.id, fields, expect=before.state, terminal=terminal,
+                             new_state=after.state if counted else None, dirty=event == "state")
+        if result == 0:
+            raise StateChanged(after.id)
+        if result < 0:
+            raise JobNotFound(after.id)
+        self.publish(after, event)
         return after
 
+    def set_progress(self, job: Job) -> None:
+        """Write only the progress of a running job (no state check: a late tick on a finished job is harmless
+        to its state) and publish it."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.hset(self.keys.job(job.id), "progress", json.dumps(job.progress.model_dump(mode="json")))
+            jobevents.add_event(pipe, self.keys, job, "progress")
+            pipe.execute()
+
+    def _write(self, job_id: str, fields: dict[str, str], *, expect: JobState | None, terminal: bool,
+               new_state: JobState | None, dirty: bool = True, only_if_live: bool = False) -> int:
+        if only_if_live:
+            # Quarantine: write unless the record is already final.
+            current = self.conn.hget(self.keys.job(job_id), "state")
+            if current is None:
+                return -1
+            try:
+                if JobState(json.loads(current)).is_terminal:
+                    return 0
+            except (ValueError, RecursionError):
+                pass
+            expect_arg = current.decode()
+        else:
+            expect_arg = json.dumps(expect.value) if expect is not None else ""
+        args: list[Any] = [expect_arg, self.finished_ttl if terminal else 0, 1 if new_state else 0,
+                           int(dirty and self.track_dirty), new_state.value if new_state else "", job_id]
+        for k, v in fields.items():
+            args += [k, v]
+        return int(self._cas(keys=[self.keys.job(job_id), self.keys.stats, self.keys.dirty], args=args))
+
+    def publish(self, job: Job, event: str) -> None:
+        """Publish one job event (store/jobevents.py) without writing the record."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            jobevents.add_event(pipe, self.keys, job, event)
+            pipe.execute()
+
+    # --- indexes ----------------------------------------------------------------------------------
     def owner_job_ids(self, owner: str, limit: int, before: float | None = None) -> list[str]:
         """Newest first; `before` is a creation timestamp cursor."""
         high = f"({before}" if before is not None else "+inf"
@@ -121,14 +318,3 @@ class JobRepo:
     def all_job_ids(self, older_than: float | None = None) -> list[str]:
         high = older_than if older_than is not None else "+inf"
         return [i.decode() for i in self.conn.zrangebyscore(self.keys.all_jobs, "-inf", high)]
-
-    def publish_progress(self, job: Job) -> None:
-        self._publish(job, "progress")
-
-    def _publish(self, job: Job, event: str) -> None:
-        payload: dict[str, Any] = {"event": event, "job": json.loads(job.model_dump_json())}
-        self.conn.publish(self.keys.events(job.id), json.dumps(payload))
-
-
-def is_final(job: Job) -> bool:
-    return job.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)

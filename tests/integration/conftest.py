@@ -22,7 +22,7 @@ def sim_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
 
     started: list = []
 
-    def make(**knobs: object):  # noqa: ANN202
+    def make(**knobs: object):
         sim = start_sim(tmp_path / f"sim{len(started)}", **knobs)
         started.append(sim)
         return sim

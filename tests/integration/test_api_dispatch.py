@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from datetime import datetime
 
 import httpx
 
-from tests.support.procs import descendants
 from tests.support.stack import ADMIN, auth, wait_until
 
 
@@ -113,39 +110,8 @@ def test_unhealthy_worker_is_skipped_and_readmitted(sim_factory, stack_factory):
     assert f"url:{b.url}" in workers, "the recovered pod takes jobs again"
 
 
-def test_dead_rq_worker_frees_its_pod_and_its_job_is_retried(sim_factory, stack_factory):
-    import redis
-    from rq.job import Job as RQJob
-    from rq.worker import Worker
-
-    from comfyfleet.dispatch.rqconf import SERIALIZER
-
-    sims = [sim_factory(step_seconds=0.05), sim_factory(step_seconds=0.05)]
-    stack = stack_factory([s.url for s in sims], workers=2)
-    stack.wait_workers_ready(2)
-    job_id = stack.generate(txt2img(7, steps=60)).json()["jobId"]
-    running = stack.wait_state(job_id, "running")
-    conn = redis.Redis.from_url(stack.redis_url)
-    worker_name = RQJob.fetch(job_id, connection=conn, serializer=SERIALIZER).worker_name
-    pid = next(w.pid for w in Worker.all(connection=conn) if w.name == worker_name)
-    victim = next(p for p in stack.workers if p.pid == pid)
-    horses = descendants(pid)  # RQ puts the work horse in a session of its own: kill it explicitly
-    assert horses, "the work horse runs the job"
-    victim.kill()
-    for horse in horses:
-        os.kill(horse, signal.SIGKILL)  # worker and work horse die together, as on a lost node
-
-    def lease_free() -> bool:
-        body = stack.http.get("/api/comfyui/workers", headers=auth(ADMIN)).json()  # current jobs: admins only
-        return next(w for w in body["workers"] if w["id"] == running["worker"])["currentJob"] is None
-
-    wait_until(lease_free, timeout=30, what="the dead worker's lease to expire")
-    done = stack.wait_state(job_id, timeout=150)
-    assert done["state"] == "succeeded", done["error"]
-    assert done["attempts"] == 2, "RQ's abandoned-job cleanup retried it once"
-
-
 def test_wedged_pod_is_taken_out_of_rotation(sim_factory, stack_factory):
+
     wedged = sim_factory(hang=True)
     stack = stack_factory([wedged.url], workers=1)
     stack.wait_workers_ready(1)

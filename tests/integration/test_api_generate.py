@@ -16,7 +16,7 @@ def txt2img(seed: int, steps: int = 4, **params) -> dict:
     return {"template": "txt2img", "params": {"seed": seed, "steps": steps, "prompt": "a red fox", **params}}
 
 
-def sse_events(stack, job_id: str, token: str = ALICE) -> list[tuple[str, dict]]:
+def sse_events(stack, job_id: str, token: str = ALICE) -> list[tuple[str | None, dict]]:
     events = []
     with httpx.stream("GET", f"{stack.url}/api/comfyui/job/{job_id}/events", headers=auth(token), timeout=60) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")

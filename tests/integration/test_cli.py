@@ -18,7 +18,7 @@ def test_up_serves_submit_and_stops_cleanly(tmp_path, redis_server):
     env = {**os.environ, "COMFYFLEET_REDIS_URL": redis_server.url, "COMFYFLEET_REDIS_PREFIX": "cli" + str(port)}
     up = subprocess.Popen(
         [sys.executable, "-m", "comfyfleet", "up", "--port", str(port), "--data-dir", str(tmp_path / "data"),
-         "--sims", "2", "--workers", "2"],
+         "--sims", "2", "--dispatchers", "1"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     api = f"http://127.0.0.1:{port}"
@@ -26,7 +26,7 @@ def test_up_serves_submit_and_stops_cleanly(tmp_path, redis_server):
         wait_for(lambda: httpx.get(f"{api}/health/detailed", timeout=2).json()["workers"]["ready"] >= 2,
                  timeout=60, what="comfyfleet up")
         spawned = descendants(up.pid)
-        assert len(spawned) >= 5, "2 simulators, the API and the worker supervisor with its workers"
+        assert len(spawned) >= 4, "2 simulators, the API and the dispatcher"
         out = subprocess.run(
             [sys.executable, "-m", "comfyfleet", "submit", "examples/txt2img.json", "--param", "prompt=a lighthouse",
              "--param", "seed=3", "--param", "steps=3", "--api", api, "--wait", "--quiet", "--out",

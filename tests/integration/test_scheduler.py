@@ -155,3 +155,70 @@ def test_prompts_no_live_job_accounts_for_are_foreign(dispatcher):
     on_pod = [leased.id, orphaned.id, finished.id, "someone-elses-prompt"]
     assert monitor._foreign_prompts("a", on_pod) == [finished.id, "someone-elses-prompt"]
     assert monitor._foreign_prompts("a", []) == []
+
+
+def test_a_backlog_that_cannot_run_never_hides_a_runnable_job(dispatcher):
+    """Issue 9 'starvation': more unrunnable jobs than the look-ahead window, at one priority, ahead of a job a
+    free pod can run. Jobs for a pool with no pod are parked; jobs for models nobody has fail fast."""
+    add_pod(dispatcher, "a")
+    ghosts = [job(10, pool="ghost") for _ in range(dispatcher.settings.schedule_window + 6)]
+    doomed = [job(10, lora="nowhere.safetensors") for _ in range(dispatcher.settings.schedule_window + 6)]
+    for j in ghosts + doomed:
+        dispatcher.submit(j)
+    runnable = job(10)
+    dispatcher.submit(runnable)
+    claim = dispatcher.scheduler.claim()
+    assert claim is not None and claim.job_id == runnable.id
+    assert all(dispatcher.repo.get(j.id).state is JobState.QUEUED for j in ghosts), "parked, still queued"
+    assert all(dispatcher.repo.get(j.id).error.code is ErrorCode.NO_CAPABLE_WORKER for j in doomed)
+    stats = dispatcher.stats()
+    assert stats.waiting == len(ghosts) and dispatcher.queued_by_pool() == {"ghost": len(ghosts)}
+    # The pool appears: its parked jobs go back to the front of their queue, oldest first.
+    add_pod(dispatcher, "g", pool="ghost")
+    assert dispatcher.scheduler.claim().job_id == ghosts[0].id
+
+
+def test_an_unreadable_record_is_quarantined_and_the_pass_goes_on(dispatcher):
+    add_pod(dispatcher, "a")
+    bad, good = job(), job()
+    dispatcher.submit(bad)
+    dispatcher.submit(good)
+    # A value nested deeper than any JSON parser here accepts, as a poisoned write would leave it.
+    dispatcher.conn.hset(dispatcher.keys.job(bad.id), "workflow", "[" * 100_000 + "]" * 100_000)
+    dispatcher.conn.hset(dispatcher.keys.job(bad.id), "needs", "{not json")
+    claim = dispatcher.scheduler.claim()
+    assert claim is not None and claim.job_id == good.id
+    quarantined = dispatcher.repo.get(bad.id)
+    assert quarantined.state is JobState.FAILED and quarantined.error.code is ErrorCode.INTERNAL
+    assert "workflow" in quarantined.error.details["corrupt_fields"]
+    assert dispatcher.stats().failed == 1
+    assert dispatcher.repo.get(bad.id).state is JobState.FAILED, "readers keep getting the failed job"
+
+
+def test_one_pass_assigns_every_free_pod(dispatcher):
+    for i in range(5):
+        add_pod(dispatcher, f"p{i}")
+    jobs = [job() for _ in range(7)]
+    for j in jobs:
+        dispatcher.submit(j)
+    claims = dispatcher.scheduler.claim_batch(10, owner="d1")
+    assert [c.job_id for c in claims] == [j.id for j in jobs[:5]]
+    assert sorted(c.endpoint_id for c in claims) == [f"p{i}" for i in range(5)]
+    assert dispatcher.scheduler.claim_batch(10, owner="d1") == [], "every pod is leased"
+    assert dispatcher.stats().waiting == 2
+
+
+def test_jobs_of_a_dead_dispatcher_are_adopted_with_their_leases(dispatcher):
+    import time
+
+    add_pod(dispatcher, "a")
+    j = job()
+    dispatcher.submit(j)
+    [claim] = dispatcher.scheduler.claim_batch(1, owner="dead")
+    assert dispatcher.scheduler.adopt_expired("alive", 5) == [], "its deadline has not passed"
+    dispatcher.conn.zadd(dispatcher.keys.inflight, {j.id: time.time() - 1})  # as if it stopped renewing
+    [adopted] = dispatcher.scheduler.adopt_expired("alive", 5)
+    assert (adopted.job_id, adopted.endpoint_id, adopted.adopted) == (j.id, "a", True)
+    assert dispatcher.registry.leases() == {"a": j.id}, "the endpoint stays leased to the job"
+    assert dispatcher.conn.hget(dispatcher.keys.inflight_owner, j.id) == b"alive"
+    assert dispatcher.scheduler.adopt_expired("third", 5) == [], "adopted once"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import io
 import json
 import re
@@ -166,7 +167,7 @@ async def test_txt2img_reports_progress_and_writes_a_png_with_the_prompt(sim: Si
     r = httpx.get(sim.url + "/view", params={"filename": "img_00001_.png", "subfolder": "t", "type": "output"})
     with Image.open(io.BytesIO(r.content)) as img:
         assert img.size == (64, 64)
-        assert json.loads(img.text["prompt"])["3"]["inputs"]["seed"] == 7
+        assert json.loads(img.text["prompt"])["3"]["inputs"]["seed"] == 7  # type: ignore[attr-defined]
 
 
 async def test_binary_previews_follow_each_clients_feature_flags(tmp_path: Path) -> None:
@@ -195,7 +196,7 @@ async def test_binary_previews_follow_each_clients_feature_flags(tmp_path: Path)
 
         legacy = await connect(sim, "legacy")
         post(sim, {"prompt": txt2img(seed=2, steps=1), "client_id": "legacy"})
-        frames = []
+        frames: list[str | bytes] = []
         while not frames or isinstance(frames[-1], bytes) or json.loads(frames[-1])["type"] != "progress":
             frames.append(await asyncio.wait_for(legacy.recv(), FRAME_TIMEOUT))
         raw = await asyncio.wait_for(legacy.recv(), FRAME_TIMEOUT)
@@ -461,7 +462,7 @@ async def test_upload_rules_and_loadimage_round_trip(sim: SimProcess) -> None:
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "probe/loaded"}},
         }
         pid = post(sim, {"prompt": prompt}).json()["prompt_id"]
-        wait_for(lambda pid=pid: history(sim, pid), what="history")
+        wait_for(functools.partial(history, sim, pid), what="history")
         out = history(sim, pid)[pid]["outputs"]["3"]["images"][0]
         r = httpx.get(sim.url + "/view", params=out)
         with Image.open(io.BytesIO(r.content)) as img:
@@ -480,7 +481,7 @@ def test_view_rules(sim: SimProcess) -> None:
     assert "last-modified" in r.headers and r.headers["accept-ranges"] == "bytes"
     with Image.open(io.BytesIO(r.content)) as img:
         assert img.getpixel((0, 0)) == (0, 255, 255) and img.size == (64, 64)
-        assert json.loads(img.text["prompt"]) == REQUEST["prompt"]
+        assert json.loads(img.text["prompt"]) == REQUEST["prompt"]  # type: ignore[attr-defined]
     preview = httpx.get(view, params={"filename": "basic_00001_.png", "subfolder": "probe", "preview": "webp;50"})
     assert preview.headers["Content-Type"] == "image/webp" and preview.content[8:12] == b"WEBP"
     cases = [

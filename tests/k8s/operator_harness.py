@@ -56,7 +56,7 @@ POD_SELECTOR = "app.kubernetes.io/managed-by=comfyfleet,app.kubernetes.io/compon
 # Simulated sampler speed: a 40-step job runs ~2 s, long enough to be seen busy, short for 2 cores.
 SIM_STEP_SECONDS = 0.05
 # Fast loops for tests (production defaults are seconds): the operator probes and autoscales every
-# 0.5 s, mirrors job status every 0.5 s; a dead RQ worker frees its pod's lease within 6 s.
+# 0.5 s, mirrors job status every 0.5 s; a dead dispatcher's jobs are adopted within 6 s.
 OPERATOR_ENV = {
     "COMFYFLEET_PROBE_INTERVAL_SECONDS": "0.5",
     "COMFYFLEET_JOB_SYNC_INTERVAL_SECONDS": "0.5",
@@ -64,6 +64,8 @@ OPERATOR_ENV = {
     "COMFYFLEET_RETRY_BACKOFF_SECONDS": "1",
     "COMFYFLEET_SILENCE_TIMEOUT_SECONDS": "3",
     "COMFYFLEET_PUBLIC_URL": "http://api.example.test",
+    # Several dispatchers share this host: no fixed /healthz port.
+    "COMFYFLEET_DISPATCHER_PORT": "0",
 }
 
 
@@ -155,7 +157,7 @@ class SimKubelet:
                 if sim is not None and sim.uid != pod.metadata.uid:
                     self._stop_sim(self.pods.pop(key))
                     sim = None
-                if pod.metadata.deletion_timestamp or pod.status.phase in ("Failed", "Succeeded"):
+                if pod.metadata.deletion_timestamp or pod.status.phase in ("Failed", "Succeeded"):  # type: ignore[operator]
                     if sim is not None and not sim.dead:
                         sim.proc.stop(timeout=2)
                         sim.dead = True
@@ -286,7 +288,7 @@ class OperatorFleet:
             install_crds_and_rbac(plane)
             self.start_operator()
             for n in range(workers):
-                self.rq_workers.append(ManagedProcess(python_module("comfyfleet", "worker"), env=self.env,
+                self.rq_workers.append(ManagedProcess(python_module("comfyfleet", "dispatcher"), env=self.env,
                                                       log_path=workdir / f"rq-worker-{n}.log"))
             self.kubelet = SimKubelet(plane, workdir)
         except BaseException:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from comfyfleet.operator.jobsync import JobDefaults, build_job, parse_spec
+from comfyfleet.operator.job_spec import JobDefaults, build_job, parse_spec
 from tests.k8s.envtest import ControlPlane
 from tests.k8s.operator_harness import (
     OperatorFleet,

@@ -51,6 +51,7 @@ class Stack:
             "COMFYFLEET_RETRY_BACKOFF_SECONDS": "1",
             "COMFYFLEET_LEASE_TTL_SECONDS": "6",
             "COMFYFLEET_SILENCE_TIMEOUT_SECONDS": "3",
+            "COMFYFLEET_DISPATCHER_PORT": "0",
             **(env or {}),
         }
         self.procs: list[ManagedProcess] = []
@@ -68,7 +69,7 @@ class Stack:
 
     def add_worker(self) -> ManagedProcess:
         n = len(self.workers)
-        proc = ManagedProcess(python_module("comfyfleet", "worker"), env=self.env,
+        proc = ManagedProcess(python_module("comfyfleet", "dispatcher"), env=self.env,
                               log_path=self.tmp / f"worker-{n}.log")
         self.procs.append(proc)
         self.workers.append(proc)
@@ -114,7 +115,7 @@ class Stack:
             proc.stop()
 
 
-def wait_until(cond, timeout: float = 20, what: str = "") -> Any:  # noqa: ANN001
+def wait_until(cond, timeout: float = 20, what: str = "") -> Any:
     return wait_for(cond, timeout=timeout, interval=0.1, what=what)
 
 

@@ -402,7 +402,7 @@ def test_sample_is_admitted_and_parses_into_the_model(name: str, doc: dict[str, 
     assert doc["apiVersion"] == models.API_VERSION
     stored = admit(doc["kind"], doc)
     spec_model, _ = MODELS[doc["kind"]]
-    parsed = spec_model.from_body(stored)
+    parsed = spec_model.model_validate(stored["spec"])
     # The model reproduces exactly what the apiserver stores: same fields, same defaults.
     assert parsed.to_k8s() == stored["spec"]
 
@@ -467,7 +467,7 @@ def test_empty_gpu_and_autoscaling_get_nested_defaults() -> None:
 
 
 def test_built_statuses_fit_the_status_schemas() -> None:
-    from comfyfleet.operator import jobstatus, scaling
+    from comfyfleet.operator import job_status, scaling
 
     now = 1_700_000_000.0
     spec = models.ComfyUIWorkerSpec(image="x", replicas=2)
@@ -485,13 +485,12 @@ def test_built_statuses_fit_the_status_schemas() -> None:
     )
     jsonschema.validate(worker_status, to_jsonschema(schema_of("ComfyUIWorker")["properties"]["status"]))
     job_statuses = [
-        jobstatus.pending_status(now=now, generation=1),
-        jobstatus.job_status("running", now=now, job_id="j", progress=12, attempts=1, worker="w-1"),
-        jobstatus.job_status(
+        job_status.job_status("running", now=now, job_id="j", progress=12, attempts=1, worker="w-1"),
+        job_status.job_status(
             "succeeded", now=now, outputs=[{"filename": "a.png", "url": "u", "contentType": "image/png"}]
         ),
-        jobstatus.job_status("failed", now=now, error={"code": "Timeout", "message": "took too long"}),
-        jobstatus.invalid_spec_status("bad", now=now, generation=2),
+        job_status.job_status("failed", now=now, error={"code": "Timeout", "message": "took too long"}),
+        job_status.invalid_spec_status("bad", now=now, generation=2),
     ]
     for status in job_statuses:
         jsonschema.validate(status, to_jsonschema(schema_of("GenerationJob")["properties"]["status"]))

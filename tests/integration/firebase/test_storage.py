@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from comfyfleet.jobs.model import Job
+from comfyfleet.jobs.workflow import workflow_hash
 from comfyfleet.settings import CommonSettings
 from comfyfleet.store.factory import output_store
-from comfyfleet.store.firebase import TOKEN_METADATA_KEY, FirebaseOutputStore, workflow_hash
+from comfyfleet.store.firebase import TOKEN_METADATA_KEY, FirebaseOutputStore
 from comfyfleet.store.outputs import StorageError
 from tests.integration.firebase.emulators import BUCKET, PROJECT
 from tests.support.procs import free_port

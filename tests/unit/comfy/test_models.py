@@ -8,7 +8,9 @@ from comfyfleet.comfy.errors import ComfyProtocolError, ComfyValidationError
 from comfyfleet.comfy.models import (
     OutputRef,
     UploadedImage,
+    combo_input,
     combo_options,
+    literal_value,
     node_input_options,
     parse_history,
     parse_history_entry,
@@ -196,8 +198,23 @@ def test_combo_options_old_and_new_forms():
     assert combo_options([["only"]]) == ["only"]
     assert combo_options(["COMBO", {"options": ["x", "y"], "tooltip": "t"}]) == ["x", "y"]
     assert combo_options(["COMBO", {}]) == []
-    assert combo_options(["INT", {"default": 1}]) == []
-    assert combo_options(None) == []
+    assert combo_options(["INT", {"default": 1}]) is None
+    assert combo_options(None) is None
+
+
+def test_combo_inputs_of_newer_servers():
+    multi = combo_input(["COMBO", {"options": ["a", "b"], "multiselect": True}])
+    assert multi is not None and multi.rejected(["a", "b"]) == [] and multi.rejected(["a", "c"]) == ["c"]
+    single = combo_input([["a", "b"], {}])
+    assert single is not None and single.rejected(["a"]) == [["a"]] and single.rejected("b") == []
+    remote = combo_input(["COMBO", {"remote_combo": True}])
+    assert remote is not None and remote.options == [] and remote.rejected("anything") == []
+    assert combo_input(["INT", {"min": 0}]) is None
+
+
+def test_literal_value_unwraps_comfyuis_list_wrapper():
+    assert literal_value({"__value__": [1, 2]}) == [1, 2]
+    assert literal_value(["4", 0]) == ["4", 0] and literal_value({"x": 1}) == {"x": 1}
 
 
 def test_node_input_options_from_recorded_object_info():
@@ -240,3 +257,11 @@ def test_errors_survive_pickling():
     assert lost.prompt_id == "p1" and "p1" in str(lost)
     proto = pickle.loads(pickle.dumps(ComfyProtocolError("boom", status_code=500, body="x")))
     assert (str(proto), proto.status_code, proto.body) == ("boom", 500, "x")
+
+
+def test_a_refused_prompt_id_is_told_apart_from_an_invalid_workflow():
+    # The 400 servers after 0.3.64 give a prompt_id that is not a canonical lowercase UUID.
+    body = {"error": {"type": "invalid_prompt_id", "message": "prompt_id must be a valid UUID", "details": "",
+                      "extra_info": {}}, "node_errors": {}}
+    assert validation_error_from(body).rejects_prompt_id
+    assert not validation_error_from(INVALID["missing_required_input"]["response"]["body"]).rejects_prompt_id

@@ -1,6 +1,7 @@
 """Workflow bounds and `_meta` checks at the edge (issue 9: a value nested ~250 deep poisoned the store)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_too_deep_or_too_big_names_where(workflow, field):
 
 
 def test_a_real_workflow_passes_the_bounds():
-    wf = json.loads(open("examples/txt2img.json").read())
+    wf = json.loads((Path(__file__).resolve().parents[3] / "examples" / "txt2img.json").read_text())
     check_bounds(wf, **BOUNDS)
 
 
@@ -100,13 +101,12 @@ def test_file_like(options, value, expected):
 
 
 def test_generation_jobs_get_the_same_bounds():
-    from comfyfleet.operator import jobsync
-    from comfyfleet.operator.jobstatus import InvalidJobSpec
+    from comfyfleet.operator.job_spec import InvalidJobSpec, build_workflow
     from comfyfleet.operator.models import GenerationJobSpec
 
     spec = GenerationJobSpec.model_validate({"workflow": {"1": {**node(), "_meta": nested(250)}}})
     with pytest.raises(InvalidJobSpec, match=r"spec\.workflow\.1\._meta\.a.*deeper than 32"):
-        jobsync.build_workflow(spec)
+        build_workflow(spec)
 
 
 def test_the_operator_bounds_are_the_api_defaults():

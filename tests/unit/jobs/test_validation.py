@@ -1,7 +1,8 @@
 import json
 from pathlib import Path
 
-from comfyfleet.jobs.validation import combo_options, validate_workflow
+from comfyfleet.comfy.models import combo_options
+from comfyfleet.jobs.validation import validate_workflow
 
 CAPTURES = Path(__file__).resolve().parents[2] / "captures"
 
@@ -67,3 +68,22 @@ def test_combo_forms():
     assert combo_options([["a", "b"], {}]) == ["a", "b"]
     assert combo_options(["COMBO", {"options": ["c"]}]) == ["c"]
     assert combo_options(["INT", {"min": 1}]) is None
+
+
+def test_newer_catalog_forms_are_checked_as_comfyui_checks_them():
+    cat = catalog()
+    cat["Pick"] = {
+        "input": {"required": {
+            "styles": ["COMBO", {"options": ["a", "b"], "multiselect": True}],
+            "remote": ["COMBO", {"remote_combo": True}],
+        }},
+        "output": ["STRING"], "output_node": False,
+    }  # fmt: skip
+    wf = json.loads(json.dumps(BASIC))
+    wf["4"] = {"class_type": "Pick", "inputs": {"styles": ["a", "b"], "remote": "fetched-by-the-browser"}}
+    wf["1"]["inputs"]["width"] = {"__value__": 64}
+    assert validate_workflow(wf, cat) == []
+    wf["4"]["inputs"]["styles"] = ["a", "zzz"]
+    wf["1"]["inputs"]["width"] = {"__value__": 0}
+    issues = {(i.node_id, i.input_name, i.type) for i in validate_workflow(wf, cat)}
+    assert issues == {("4", "styles", "value_not_in_list"), ("1", "width", "value_smaller_than_min")}

@@ -9,6 +9,7 @@ from comfyfleet.jobs.workflow import (
     check_shape,
     model_needs,
     rename_input_images,
+    workflow_hash,
 )
 
 TXT2IMG = TEMPLATES["txt2img"]
@@ -86,3 +87,23 @@ def test_rename_input_images_points_loadimage_at_uploaded_name():
     out = rename_input_images(wf, {"cat.png": "comfyfleet-x/cat.png"})
     assert out["1"]["inputs"]["image"] == "comfyfleet-x/cat.png" and out["2"]["inputs"]["image"] == "other.png"
     assert wf["1"]["inputs"]["image"] == "cat.png"
+
+
+HASHED = {
+    "3": {"class_type": "KSampler", "inputs": {"seed": 42, "steps": 4, "model": ["4", 0]}},
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+}
+
+
+def test_workflow_hash_ignores_key_order_but_not_values():
+    reordered = {"4": HASHED["4"], "3": {"inputs": dict(reversed(HASHED["3"]["inputs"].items())),
+                                         "class_type": "KSampler"}}
+    assert workflow_hash(HASHED) == workflow_hash(reordered)
+    changed = {**HASHED, "3": {"class_type": "KSampler", "inputs": {**HASHED["3"]["inputs"], "seed": 43}}}
+    assert workflow_hash(HASHED) != workflow_hash(changed)
+
+
+def test_workflow_hash_keeps_the_canonical_form_of_stored_hashes():
+    # Compact separators, sorted keys, UTF-8 as is: the form Storage metadata and Firestore records hold.
+    graph = {"3": {"class_type": "KSampler", "inputs": {"seed": 42, "text": "café"}}}
+    assert workflow_hash(graph) == "a2fdce4253393777a6633462ab19161d96b6b40704ed5862e026c36fc3642c15"

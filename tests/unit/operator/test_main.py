@@ -35,7 +35,7 @@ def test_every_handler_is_registered_with_its_id() -> None:
         "comfyuiworker_reconcile", "generationjob_create", "generationjob_delete", "generationjob_sync",
     } <= ids
     timers = {h.id: h for h in registry._spawning.get_all_handlers()}
-    assert timers["comfyuiworker_reconcile"].interval == 0.5
+    assert timers["comfyuiworker_reconcile"].interval == 0.5  # type: ignore[attr-defined]  # a TimerHandler
     activities = {h.id for h in registry._activities.get_all_handlers()}
     assert {"login", "redis"} <= activities
 

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from comfyfleet.jobs.model import Job
+from comfyfleet.jobs.workflow import workflow_hash
 from comfyfleet.store.firebase import (
     FirebaseOutputStore,
     input_object_name,
@@ -14,7 +15,6 @@ from comfyfleet.store.firebase import (
     object_metadata,
     object_name,
     token_download_url,
-    workflow_hash,
 )
 from comfyfleet.store.outputs import StorageError
 
@@ -41,15 +41,6 @@ def test_object_names_refuse_path_tricks(bad):
 
 def test_object_names_strip_directories_from_filenames():
     assert object_name("uid", "job", "../../etc/passwd") == "generations/uid/job/passwd"
-
-
-def test_workflow_hash_ignores_key_order_but_not_values():
-    reordered = {"4": WORKFLOW["4"], "3": {"inputs": dict(reversed(WORKFLOW["3"]["inputs"].items())),
-                                           "class_type": "KSampler"}}
-    assert workflow_hash(WORKFLOW) == workflow_hash(reordered)
-    changed = {**WORKFLOW, "3": {"class_type": "KSampler", "inputs": {**WORKFLOW["3"]["inputs"], "seed": 43}}}
-    assert workflow_hash(WORKFLOW) != workflow_hash(changed)
-    assert len(workflow_hash(WORKFLOW)) == 64
 
 
 def test_seed_from_params_first_then_the_sampler_node():

@@ -1,8 +1,7 @@
-"""Pure mapping between comfyfleet jobs and GenerationJob objects (spec in, status out).
+"""Pure mapping of a comfyfleet Job record to GenerationJob status (status out).
 
-Job states arrive as plain strings (the values of the job model's `JobState`: queued, dispatched,
-running, succeeded, failed, cancelled), so this module does not import the job model; a `str`
-enum member works as well since it compares equal to its value.
+Phases come from the job model's `JobState` (one table below, which a test holds to every state);
+the way in, a GenerationJob spec to a Job, is `job_spec`.
 
 Progress in status is an integer percent, 0-100: it sorts and compares in `kubectl` and jsonpath
 filters, which a "40%" string would not. Success always reports 100.
@@ -15,11 +14,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
+from comfyfleet.jobs.model import ErrorCode, Job, JobState
 from comfyfleet.operator.models import (
     TERMINAL_PHASES,
-    GenerationJobSpec,
     JobError,
     JobOutput,
     JobPhase,
@@ -27,34 +24,29 @@ from comfyfleet.operator.models import (
     set_condition,
 )
 
-# Job state (the job model's JobState value) -> GenerationJob status.phase. `Pending` has no job
-# state: it is a GenerationJob the operator has not enqueued yet.
-STATE_TO_PHASE: dict[str, JobPhase] = {
-    "queued": "Queued",
-    "dispatched": "Dispatched",
-    "running": "Running",
-    "succeeded": "Succeeded",
-    "failed": "Failed",
-    "cancelled": "Cancelled",
+# Job state -> GenerationJob status.phase. `Pending` has no job state: it is a GenerationJob the
+# operator has not enqueued yet.
+STATE_TO_PHASE: dict[JobState, JobPhase] = {
+    JobState.QUEUED: "Queued",
+    JobState.DISPATCHED: "Dispatched",
+    JobState.RUNNING: "Running",
+    JobState.SUCCEEDED: "Succeeded",
+    JobState.FAILED: "Failed",
+    JobState.CANCELLED: "Cancelled",
 }
-# Same value as comfyfleet.jobs.model.ErrorCode.VALIDATION, so kubectl and API clients see one code.
-INVALID_SPEC_CODE = "validation_error"
+# The job model's code for a spec that cannot run, so kubectl and API clients see one code.
+INVALID_SPEC_CODE = ErrorCode.VALIDATION.value
 # The single condition of a GenerationJob, Knative-style: Unknown while in flight, True on success,
 # False (reason Failed or Cancelled) otherwise.
 CONDITION_SUCCEEDED = "Succeeded"
 
 
-class InvalidJobSpec(ValueError):
-    """A GenerationJob spec the operator cannot run (the handler marks it Failed, permanently)."""
-
-
-def phase_for_state(state: str) -> JobPhase:
-    """GenerationJob phase of a job state string (case-insensitive); ValueError for an unknown state."""
-    key = str(getattr(state, "value", state)).lower()
+def phase_for_state(state: JobState | str) -> JobPhase:
+    """GenerationJob phase of a job state (or its value, case-insensitive); ValueError for an unknown state."""
     try:
-        return STATE_TO_PHASE[key]
-    except KeyError:
-        raise ValueError(f"unknown job state {state!r}; expected one of {sorted(STATE_TO_PHASE)}") from None
+        return STATE_TO_PHASE[JobState(str(state).lower())]
+    except ValueError:
+        raise ValueError(f"unknown job state {state!r}; expected one of {sorted(JobState)}") from None
 
 
 def is_terminal(phase: str | None) -> bool:
@@ -88,55 +80,8 @@ def progress_percent(value: float | str | None, maximum: float | None = None) ->
     return max(0, min(100, math.floor(round(number, 6))))
 
 
-def generation_job_params(
-    spec: GenerationJobSpec | Mapping[str, Any],
-) -> tuple[dict[str, Any] | None, str | None, dict[str, Any]]:
-    """Validate a GenerationJob spec and return (workflow, template, params).
-
-    Exactly one of workflow / template is set. workflow is a ComfyUI API graph: a non-empty mapping
-    of node id -> {"class_type": str, "inputs": mapping}. params holds only the parameters the spec
-    sets, with the snake_case keys of `comfyfleet.jobs.params.GenerateParams` (prompt,
-    negative_prompt, seed, steps, cfg, width, height, batch_size, sampler_name, scheduler, denoise,
-    checkpoint, lora, lora_strength, filename_prefix), so `GenerateParams(**params)` accepts it;
-    it applies to the template or the workflow alike, and is empty when the spec sets none.
-
-    Raises:
-        InvalidJobSpec: the spec breaks the CRD's rules or the workflow is not an API graph.
-    """
-    if not isinstance(spec, GenerationJobSpec):
-        try:
-            spec = GenerationJobSpec.model_validate(dict(spec))
-        except ValidationError as exc:
-            raise InvalidJobSpec(_first_error(exc)) from exc
-    params = spec.params.model_dump(exclude_none=True) if spec.params else {}
-    if spec.workflow is not None:
-        _check_workflow(spec.workflow)
-        return dict(spec.workflow), None, params
-    return None, spec.template, params
-
-
-def _check_workflow(workflow: Mapping[str, Any]) -> None:
-    if not workflow:
-        raise InvalidJobSpec("spec.workflow is empty")
-    for node_id, node in workflow.items():
-        where = f"spec.workflow[{node_id!r}]"
-        if not isinstance(node, Mapping):
-            raise InvalidJobSpec(f"{where} must be an object with class_type and inputs")
-        class_type = node.get("class_type")
-        if not isinstance(class_type, str) or not class_type:
-            raise InvalidJobSpec(f"{where}.class_type must be a non-empty string (API-format workflow)")
-        if not isinstance(node.get("inputs", {}), Mapping):
-            raise InvalidJobSpec(f"{where}.inputs must be an object")
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(part) for part in err.get("loc", ()))
-    return f"spec.{loc}: {err['msg']}" if loc else f"spec: {err['msg']}"
-
-
 def job_status(
-    state: str,
+    state: JobState | str,
     *,
     now: datetime | float,
     job_id: str | None = None,
@@ -153,7 +98,7 @@ def job_status(
     """GenerationJob status (camelCase dict for patch.status) for a job in `state`.
 
     Args:
-        state: the job state string (queued, dispatched, running, succeeded, failed, cancelled).
+        state: the job state (or its value: queued, dispatched, running, succeeded, failed, cancelled).
         now: current time; fills startTime on first running and completionTime on finishing when
             the caller does not pass them.
         progress: percent (number or "40%"; see `progress_percent` for fractions); forced to 100 on
@@ -184,19 +129,6 @@ def job_status(
     status["conditions"] = job_conditions(
         previous.get("conditions"), phase, status.get("error"), now, generation
     )
-    if generation is not None:
-        status["observedGeneration"] = generation
-    return status
-
-
-def pending_status(*, now: datetime | float, generation: int | None = None) -> dict[str, Any]:
-    """Status of a GenerationJob the operator has accepted but not enqueued yet."""
-    status: dict[str, Any] = {
-        "phase": "Pending",
-        "progress": 0,
-        "attempts": 0,
-        "conditions": job_conditions(None, "Pending", None, now, generation),
-    }
     if generation is not None:
         status["observedGeneration"] = generation
     return status
@@ -268,3 +200,47 @@ def _times(
         else:
             times["completionTime"] = previous.get("completionTime") or rfc3339(now)
     return times
+
+
+def output_url(url: str | None, public_url: str) -> str | None:
+    """An output's download URL: the store's API path, made absolute when the API's public URL is known."""
+    if not url or not public_url or "://" in url:
+        return url
+    return public_url.rstrip("/") + "/" + url.lstrip("/")
+
+
+def status_for_job(
+    job: Job,
+    *,
+    now: datetime | float,
+    previous: Mapping[str, Any] | None,
+    generation: int | None,
+    public_url: str = "",
+) -> dict[str, Any]:
+    """GenerationJob status mirroring the job record: phase, progress, outputs with URLs, error, times."""
+    outputs = [
+        {"filename": o.filename, "url": output_url(o.url, public_url), "contentType": o.content_type}
+        for o in job.outputs
+    ]
+    error = job.error.model_dump(mode="json", include={"code", "message"}) if job.error else None
+    return job_status(
+        job.state,
+        now=now,
+        job_id=job.id,
+        progress=job.progress.fraction * 100,
+        outputs=outputs,
+        error=error,
+        attempts=job.attempts,
+        worker=job.worker,
+        start_time=job.started_at,
+        completion_time=job.finished_at,
+        previous=previous,
+        generation=generation,
+    )
+
+
+def lost_job_status(job_id: str, *, now: datetime | float, previous: Mapping[str, Any] | None,
+                    generation: int | None) -> dict[str, Any]:
+    """Status when the job record is gone from Redis (flushed, or expired long after finishing)."""
+    error = {"code": ErrorCode.INTERNAL.value, "message": f"job {job_id} is no longer in the job store"}
+    return job_status(JobState.FAILED, now=now, job_id=job_id, error=error, previous=previous, generation=generation)

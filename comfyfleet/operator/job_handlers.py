@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -21,8 +20,9 @@ import kopf
 import redis
 
 from comfyfleet.jobs.states import InvalidTransition
-from comfyfleet.operator.jobstatus import InvalidJobSpec, invalid_spec_status, is_terminal
-from comfyfleet.operator.jobsync import build_job, lost_job_status, owner_for, parse_spec, status_for_job
+from comfyfleet.operator.job_spec import InvalidJobSpec, build_job, owner_for, parse_spec
+from comfyfleet.operator.job_status import invalid_spec_status, is_terminal, lost_job_status, status_for_job
+from comfyfleet.operator.models import namespace_of
 from comfyfleet.operator.runtime import Runtime
 from comfyfleet.store.jobrepo import JobNotFound
 
@@ -33,14 +33,15 @@ def job_in_flight(status: Mapping[str, Any], **_: Any) -> bool:
 
 
 async def generationjob_create(
-    body: kopf.Body, meta: kopf.Meta, namespace: str, uid: str, patch: kopf.Patch, memo: kopf.Memo,
-    logger: logging.Logger, **_: Any,
+    body: kopf.Body, meta: kopf.Meta, namespace: str | None, uid: str, patch: kopf.Patch, memo: kopf.Memo,
+    logger: kopf.Logger, **_: Any,
 ) -> None:
     """Validate and queue the job (idempotently), then record its jobId and phase in status."""
     rt: Runtime = memo.runtime
+    ns = namespace_of(namespace)
     generation = meta.get("generation")
     try:
-        job = build_job(parse_spec(body), uid=uid, namespace=namespace, defaults=rt.job_defaults)
+        job = build_job(parse_spec(body), uid=uid, namespace=ns, defaults=rt.job_defaults)
     except InvalidJobSpec as exc:
         patch.status.update(invalid_spec_status(str(exc), now=time.time(), generation=generation))
         kopf.warn(body, reason="InvalidSpec", message=str(exc))
@@ -53,7 +54,7 @@ async def generationjob_create(
     patch.status.update(status_for_job(job, now=time.time(), previous=body.get("status"), generation=generation,
                                        public_url=rt.settings.public_url))
     if created:
-        rt.metrics.jobs_submitted.labels(namespace).inc()
+        rt.metrics.jobs_submitted.labels(ns).inc()
         kopf.info(body, reason="Queued", message=f"queued as job {job.id} (pool {job.pool or 'any'})")
     else:
         logger.info("already queued as job %s; not queueing again", job.id)
@@ -87,12 +88,13 @@ async def generationjob_sync(
 
 
 async def generationjob_delete(
-    status: kopf.Status, namespace: str, uid: str, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    status: kopf.Status, namespace: str | None, uid: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """Finalizer: cancel the job unless it already finished."""
     rt: Runtime = memo.runtime
+    ns = namespace_of(namespace)
     try:
-        job_id = status.get("jobId") or await asyncio.to_thread(_job_id_for, rt, namespace, uid)
+        job_id = status.get("jobId") or await asyncio.to_thread(_job_id_for, rt, ns, uid)
         if not job_id:
             return  # never queued (invalid spec, or deleted before the create handler ran)
         if is_terminal(status.get("phase")):
@@ -109,4 +111,4 @@ async def generationjob_delete(
 def _job_id_for(rt: Runtime, namespace: str, uid: str) -> str | None:
     """The job a GenerationJob was queued as, from its idempotency key (status may not have it yet)."""
     raw = rt.dispatcher.conn.get(rt.dispatcher.keys.idempotency(owner_for(namespace), uid))
-    return raw.decode() if raw else None
+    return raw.decode() if isinstance(raw, bytes) else raw

@@ -1,30 +1,35 @@
-"""Pure mapping of a GenerationJob to a comfyfleet Job (spec in) and of the Job record back to status.
+"""Pure mapping of a GenerationJob spec to the comfyfleet Job it is queued as (spec in).
 
 A GenerationJob becomes exactly the job the API would make from the same request: the same
 template rendering, the same parameter overrides, the same shape checks, the same model and queue.
 Only the identity differs: owner `k8s:<namespace>`, source "k8s", and the object's metadata.uid as
 the idempotency key, which makes a repeated submission (an operator that crashed between queueing
 and writing status, then retried the create handler) return the first job instead of a second one.
+The way back, a Job record to GenerationJob status, is `job_status`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from comfyfleet.jobs.model import ErrorCode, Job
+from comfyfleet.jobs.model import Job
 from comfyfleet.jobs.params import GenerateParams
 from comfyfleet.jobs.templates import UnknownTemplate, render_template
-from comfyfleet.jobs.validation import DEFAULT_BOUNDS, WorkflowTooLarge, check_bounds, validate_workflow
-from comfyfleet.jobs.workflow import ParamError, apply_params
-from comfyfleet.operator.jobstatus import InvalidJobSpec, generation_job_params, job_status
+from comfyfleet.jobs.validation import DEFAULT_BOUNDS, WorkflowTooLarge, check_bounds
+from comfyfleet.jobs.workflow import NodeIssue, ParamError, apply_params, check_shape
 from comfyfleet.operator.models import GenerationJobSpec, spec_problem
 
 SOURCE = "k8s"
+# At most this many graph problems are listed in status and the event (the rest are more of the same).
+MAX_ISSUES_SHOWN = 5
+
+
+class InvalidJobSpec(ValueError):
+    """A GenerationJob spec the operator cannot run (the handler marks it Failed, permanently)."""
 
 
 @dataclass(frozen=True)
@@ -48,37 +53,48 @@ def parse_spec(body: Mapping[str, Any]) -> GenerationJobSpec:
         raise InvalidJobSpec(spec_problem(exc)) from None
 
 
+def spec_params(spec: GenerationJobSpec) -> dict[str, Any]:
+    """The parameters the spec sets, with `GenerateParams`' snake_case names; empty when it sets none."""
+    return spec.params.model_dump(exclude_none=True) if spec.params else {}
+
+
 def build_workflow(spec: GenerationJobSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ComfyUI graph to run and the parameters it was made with, as the API builds them.
 
     Raises InvalidJobSpec for an unknown template, a parameter the graph cannot take, or a graph
-    that is not API-format.
+    that is not API-format (`check_shape`, the API's own structural check).
     """
-    workflow, template, params = generation_job_params(spec)
+    params = spec_params(spec)
     try:  # reliability: the API's bounds, so no GenerationJob stores a record that cannot be read back
-        check_bounds(workflow or {}, **DEFAULT_BOUNDS)
+        check_bounds(spec.workflow or {}, **DEFAULT_BOUNDS)
     except WorkflowTooLarge as exc:
         raise InvalidJobSpec(f"spec.{exc}") from None
+    if spec.workflow is not None:
+        _require_shape(spec.workflow)  # before apply_params, which expects API-format nodes
     try:
         given = GenerateParams(**params)
     except ValidationError as exc:
         raise InvalidJobSpec(f"spec.params: {exc.errors()[0]['msg']}") from None
     try:
-        if template is not None:
-            graph = render_template(template, given)
+        if spec.workflow is not None:
+            graph = apply_params(spec.workflow, given) if params else dict(spec.workflow)
         else:
-            graph = apply_params(workflow or {}, given) if params else dict(workflow or {})
+            graph = render_template(spec.template or "", given)
+            _require_shape(graph)
     except UnknownTemplate as exc:
         raise InvalidJobSpec(f"spec.template: {exc}") from None
     except ParamError as exc:
         raise InvalidJobSpec(f"spec.params.{exc.param}: {exc}") from None
-    issues = validate_workflow(graph, None)
-    if issues:
-        raise InvalidJobSpec("spec.workflow: " + "; ".join(_issue_text(i) for i in issues[:5]))
     return graph, params
 
 
-def _issue_text(issue: Any) -> str:
+def _require_shape(graph: dict[str, Any]) -> None:
+    issues = check_shape(graph)
+    if issues:
+        raise InvalidJobSpec("spec.workflow: " + "; ".join(_issue_text(i) for i in issues[:MAX_ISSUES_SHOWN]))
+
+
+def _issue_text(issue: NodeIssue) -> str:
     where = f"node {issue.node_id}" if issue.node_id else "workflow"
     return f"{where}: {issue.message}"
 
@@ -98,47 +114,3 @@ def build_job(spec: GenerationJobSpec, *, uid: str, namespace: str, defaults: Jo
         idempotency_key=uid,
         source=SOURCE,
     )
-
-
-def output_url(url: str | None, public_url: str) -> str | None:
-    """An output's download URL: the store's API path, made absolute when the API's public URL is known."""
-    if not url or not public_url or "://" in url:
-        return url
-    return public_url.rstrip("/") + "/" + url.lstrip("/")
-
-
-def status_for_job(
-    job: Job,
-    *,
-    now: datetime | float,
-    previous: Mapping[str, Any] | None,
-    generation: int | None,
-    public_url: str = "",
-) -> dict[str, Any]:
-    """GenerationJob status mirroring the job record: phase, progress, outputs with URLs, error, times."""
-    outputs = [
-        {"filename": o.filename, "url": output_url(o.url, public_url), "contentType": o.content_type}
-        for o in job.outputs
-    ]
-    error = job.error.model_dump(mode="json", include={"code", "message"}) if job.error else None
-    return job_status(
-        job.state.value,
-        now=now,
-        job_id=job.id,
-        progress=job.progress.fraction * 100,
-        outputs=outputs,
-        error=error,
-        attempts=job.attempts,
-        worker=job.worker,
-        start_time=job.started_at,
-        completion_time=job.finished_at,
-        previous=previous,
-        generation=generation,
-    )
-
-
-def lost_job_status(job_id: str, *, now: datetime | float, previous: Mapping[str, Any] | None,
-                    generation: int | None) -> dict[str, Any]:
-    """Status when the job record is gone from Redis (flushed, or expired long after finishing)."""
-    error = {"code": ErrorCode.INTERNAL.value, "message": f"job {job_id} is no longer in the job store"}
-    return job_status("failed", now=now, job_id=job_id, error=error, previous=previous, generation=generation)

@@ -1,0 +1,515 @@
+"""The dispatcher: one asyncio process that drives many ComfyUI endpoints at once.
+
+Each in-flight job is a task of this process (up to `max_in_flight`, 256 by default), not a forked process.
+Claims are driven by events — a job queued, an endpoint freed or healthy again, a retry due — heard on one
+Redis pub/sub subscription; one claim pass assigns as many (job, endpoint) pairs as there are free slots.
+Every endpoint has one pooled HTTP client and one shared websocket (comfy/hub.py) in this process.
+
+Recovery is exact: every in-flight job has a deadline in Redis that only its dispatcher renews. When a
+dispatcher dies (SIGKILL, node loss) its deadlines lapse and any other dispatcher (or its own restart)
+adopts those jobs within the lease TTL: it keeps the endpoint lease and attaches to the prompt still running
+there, so nothing runs twice and nothing waits for RQ's minute-long abandoned-job detection. On SIGTERM a
+dispatcher hands its jobs over at once. Redis outages, lock time-outs and bad records are survived: each loop
+backs off and goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aioredis
+
+from comfyfleet.comfy.client import ComfyClient
+from comfyfleet.comfy.hub import WsHub
+from comfyfleet.dispatch.probe import ProbeServer
+from comfyfleet.dispatch.registry import Endpoint
+from comfyfleet.dispatch.rqworker import RQRun, make_scheduler, make_worker
+from comfyfleet.dispatch.runner import JobRun, RunContext, Settled, wait_prompt_gone
+from comfyfleet.dispatch.scheduler import Claim
+from comfyfleet.dispatch.selection import Candidate
+from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.jobs.model import JobState
+from comfyfleet.settings import DispatchSettings
+from comfyfleet.store.factory import output_store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Without any wake-up, look for work this often anyway (a wake-up lost while Redis was away, a lease that
+# expired): one cheap read when nothing is free or queued.
+IDLE_RECHECK_SECONDS = 1.0
+# Maintenance (deadlines, leases, liveness, adoption, due retries) runs this often.
+MAINTENANCE_SECONDS = 1.0
+# The registry snapshot (health, models) is re-read at most this often; leases are always read fresh.
+SNAPSHOT_MAX_AGE_SECONDS = 0.5
+# Renew or give up: a dispatcher that cannot reach Redis backs off from 0.2 s up to this.
+MAX_BACKOFF_SECONDS = 10.0
+
+# Renew in-flight deadlines only for jobs this dispatcher still owns. KEYS: inflight, owner. ARGV: deadline,
+# owner, job ids... Returns the ids whose owner changed (adopted elsewhere after a stall: stop driving them).
+_RENEW_INFLIGHT = """
+local lost = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[2], id) == ARGV[2] then
+    redis.call('ZADD', KEYS[1], ARGV[1], id)
+  else
+    table.insert(lost, id)
+  end
+end
+return lost
+"""
+
+
+class EndpointLink:
+    """One endpoint's pooled HTTP client and shared websocket in this process."""
+
+    def __init__(self, endpoint: Endpoint, client_id: str):
+        self.url = endpoint.url
+        self.client = ComfyClient(endpoint.url, client_id=client_id)
+        self.hub = WsHub(self.client.ws_url(client_id), client_id, open_timeout=self.client.timeout)
+
+    async def close(self) -> None:
+        await self.hub.close()
+        await self.client.close()
+
+
+class Backoff:
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    async def sleep(self) -> None:
+        self.delay = min(max(self.delay * 2, 0.2), MAX_BACKOFF_SECONDS)
+        await asyncio.sleep(self.delay)
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+
+def dispatcher_name() -> str:
+    return f"dispatcher-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Engine:
+    def __init__(self, settings: DispatchSettings, name: str | None = None):
+        self.settings = settings
+        self.name = name or dispatcher_name()
+        # Short socket time-outs: a Redis that stops answering must surface as an error (and a back-off), not
+        # hang a loop; a connection pool sized for the I/O threads plus the bookkeeping thread.
+        self.conn = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+                                         health_check_interval=30, max_connections=settings.io_threads + 8)
+        self.d = Dispatcher(self.conn, settings)
+        self.keys = self.d.keys
+        self.store = output_store(settings)
+        self.client_id = f"comfyfleet-{uuid.uuid4().hex}"
+        self.links: dict[str, EndpointLink] = {}
+        self.snapshot: list[Candidate] = []
+        self.endpoints: dict[str, Endpoint] = {}
+        self.snapshot_at = 0.0
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.claims: dict[str, Claim] = {}
+        self.cancel_events: dict[str, asyncio.Event] = {}
+        self.rq_runs: dict[str, RQRun] = {}
+        self.holding: set[str] = set()
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.io_pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="dispatch-io")
+        # RQ's worker object is not thread-safe: every RQ call goes through this one thread, in order.
+        self.rq_pool = ThreadPoolExecutor(1, thread_name_prefix="dispatch-rq")
+        queue_names = self.keys.queue_names()
+        self.worker = make_worker(queue_names, self.conn, self.name, settings.job_monitoring_interval_seconds)
+        self.rq_scheduler = make_scheduler(queue_names, self.conn, self.name)
+        self._renew_inflight = self.conn.register_script(_RENEW_INFLIGHT)
+        self.last_loop_tick = time.monotonic()
+        self.last_maintenance = time.monotonic()
+        self.started = False
+        self.ctx = RunContext(settings=settings, repo=self.d.repo, registry=self.d.registry, store=self.store,
+                              link_for=self.link_for, io=self.io)
+        self.probe = ProbeServer(self, settings.dispatcher_host, settings.dispatcher_port)
+
+    # --- plumbing ---------------------------------------------------------------------------------
+    async def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.io_pool, call)
+
+    async def rq(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.rq_pool, functools.partial(fn, *args, **kwargs))
+
+    @property
+    def slots(self) -> int:
+        return self.settings.max_in_flight
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots - len(self.tasks)
+
+    def link_for(self, endpoint: Endpoint) -> EndpointLink:
+        link = self.links.get(endpoint.id)
+        if link is None or link.url != endpoint.url:
+            if link is not None:
+                asyncio.get_running_loop().create_task(link.close())
+            link = self.links[endpoint.id] = EndpointLink(endpoint, self.client_id)
+        return link
+
+    async def refresh_snapshot(self, force: bool = False) -> list[Candidate]:
+        if force or time.monotonic() - self.snapshot_at > SNAPSHOT_MAX_AGE_SECONDS:
+            endpoints = await self.io(self.d.registry.endpoints)
+            self.endpoints = {e.id: e for e in endpoints}
+            self.snapshot = [Candidate(id=e.id, pool=e.pool, healthy=e.healthy, busy=False,
+                                       checkpoints=frozenset(e.checkpoints), loras=frozenset(e.loras),
+                                       last_checkpoint=e.last_checkpoint, last_assigned_at=float(e.last_assigned_at),
+                                       queue_remaining=int(e.queue_remaining)) for e in endpoints]
+            self.snapshot_at = time.monotonic()
+        return self.snapshot
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until stop() (or SIGTERM/SIGINT through the CLI), then hand in-flight jobs over and exit."""
+        backoff = Backoff()
+        while not self.started:
+            try:
+                await self.rq(self.worker.start)
+                self.started = True
+            except redis.RedisError as exc:
+                log.error("dispatcher %s: Redis unavailable at start (%s); retrying", self.name, exc)
+                await backoff.sleep()
+        log.info("dispatcher %s: up, %d slots, clientId %s", self.name, self.slots, self.client_id)
+        await self.probe.start()
+        loops = [asyncio.create_task(coro, name=name) for name, coro in (
+            ("listen", self._listen()), ("claim", self._claim_loop()), ("maintain", self._maintain_loop()),
+            ("tick", self._tick_loop()))]
+        try:
+            await self.stopping.wait()
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await self._hand_over()
+            await self.probe.stop()
+            for link in list(self.links.values()):
+                await link.close()
+            with contextlib.suppress(redis.RedisError):
+                await self.rq(self.worker.stop)
+            self.io_pool.shutdown(wait=False, cancel_futures=True)
+            self.rq_pool.shutdown(wait=False, cancel_futures=True)
+            log.info("dispatcher %s: stopped", self.name)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def _hand_over(self) -> None:
+        """Let another dispatcher adopt our jobs right away: their prompts keep running on their pods."""
+        ids = list(self.tasks)
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if ids:
+            with contextlib.suppress(redis.RedisError):
+                await self.io(lambda: self.conn.zadd(self.keys.inflight, dict.fromkeys(ids, 0)))
+                await self.io(self.d.scheduler.wake)
+            log.info("dispatcher %s: handed %d in-flight jobs over", self.name, len(ids))
+
+    # --- loops ------------------------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        while True:
+            self.last_loop_tick = time.monotonic()
+            await asyncio.sleep(0.5)
+
+    async def _listen(self) -> None:
+        """One subscription for wake-ups and cancel requests; reconnects with back-off."""
+        backoff = Backoff()
+        while True:
+            aconn = aioredis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=5)
+            pubsub = aconn.pubsub()
+            try:
+                await pubsub.subscribe(self.keys.wake, self.keys.cancel)
+                backoff.reset()
+                self.wake.set()  # anything may have happened while we were not listening
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if message is None:
+                        continue
+                    channel = message["channel"].decode()
+                    if channel == self.keys.wake:
+                        self.wake.set()
+                    elif channel == self.keys.cancel:
+                        event = self.cancel_events.get(message["data"].decode())
+                        if event is not None:
+                            event.set()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("dispatcher %s: subscription lost (%s); reconnecting", self.name, exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                    await aconn.aclose()
+            await backoff.sleep()
+
+    async def _claim_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_RECHECK_SECONDS):
+                    await self.wake.wait()
+            self.wake.clear()
+            free = self.free_slots
+            if free <= 0:
+                continue
+            try:
+                candidates = await self.refresh_snapshot()
+                if not await self.io(self._worth_a_pass, candidates):
+                    continue
+                claims = await self.io(self.d.scheduler.claim_batch, free, candidates, self.name)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("dispatcher %s: claim failed (%s); backing off", self.name, exc)
+                await backoff.sleep()
+                self.wake.set()
+                continue
+            except Exception:  # noqa: BLE001 - a bug in one pass must not stop the loop
+                log.exception("dispatcher %s: claim pass failed", self.name)
+                await backoff.sleep()
+                continue
+            backoff.reset()
+            for claim in claims:
+                self._start(claim)
+            if len(claims) == free:
+                self.wake.set()  # there may be more to claim as soon as slots free up
+
+    def _worth_a_pass(self, candidates: list[Candidate]) -> bool:
+        """A lock-free look: is any healthy endpoint unleased, and is anything queued or parked?"""
+        healthy = [c.id for c in candidates if c.healthy]
+        if not healthy:
+            return False
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.mget([self.keys.lease(i) for i in healthy])
+            for name in self.keys.queue_names():
+                pipe.llen(self.d.scheduler.queue_key(name))
+            pipe.scard(self.keys.parked_pools)
+            leases, *counts = pipe.execute()
+        return any(v is None for v in leases) and any(counts)
+
+    async def _maintain_loop(self) -> None:
+        backoff = Backoff()
+        last_renew = last_beat = 0.0
+        while True:
+            await asyncio.sleep(MAINTENANCE_SECONDS)
+            now = time.monotonic()
+            try:
+                if now - last_renew >= self.settings.lease_ttl_seconds / 3:
+                    await self._renew()
+                    last_renew = now
+                await self.io(self._advertise)
+                if now - last_beat >= self.settings.job_monitoring_interval_seconds:
+                    runs = list(self.rq_runs.values())
+                    await self.rq(self.worker.beat, runs, self.settings.job_monitoring_interval_seconds + 60)
+                    last_beat = now
+                await self._adopt()
+                if await self.rq(self._enqueue_due_retries):
+                    self.wake.set()
+                    await self.io(self.d.scheduler.wake)
+                await self._close_stale_links()
+                backoff.reset()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("dispatcher %s: maintenance failed (%s); backing off", self.name, exc)
+                await backoff.sleep()
+            except Exception:  # noqa: BLE001 - keep maintaining whatever one round hit
+                log.exception("dispatcher %s: maintenance round failed", self.name)
+            # The loop went round (even if Redis is away): what /healthz watches is a loop that stopped.
+            self.last_maintenance = time.monotonic()
+
+    async def _renew(self) -> None:
+        ids = list(self.tasks)
+        if not ids:
+            return
+        deadline = time.time() + self.settings.lease_ttl_seconds
+        lost = await self.io(lambda: self._renew_inflight(keys=[self.keys.inflight, self.keys.inflight_owner],
+                                                          args=[deadline, self.name, *ids]))
+        held = [(c.endpoint_id, c.job_id) for c in self.claims.values() if c.endpoint_id]
+        await self.io(self.d.registry.renew_leases, held, self.d.scheduler.lease_ms / 1000)
+        for raw in lost:
+            job_id = raw.decode()
+            task = self.tasks.get(job_id)
+            if task is not None:
+                log.warning("dispatcher %s: job %s was adopted elsewhere (this loop stalled); letting it go",
+                            self.name, job_id)
+                task.cancel()
+
+    def _advertise(self) -> None:
+        """Our liveness and capacity, for `comfyfleet status`, the operator's capacity check and metrics."""
+        stamp = time.time()
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.dispatchers, {self.name: stamp + max(3 * MAINTENANCE_SECONDS + 2, 5.0)})
+            pipe.hset(self.keys.dispatcher(self.name), mapping={"slots": self.slots, "in_flight": len(self.tasks),
+                                                                "last_tick": stamp, "client_id": self.client_id})
+            pipe.expire(self.keys.dispatcher(self.name), 60)
+            pipe.zremrangebyscore(self.keys.dispatchers, "-inf", stamp - 3600)
+            pipe.execute()
+
+    async def _adopt(self) -> None:
+        free = self.free_slots
+        if free <= 0:
+            return
+        for claim in await self.io(self.d.scheduler.adopt_expired, self.name, free):
+            self._start(claim)
+
+    def _enqueue_due_retries(self) -> bool:
+        """Tick RQ's scheduler: move retries whose backoff passed back to their queues. True if any may have."""
+        sched = self.rq_scheduler
+        sched.acquire_locks()
+        if not sched.acquired_locks:
+            return False
+        due = 0
+        now = time.time()
+        with self.conn.pipeline(transaction=False) as pipe:
+            for name in sched.acquired_locks:
+                pipe.zcount(f"rq:scheduled:{name}", "-inf", now)
+            due = sum(pipe.execute())
+        if due:
+            sched.enqueue_scheduled_jobs()
+        return bool(due)
+
+    async def _close_stale_links(self) -> None:
+        live = self.endpoints
+        for endpoint_id in [i for i, link in self.links.items() if i not in live or live[i].url != link.url]:
+            if any(c.endpoint_id == endpoint_id for c in self.claims.values()):
+                continue
+            await self.links.pop(endpoint_id).close()
+
+    # --- one job ----------------------------------------------------------------------------------
+    def _start(self, claim: Claim) -> None:
+        if claim.job_id in self.tasks:
+            return
+        self.claims[claim.job_id] = claim
+        self.cancel_events[claim.job_id] = asyncio.Event()
+        self.tasks[claim.job_id] = asyncio.create_task(self._drive(claim), name=f"job {claim.job_id}")
+
+    async def _drive(self, claim: Claim) -> None:
+        job_id = claim.job_id
+        handed_over = False
+        try:
+            rq_run = await self.rq(self.worker.begin, job_id, claim.queue_name, claim.adopted)
+            if rq_run is not None:
+                self.rq_runs[job_id] = rq_run
+            endpoint = self.endpoints.get(claim.endpoint_id) if claim.endpoint_id else None
+            if claim.endpoint_id and endpoint is None:
+                await self.refresh_snapshot(force=True)
+                endpoint = self.endpoints.get(claim.endpoint_id)
+            settled = await JobRun(self.ctx, job_id, endpoint, adopted=claim.adopted,
+                                   cancelled=self.cancel_events[job_id]).run()
+            if settled.held_prompt and endpoint is not None:
+                await self._hold(endpoint, job_id)
+            await self._retrying(f"job {job_id}: RQ bookkeeping", lambda: self._record(settled, rq_run))
+        except asyncio.CancelledError:
+            handed_over = True  # shutting down or adopted elsewhere: the job stays in flight for its next owner
+            raise
+        except Exception:  # noqa: BLE001 - the slot and the lease must come back whatever happened
+            log.exception("dispatcher %s: job %s: bookkeeping failed", self.name, job_id)
+        finally:
+            self.tasks.pop(job_id, None)
+            self.rq_runs.pop(job_id, None)
+            self.cancel_events.pop(job_id, None)
+            self.claims.pop(job_id, None)
+            if not handed_over:
+                await self._release(claim)
+
+    async def _hold(self, endpoint: Endpoint, job_id: str) -> None:
+        """Keep the endpoint leased until ComfyUI has let go of the prompt we gave up on."""
+        self.holding.add(endpoint.id)
+        try:
+            log.info("job %s settled; holding %s until ComfyUI lets go of its prompt", job_id, endpoint.url)
+            if not await wait_prompt_gone(self.link_for(endpoint).client, job_id):
+                await self.io(self.d.registry.mark_unhealthy, endpoint.id,
+                              f"prompt {job_id} was interrupted but never left the pod")
+        finally:
+            self.holding.discard(endpoint.id)
+
+    async def _record(self, settled: Settled, rq_run: RQRun | None) -> None:
+        """RQ's record of the execution, in line with the job's."""
+        job, decision = settled.job, settled.decision
+        if job is None:
+            if rq_run is not None:
+                await self.rq(self.worker.fail, rq_run, "the job record is gone", retry=False)
+            return
+        retry = (decision is not None and decision.state is JobState.QUEUED) or job.state is JobState.QUEUED
+        if rq_run is None:
+            if retry:
+                await self.io(self.d.enqueue, job)  # RQ lost its record: queue a fresh one
+            return
+        if job.state is JobState.SUCCEEDED:
+            await self.rq(self.worker.succeed, rq_run, {"job_id": job.id, "state": job.state.value})
+        else:
+            message = job.error.message if job.error else job.state.value
+            await self.rq(self.worker.fail, rq_run, message, retry=retry,
+                          stopped=job.state is JobState.CANCELLED)
+
+    async def _retrying(self, what: str, step: Callable[[], Any]) -> None:
+        """Retry a step through a Redis outage (bounded), then give up loudly."""
+        backoff = Backoff()
+        for _ in range(30):
+            try:
+                await step()
+                return
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("%s failed (%s); retrying", what, exc)
+                await backoff.sleep()
+        log.error("%s: gave up after repeated Redis errors", what)
+
+    async def _release(self, claim: Claim) -> None:
+        def release() -> None:
+            with self.conn.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.keys.inflight, claim.job_id)
+                pipe.hdel(self.keys.inflight_owner, claim.job_id)
+                pipe.delete(self.keys.claim(claim.job_id))
+                pipe.execute()
+            if claim.endpoint_id:
+                self.d.registry.release_lease(claim.endpoint_id, claim.job_id)
+            self.d.scheduler.wake()
+
+        backoff = Backoff()
+        for _ in range(20):
+            try:
+                await self.io(release)
+                break
+            except (redis.RedisError, OSError) as exc:
+                log.warning("job %s: release failed (%s); retrying", claim.job_id, exc)
+                await backoff.sleep()
+        self.wake.set()
+
+    # --- health -----------------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Alive while the event loop turns and maintenance keeps completing (Redis being away is not a reason
+        to restart us: we back off and recover on our own)."""
+        now = time.monotonic()
+        loop_lag = now - self.last_loop_tick
+        maintenance_age = now - self.last_maintenance
+        ok = loop_lag < 10 and (maintenance_age < 60 or not self.started)
+        return ok, {"name": self.name, "slots": self.slots, "in_flight": len(self.tasks),
+                    "loop_lag_seconds": round(loop_lag, 3), "maintenance_age_seconds": round(maintenance_age, 3)}
+
+
+def run(settings: DispatchSettings) -> None:
+    """`comfyfleet dispatcher`: run one engine until SIGTERM/SIGINT."""
+    import signal
+
+    from comfyfleet.comfy.client import warm_up
+
+    warm_up()
+
+    async def main() -> None:
+        engine = Engine(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, engine.stop)
+        await engine.run()
+
+    asyncio.run(main())

@@ -1,0 +1,107 @@
+"""The asyncio dispatcher under faults: killed with jobs in flight, Redis restarted under it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import redis
+
+from tests.support.procs import ManagedProcess, free_port, wait_for
+from tests.support.stack import Stack, auth, wait_until
+
+
+def txt2img(seed: int, steps: int) -> dict:
+    return {"template": "txt2img", "params": {"seed": seed, "steps": steps, "width": 64, "height": 64}}
+
+
+def prompts_posted(sims: list) -> int:
+    """How many prompts the simulators accepted, from their own logs ("got prompt", as ComfyUI logs it)."""
+    return sum(s.proc.log_text().count("got prompt") for s in sims)
+
+
+def running(stack: Stack, ids: list[str]) -> bool:
+    return all(stack.job(j)["state"] == "running" for j in ids)
+
+
+def test_dispatcher_killed_with_ten_jobs_in_flight_loses_none_and_runs_none_twice(sim_factory, stack_factory):
+    sims = [sim_factory(step_seconds=0.25) for _ in range(10)]
+    stack = stack_factory([s.url for s in sims], workers=1,
+                          env={"COMFYFLEET_DELETE_POD_HISTORY": "false"})
+    stack.wait_workers_ready(10, timeout=60)
+    ids = [stack.generate(txt2img(100 + i, steps=40)).json()["jobId"] for i in range(10)]
+    wait_until(lambda: running(stack, ids), timeout=60, what="ten jobs running")
+    stack.workers[0].kill()  # SIGKILL: no hand-over, its deadlines simply stop being renewed
+    killed_at = time.monotonic()
+    stack.add_worker()
+    lease_ttl = float(stack.env["COMFYFLEET_LEASE_TTL_SECONDS"])
+    finals = [stack.wait_state(j, timeout=60) for j in ids]
+    assert [f["state"] for f in finals] == ["succeeded"] * 10, [f["error"] for f in finals]
+    assert all(f["attempts"] == 1 for f in finals), "adopted, not retried"
+    assert prompts_posted(sims) == 10, "each prompt was posted once: the new dispatcher attached to them"
+    recovered_in = time.monotonic() - killed_at
+    assert recovered_in < lease_ttl + 10 + 40 * 0.25, recovered_in
+    for f in finals:
+        history = json.loads(_get(f"{_sim_of(sims, f['worker']).url}/history/{f['jobId']}"))
+        assert history[f["jobId"]]["status"]["status_str"] == "success"
+
+
+def test_redis_restarted_while_jobs_run(sim_factory, tmp_path: Path):
+    """Redis with AOF (the chart's setting) restarts under running jobs: the dispatcher and API recover on
+    their own; every job ends succeeded, none lost, none posted twice."""
+    server = _AofRedis(tmp_path / "redis")
+    sims = [sim_factory(step_seconds=0.2) for _ in range(3)]
+    stack = Stack(tmp_path / "stack", server.url, [s.url for s in sims], workers=1,
+                  env={"COMFYFLEET_DELETE_POD_HISTORY": "false"})
+    try:
+        stack.wait_workers_ready(3, timeout=60)
+        ids = [stack.generate(txt2img(200 + i, steps=25)).json()["jobId"] for i in range(5)]
+        wait_until(lambda: running(stack, ids[:3]), timeout=60, what="three jobs running")
+        server.restart(down_for=2.0)
+        finals = [stack.wait_state(j, timeout=120) for j in ids]
+        assert [f["state"] for f in finals] == ["succeeded"] * 5, [f["error"] for f in finals]
+        assert prompts_posted(sims) == 5
+        assert stack.workers[0].alive(), "the dispatcher survived the outage"
+        after = stack.generate(txt2img(299, steps=2)).json()["jobId"]
+        assert stack.wait_state(after, timeout=60)["state"] == "succeeded"
+    finally:
+        stack.stop()
+        server.stop()
+
+
+class _AofRedis:
+    def __init__(self, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = self._start()
+
+    def _start(self) -> ManagedProcess:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        proc = ManagedProcess([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir)],
+                              log_path=self.workdir / "redis.log")
+        wait_for(lambda: redis.Redis.from_url(self.url).ping(), timeout=15, what="redis-server")
+        return proc
+
+    def restart(self, down_for: float) -> None:
+        self.proc.stop()  # SIGTERM: Redis flushes its AOF on a clean shutdown
+        time.sleep(down_for)
+        self.proc = self._start()
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def _sim_of(sims: list, endpoint_id: str):  # noqa: ANN202
+    return next(s for s in sims if endpoint_id == f"url:{s.url}")
+
+
+def _get(url: str) -> str:
+    import httpx
+
+    return httpx.get(url, headers=auth(), timeout=10).text
