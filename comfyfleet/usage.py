@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.errors import ComfyError
+from comfyfleet.fairuse import text
 from comfyfleet.keys import Keys
 from comfyfleet.store.jobrepo import JobNotFound, JobRepo
 
@@ -106,7 +107,7 @@ class UsageBook:
                 for day, (seconds, attempts) in zip(days, rows, strict=True)]
 
     def totals(self) -> dict[str, float]:
-        return {k.decode(): float(v) for k, v in self.conn.hgetall(self.totals_key).items()}
+        return {text(k): float(v) for k, v in self.conn.hgetall(self.totals_key).items()}
 
 
 async def record_run_usage(client: ComfyClient, repo: JobRepo, job_id: str) -> float:
@@ -130,7 +131,7 @@ async def record_run_usage(client: ComfyClient, repo: JobRepo, job_id: str) -> f
         book = UsageBook(conn, keys)
         counted = await asyncio.to_thread(
             lambda: book.record(job_id=job_id, attempt=max(job.attempts, 1), owner=job.owner,
-                                pool=pool.decode() if pool else (job.pool or "default"), seconds=seconds,
+                                pool=text(pool) if pool else (job.pool or "default"), seconds=seconds,
                                 day=day_of(window[1]), repo=repo))
         return seconds if counted else 0.0
     except (ComfyError, OSError, redis.RedisError, JobNotFound) as exc:

@@ -19,6 +19,7 @@ import redis
 from rq import Queue
 
 from comfyfleet.dispatch.rqconf import SERIALIZER
+from comfyfleet.fairuse import text
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.keys import Keys
 
@@ -137,7 +138,7 @@ class FairUse:
 
     def queued_total(self) -> int:
         """Jobs waiting: in the RQ queues, plus those parked for a pool with no healthy endpoint."""
-        parked_pools = [p.decode() for p in self.conn.smembers(self.keys.parked_pools)]
+        parked_pools = [text(p) for p in self.conn.smembers(self.keys.parked_pools)]
         with self.conn.pipeline(transaction=False) as pipe:
             for name in self.keys.queue_names():
                 pipe.llen(Queue(name, connection=self.conn, serializer=SERIALIZER).key)
@@ -170,9 +171,9 @@ class FairUse:
 
     def _prune(self, key: str, queued_only: bool) -> int:
         """Drop ids whose jobs no longer count; returns how many remain."""
-        ids = [i.decode() for i in self.conn.zrange(key, 0, -1)]
+        ids = [text(i) for i in self.conn.zrange(key, 0, -1)]
         # Reserved but not yet written jobs read as missing: keep the newest few seconds' ids.
-        fresh = {i.decode() for i in self.conn.zrangebyscore(key, time.time() - 30, "+inf")}
+        fresh = {text(i) for i in self.conn.zrangebyscore(key, time.time() - 30, "+inf")}
         stale = [i for i, job in zip(ids, self._load(ids), strict=True)
                  if (job is None and i not in fresh) or (job is not None and not still_counts(job, queued_only))]
         if stale:

@@ -12,6 +12,7 @@ import time
 import redis
 
 from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.fairuse import text
 from comfyfleet.keys import Keys
 
 # Several reconcile intervals (5 s by default): a restarting operator must not make its pools vanish.
@@ -32,5 +33,5 @@ def known_pools(dispatcher: Dispatcher, now: float | None = None) -> set[str]:
     now = time.time() if now is None else now
     key = declared_key(dispatcher.keys)
     conn.zremrangebyscore(key, "-inf", now - DECLARATION_TTL_SECONDS)
-    declared = {p.decode() for p in conn.zrange(key, 0, -1)}
+    declared = {text(p) for p in conn.zrange(key, 0, -1)}
     return declared | {e.pool for e in dispatcher.registry.endpoints()}
