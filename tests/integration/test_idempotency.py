@@ -1,8 +1,8 @@
 """Idempotency keys over real HTTP and Redis (issue 9).
 
 Tests marked `after_jobrepo` cover the lead's JobRepo/keys rewrite (owner-safe key layout, atomic
-create); they are expected to FAIL on a branch without it and to pass once it is merged. Run them with
-`pytest tests/integration/test_idempotency.py -m after_jobrepo`.
+create): they failed on the reliability branch before it was merged and pass on the merged tree. Run them
+alone with `pytest tests/integration/test_idempotency.py -m after_jobrepo`.
 """
 
 from __future__ import annotations
