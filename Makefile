@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo up test test-unit test-integration test-k8s k8s-binaries firebase-emulators lint fmt sync-crds bench clean
+.PHONY: install demo up test test-unit test-integration test-k8s test-browser k8s-binaries firebase-emulators browser-deps ts-types lint fmt sync-crds bench clean
 
 install: $(VENV)/.installed
 
@@ -27,7 +27,13 @@ k8s-binaries:  ## build (or reuse) etcd, kube-apiserver, kubectl and helm under 
 firebase-emulators:  ## install (or reuse) the pinned Firebase emulators from npm under ~/.cache/comfyfleet
 	scripts/firebase-emulators >/dev/null
 
-test: install k8s-binaries firebase-emulators  ## every tier: unit, integration (real Redis + simulators), k8s (real apiserver)
+browser-deps:  ## install (or reuse) Debian's chromium and the TypeScript client's npm packages (npm ci)
+	scripts/browser-deps
+
+ts-types: install  ## regenerate clients/typescript/openapi.json and src/schema.d.ts from the API
+	scripts/gen-ts-types
+
+test: install k8s-binaries firebase-emulators browser-deps  ## every tier: unit, integration (real Redis + simulators), k8s (real apiserver), browser (Node + Chromium)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -35,6 +41,9 @@ test-unit: install
 
 test-integration: install firebase-emulators
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-browser: install browser-deps
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
 
 test-k8s: install k8s-binaries
 	$(PY) -m pytest tests/k8s $(PYTEST_ARGS)

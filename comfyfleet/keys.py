@@ -63,6 +63,10 @@ class Keys:
     def lease(self, pod_id: str) -> str:
         return f"{self.prefix}:lease:{pod_id}"
 
+    def lease_next(self, pod_id: str) -> str:
+        """The lease of the job committed to a pod ahead of the running one (pools with prefetch 1)."""
+        return f"{self.prefix}:lease:{pod_id}:next"
+
     def claim(self, job_id: str) -> str:
         return f"{self.prefix}:claim:{job_id}"
 
@@ -113,3 +117,8 @@ class Keys:
 
     def queue_names(self) -> list[str]:
         return [self.queue_name(p) for p in PRIORITIES]
+
+
+def as_text(value: object) -> str:
+    """A Redis reply as text (replies are bytes; typed as bytes | str by redis-py)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

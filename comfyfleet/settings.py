@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -98,6 +99,9 @@ class PoolSettings(CommonSettings):
     # Static endpoints registered at start (COMFYFLEET_COMFYUI_URLS=http://a:8188,http://b:8188).
     comfyui_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     default_pool: str = "default"
+    # Prefetch for the static endpoints above: 1 queues each pod's next prompt on it while the current one
+    # runs, so the GPU never waits for dispatch (pools under the operator set `spec.prefetch` instead).
+    comfyui_prefetch: int = Field(0, ge=0, le=1)
 
     @field_validator("comfyui_urls", mode="before")
     @classmethod
@@ -131,6 +135,42 @@ class ApiSettings(PoolSettings, DispatchSettings):
     # Run the endpoint health monitor inside the API (off when the operator publishes pods).
     run_health_monitor: bool = True
     public_url: str = ""
+    # --- browsers (owner: browser) ---
+    # Origins whose pages may call the API (CORS), e.g. https://app.example.com; none by default.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # HMAC secret of job access tokens (`accessToken`, `?token=` on streams and outputs). Empty: one
+    # random secret per install is kept in Redis, so every API replica accepts every replica's tokens.
+    job_access_secret: str = ""
+    # Job access tokens live 15 min: long enough to open a stream and show a page of thumbnails, short
+    # enough that a URL copied out of a log is soon useless. Reading the job again gives a fresh one.
+    job_access_ttl_seconds: int = Field(900, ge=30, le=24 * 3600)
+    # Open SSE/WebSocket streams per user and API process; one more is refused with 429. A page needs
+    # one per job it watches; 20 covers a busy dashboard while one user cannot tie up the process.
+    max_streams_per_user: int = Field(20, ge=1, le=10_000)
+    # A stream is closed after this long; clients reconnect with Last-Event-ID and lose nothing. Bounds
+    # what a forgotten tab (or a client that never reads) holds on the server.
+    max_stream_seconds: float = Field(3600.0, gt=0, le=24 * 3600)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _csv_origins(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"cors_origins: {origin!r} is not an origin like https://app.example.com "
+                                 "(scheme and host, no path; '*' is not accepted)")
+        return [o.lower() for o in value]
+
+    @field_validator("job_access_secret")
+    @classmethod
+    def _check_token_secret(cls, value: str) -> str:
+        if value and (len(value) < 32 or value.lower() in PLACEHOLDER_SECRETS):
+            raise ValueError("job_access_secret must be at least 32 random characters (or empty: kept in Redis)")
+        return value
 
     # --- reliability: fair use, bounds, operational routes (issue 9) ------------------------------
     # 0 turns a limit off. A user with this many jobs queued or running gets 429 until one finishes:

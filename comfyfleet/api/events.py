@@ -1,57 +1,128 @@
-"""Follow a job's changes through its Redis pub/sub channel (for SSE and the sync endpoint)."""
+"""Job event streams for SSE and the WebSocket: one shared subscription, resume by id, bounded in number and life.
+
+Both transports send the same events: first `state` with the job as it is now (or, on a resume, the events
+missed since the client's last event id), then every `state`/`progress` change until the job is final.
+Each event has the id of its entry in the job's Redis Stream (comfyfleet.store.jobevents).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from comfyfleet.api.errors import ApiError
 from comfyfleet.jobs.model import Job
-from comfyfleet.keys import Keys
+from comfyfleet.store.jobevents import (
+    EventHub,
+    JobEvent,
+    format_event_id,
+    parse_event_id,
+    wait_until_final,
+)
+
+__all__ = ["EventStreamResponse", "StreamGate", "follow_job", "sse_frame", "wait_until_final"]
+
+# SSE comment lines keep proxies from closing an idle stream while a job waits in the queue.
+KEEPALIVE_SECONDS = 15.0
 
 
-class JobFeed:
-    """Subscribed before the job is read, so no change can slip between the snapshot and the stream."""
+@dataclass
+class StreamGate:
+    """Counts one process's open streams per user and refuses one past the limit (429)."""
 
-    def __init__(self, pubsub: aioredis.client.PubSub):
-        self._pubsub = pubsub
+    limit: int
+    open: dict[str, int] = field(default_factory=dict)
 
-    async def next(self, timeout: float) -> tuple[str, Job] | None:
-        """The next (event, job) or None when timeout passes with no change."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
-            if message is None or message.get("type") != "message":
-                continue
-            payload: dict[str, Any] = json.loads(message["data"])
-            return payload["event"], Job.model_validate(payload["job"])
+    def acquire(self, owner: str) -> Callable[[], None]:
+        """Take a slot for `owner`; returns the function that gives it back (safe to call twice)."""
+        if self.open.get(owner, 0) >= self.limit:
+            raise ApiError(429, f"too many open streams: at most {self.limit} per user (max_streams_per_user); "
+                                "close one or poll /api/comfyui/job/{jobId}",
+                           details={"limit": self.limit, "setting": "max_streams_per_user"},
+                           headers={"Retry-After": "5"})
+        self.open[owner] = self.open.get(owner, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            left = self.open.get(owner, 1) - 1
+            if left > 0:
+                self.open[owner] = left
+            else:
+                self.open.pop(owner, None)
+
+        return release
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response that gives back its stream slot however it ends (even if never started)."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None]):
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def parse_last_event_id(value: str | None, field_name: str) -> tuple[int, int] | None:
+    """The client's last seen event id (Redis stream id `ms-seq`), or a 422 naming the field."""
+    if value is None or value == "":
         return None
+    parsed = parse_event_id(value)
+    if parsed is None:
+        raise ApiError(422, f"{field_name}: {value[:40]!r} is not an event id like 1733050000000-0",
+                       details=[{"field": field_name, "message": "not an event id"}])
+    return parsed
 
 
-@asynccontextmanager
-async def job_feed(aconn: aioredis.Redis, keys: Keys, job_id: str) -> AsyncIterator[JobFeed]:
-    pubsub = aconn.pubsub()
-    await pubsub.subscribe(keys.events(job_id))
-    try:
-        yield JobFeed(pubsub)
-    finally:
-        await pubsub.unsubscribe()
-        await pubsub.aclose()
+async def follow_job(hub: EventHub, job_id: str, read_job: Callable[[], Awaitable[Job]],
+                     after: tuple[int, int] | None, lifetime: float,
+                     keepalive: float = KEEPALIVE_SECONDS) -> AsyncIterator[JobEvent | None]:
+    """The events a client should get, then stop at the final state or when `lifetime` runs out.
+
+    Yields None when `keepalive` passes with no event (SSE sends a comment then).
+    read_job is an async callable returning the current job record.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + lifetime
+    async with hub.follow(job_id, after) as feed:
+        if feed.gap and after is not None:
+            feed.discard_backlog()
+            feed.last = await hub.last_id(job_id)
+        job = await read_job()
+        if after is None or feed.gap:
+            yield JobEvent(format_event_id(feed.last), "state", job)  # the job as it is now
+            if job.state.is_terminal:
+                return
+        elif job.state.is_terminal and not feed.has_terminal_backlog():
+            # Resumed after the final event was already delivered (or the stream is gone): say so once.
+            yield JobEvent(format_event_id(max(feed.last, await hub.last_id(job_id))), "state", job)
+            return
+        while (left := deadline - loop.time()) > 0:
+            item = await feed.next(min(keepalive, left))
+            if item is None:
+                if deadline - loop.time() > 0:
+                    yield None
+                continue
+            yield item
+            if item.job.state.is_terminal:
+                return
 
 
-async def wait_until_final(feed: JobFeed, current: Job, timeout: float) -> Job:
-    """Follow the feed until the job is final or timeout passes; returns the latest job seen."""
-    deadline = time.monotonic() + timeout
-    job = current
-    while not job.state.is_terminal and (left := deadline - time.monotonic()) > 0:
-        item = await feed.next(left)
-        if item is None:
-            break
-        job = item[1]
-    return job
-
-
+def sse_frame(item: JobEvent | None, data: dict[str, object]) -> bytes:
+    if item is None:
+        return b": keepalive\n\n"
+    return f"id: {item.id}\nevent: {item.event}\ndata: {json.dumps(data)}\n\n".encode()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from comfyfleet.api.tokens import JobTokens
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.jobs.params import GenerateParams
 
@@ -83,9 +85,15 @@ class JobPublic(ApiModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    access_token: str | None = Field(
+        None, description="short-lived token for this job only: add ?token=... to its events, WebSocket and "
+                          "output URLs where no Authorization header can be sent (EventSource, <img src>)")
+    access_token_expires_at: datetime | None = Field(None, description="when accessToken stops working")
 
     @classmethod
-    def of(cls, job: Job) -> JobPublic:
+    def of(cls, job: Job, tokens: JobTokens | None = None) -> JobPublic:
+        """The public view; with `tokens`, an access token and output URLs a browser can load as they are."""
+        token, expires = tokens.issue(job.id, job.owner, time.time()) if tokens else (None, None)
         return cls(
             job_id=job.id, owner=job.owner, state=job.state, priority=job.priority, pool=job.pool,
             template=job.template,
@@ -94,10 +102,12 @@ class JobPublic(ApiModel):
             error=ErrorPublic(code=job.error.code.value, message=job.error.message, details=job.error.details)
             if job.error else None,
             outputs=[OutputPublic(filename=o.filename, node_id=o.node_id, content_type=o.content_type, size=o.size,
-                                  url=o.url) for o in job.outputs],
+                                  url=with_token(o.url, token)) for o in job.outputs],
             worker=job.worker, source=job.source, cancel_requested=job.cancel_requested,
             queue_timeout_seconds=job.queue_timeout_seconds, gpu_seconds=job.gpu_seconds, created_at=job.created_at,
             updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+            access_token=token,
+            access_token_expires_at=datetime.fromtimestamp(expires, UTC) if expires is not None else None,
         )
 
 
@@ -108,6 +118,13 @@ def progress_of(job: Job) -> ProgressPublic:
         top = max(p.max, 1)
         return ProgressPublic(value=top, max=top, node=None, percent=100)
     return ProgressPublic(value=p.value, max=p.max, node=p.node, percent=int(p.fraction * 100))
+
+
+def with_token(url: str | None, token: str | None) -> str | None:
+    """Our own (relative) output URLs get the job's token; a store's signed absolute URL loads as it is."""
+    if not url or not token or not url.startswith("/"):
+        return url
+    return f"{url}{'&' if '?' in url else '?'}token={token}"
 
 
 class JobsPublic(ApiModel):
@@ -188,6 +205,13 @@ class HealthDetailedPublic(HealthPublic):
     redis: str
     workers: dict[str, int]
     queue: dict[str, int]
+
+
+class MePublic(ApiModel):
+    """Who the caller is, so a page can show admin actions only to admins (the routes check it again)."""
+
+    owner: str
+    admin: bool
 
 
 class UsageDay(ApiModel):

@@ -11,8 +11,14 @@ import redis
 import redis.asyncio as aioredis
 
 from comfyfleet.api.auth import Authenticator
+from comfyfleet.api.errors import ApiError
+from comfyfleet.api.events import StreamGate
+from comfyfleet.api.schemas import JobPublic
+from comfyfleet.api.tokens import JobTokens
 from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.jobs.model import Job
 from comfyfleet.settings import ApiSettings
+from comfyfleet.store.jobevents import EventHub
 from comfyfleet.store.outputs import OutputStore
 
 
@@ -24,7 +30,20 @@ class AppState:
     dispatcher: Dispatcher
     authenticator: Authenticator
     store: OutputStore
+    hub: EventHub  # the process's one subscription to job events (started by the app's lifespan)
+    streams: StreamGate  # open SSE/WebSocket streams per user
+    job_tokens: JobTokens | None = None  # set by the lifespan once the shared secret is read from Redis
     _catalogs: dict[str | None, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> JobTokens:
+        if self.job_tokens is None:  # Redis was unreachable since the start (the lifespan keeps trying)
+            raise ApiError(503, "the API is starting: Redis is not reachable yet", headers={"Retry-After": "2"})
+        return self.job_tokens
+
+    def public(self, job: Job) -> JobPublic:
+        """The job as the API returns it, with its access token and browser-loadable output URLs."""
+        return JobPublic.of(job, self.tokens)
 
     def cached_catalog(self, pool: str | None, load: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
         """The node catalog for a pool, reloaded at most every CATALOG_TTL_SECONDS (it is ~1 MB on real ComfyUI)."""

@@ -158,11 +158,13 @@ class ComfyClient:
 
     async def system_stats(self) -> dict[str, Any]:
         """GET /system_stats: versions, RAM and devices; the readiness probe."""
-        return await self._get_json("/system_stats")
+        stats: dict[str, Any] = await self._get_json("/system_stats")
+        return stats
 
     async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         """GET /object_info[/<class>]; an unknown class gives {}."""
-        return await self._get_json(f"/object_info/{node_class}" if node_class else "/object_info")
+        info: dict[str, Any] = await self._get_json(f"/object_info/{node_class}" if node_class else "/object_info")
+        return info
 
     async def available_models(self) -> PodModels:
         """Checkpoint and LoRA names from the loader nodes' COMBO inputs."""

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -33,7 +33,7 @@ from comfyfleet.comfy.messages import (
     WatchdogCheck,
     parse_frame,
 )
-from comfyfleet.comfy.models import HistoryEntry, RunResult, SubmitResult, parse_outputs
+from comfyfleet.comfy.models import HistoryEntry, RunResult, RunStatus, SubmitResult, parse_outputs
 
 if TYPE_CHECKING:
     from comfyfleet.comfy.client import ComfyClient, EventCallback
@@ -193,7 +193,7 @@ class PromptRun:
         """Watchdog poll: None while queued or running, the result once in history, else lost."""
         queue = await self.client.queue()
         if self.prompt_id in queue:
-            state = "running" if self.prompt_id in queue.running else "pending"
+            state: Literal["pending", "running"] = "running" if self.prompt_id in queue.running else "pending"
             silent_for = time.monotonic() - self.last_heard
             log.info("prompt %s still %s after %.1fs of silence", self.prompt_id, state, silent_for)
             await self._emit(WatchdogCheck(prompt_id=self.prompt_id, state=state, silent_for=silent_for))
@@ -237,6 +237,7 @@ class PromptRun:
 
     def _result_from_events(self) -> RunResult:
         outputs = [ref for ev in self.executed for ref in parse_outputs({ev.node: ev.output})]
+        status: RunStatus
         if self.interrupted is not None:
             status = "interrupted"
         elif self.error is not None or not self.succeeded:

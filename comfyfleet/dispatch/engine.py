@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.hub import WsHub
 from comfyfleet.dispatch.probe import ProbeServer
-from comfyfleet.dispatch.registry import Endpoint
+from comfyfleet.dispatch.registry import Endpoint, to_candidate
 from comfyfleet.dispatch.rqworker import RQRun, make_scheduler, make_worker
 from comfyfleet.dispatch.runner import JobRun, RunContext, Settled, wait_prompt_gone
 from comfyfleet.dispatch.scheduler import Claim
@@ -166,10 +166,7 @@ class Engine:
         if force or time.monotonic() - self.snapshot_at > SNAPSHOT_MAX_AGE_SECONDS:
             endpoints = await self.io(self.d.registry.endpoints)
             self.endpoints = {e.id: e for e in endpoints}
-            self.snapshot = [Candidate(id=e.id, pool=e.pool, healthy=e.healthy, busy=False,
-                                       checkpoints=frozenset(e.checkpoints), loras=frozenset(e.loras),
-                                       last_checkpoint=e.last_checkpoint, last_assigned_at=float(e.last_assigned_at),
-                                       queue_remaining=int(e.queue_remaining)) for e in endpoints]
+            self.snapshot = [to_candidate(e, busy=False) for e in endpoints]
             self.snapshot_at = time.monotonic()
         return self.snapshot
 
@@ -287,16 +284,19 @@ class Engine:
 
     def _worth_a_pass(self, candidates: list[Candidate]) -> bool:
         """A lock-free look: is any healthy endpoint unleased, and is anything queued or parked?"""
-        healthy = [c.id for c in candidates if c.healthy]
+        healthy = [c for c in candidates if c.healthy]
         if not healthy:
             return False
         with self.conn.pipeline(transaction=False) as pipe:
-            pipe.mget([self.keys.lease(i) for i in healthy])
+            pipe.mget([self.keys.lease(c.id) for c in healthy])
+            pipe.mget([self.keys.lease_next(c.id) for c in healthy])
             for name in self.keys.queue_names():
                 pipe.llen(self.d.scheduler.queue_key(name))
             pipe.scard(self.keys.parked_pools)
-            leases, *counts = pipe.execute()
-        return any(v is None for v in leases) and any(counts)
+            leases, nexts, *counts = pipe.execute()
+        free = any(lease is None or (c.prefetch and nxt is None)
+                   for c, lease, nxt in zip(healthy, leases, nexts, strict=True))
+        return free and any(counts)
 
     async def _maintain_loop(self) -> None:
         backoff = Backoff()
@@ -405,7 +405,7 @@ class Engine:
                 await self.refresh_snapshot(force=True)
                 endpoint = self.endpoints.get(claim.endpoint_id)
             settled = await JobRun(self.ctx, job_id, endpoint, adopted=claim.adopted,
-                                   cancelled=self.cancel_events[job_id]).run()
+                                   cancelled=self.cancel_events[job_id], prefetched=claim.prefetched).run()
             if settled.held_prompt and endpoint is not None:
                 await self._hold(endpoint, job_id)
             await self._retrying(f"job {job_id}: RQ bookkeeping", lambda: self._record(settled, rq_run))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.errors import ComfyError
@@ -98,7 +99,7 @@ class PodBusyElsewhere(ComfyError):
         self.prompt_ids = prompt_ids
 
 
-def _info(stats: dict) -> dict:
+def _info(stats: dict[str, Any]) -> dict[str, Any]:
     system = stats.get("system", {}) if isinstance(stats, dict) else {}
     devices = stats.get("devices", []) if isinstance(stats, dict) else []
     device = devices[0] if devices else {}

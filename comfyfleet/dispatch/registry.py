@@ -4,26 +4,41 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 from pydantic import BaseModel, Field
 
 from comfyfleet.dispatch.selection import Candidate
-from comfyfleet.keys import Keys
+from comfyfleet.keys import Keys, as_text
 
-# Compare-and-delete / compare-and-extend, so a worker never frees or renews a lease it no longer holds.
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+# Compare-and-delete / compare-and-extend, so a dispatcher never frees or renews a lease it no longer holds.
+# KEYS: the endpoint's lease, its next (prefetch) lease. Freeing the running job's lease promotes the prefetched
+# job's lease in the same step, so a prefetched job is always the next to run and never a third one is queued.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+  if redis.call('exists', KEYS[2]) == 1 then redis.call('rename', KEYS[2], KEYS[1]) end
+  return 1
+end
+if redis.call('get', KEYS[2]) == ARGV[1] then return redis.call('del', KEYS[2]) end
+return 0
+"""
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
     "else return 0 end"
 )
-# Renew many leases in one round trip: KEYS are lease keys, ARGV[1] the TTL in ms, ARGV[2..] the holders.
-# Returns, per lease, 1 if renewed and 0 if it was no longer held by that job.
+# Renew many leases in one round trip: KEYS are (lease, next lease) pairs, ARGV[1] the TTL in ms, ARGV[2..] the
+# holders. Returns, per pair, 1 if the job holds (and renewed) either lease and 0 if it holds neither.
 _RENEW_MANY = """
 local out = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('get', key) == ARGV[i + 1] then out[i] = redis.call('pexpire', key, ARGV[1]) else out[i] = 0 end
+for i = 1, #KEYS / 2 do
+  local job = ARGV[i + 1]
+  out[i] = 0
+  for _, key in ipairs({KEYS[2 * i - 1], KEYS[2 * i]}) do
+    if redis.call('get', key) == job then out[i] = redis.call('pexpire', key, ARGV[1]) end
+  end
 end
 return out
 """
@@ -53,8 +68,8 @@ class Endpoint(BaseModel):
 _JSON_FIELDS = {"checkpoints", "loras", "info"}
 
 
-def _encode(fields: dict[str, Any]) -> dict[str, str]:
-    out = {}
+def _encode(fields: dict[str, Any]) -> dict[Any, str]:
+    out: dict[Any, str] = {}
     for k, v in fields.items():
         if k in _JSON_FIELDS:
             out[k] = json.dumps(v)
@@ -65,10 +80,10 @@ def _encode(fields: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
+def _decode(raw: Mapping[Any, Any]) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for k, v in raw.items():
-        key, text = k.decode(), v.decode()
+        key, text = as_text(k), as_text(v)
         if key in _JSON_FIELDS:
             data[key] = json.loads(text) if text else ([] if key != "info" else {})
         elif key == "healthy":
@@ -111,7 +126,7 @@ class Registry:
             pipe.execute()
 
     def ids(self) -> list[str]:
-        return sorted(i.decode() for i in self.conn.smembers(self.keys.pods))
+        return sorted(as_text(i) for i in self.conn.smembers(self.keys.pods))
 
     def get(self, endpoint_id: str) -> Endpoint | None:
         raw = self.conn.hgetall(self.keys.pod(endpoint_id))
@@ -178,19 +193,28 @@ class Registry:
         """Renew (endpoint_id, job_id) leases in one round trip; False where the job no longer holds it."""
         if not held:
             return []
-        result = self._renew_many(keys=[self.keys.lease(e) for e, _ in held],
-                                  args=[int(ttl_seconds * 1000), *(j for _, j in held)])
+        keys = [k for e, _ in held for k in (self.keys.lease(e), self.keys.lease_next(e))]
+        result = self._renew_many(keys=keys, args=[int(ttl_seconds * 1000), *(j for _, j in held)])
         return [bool(r) for r in result]
 
     def release_lease(self, endpoint_id: str, job_id: str) -> bool:
-        return bool(self.conn.eval(_RELEASE, 1, self.keys.lease(endpoint_id), job_id))
+        """Free job_id's lease on the endpoint (running or prefetched); a prefetched job moves up."""
+        return bool(self.conn.eval(_RELEASE, 2, self.keys.lease(endpoint_id), self.keys.lease_next(endpoint_id),
+                                   job_id))
+
+    def next_leases(self, endpoint_ids: list[str]) -> dict[str, str]:
+        """Jobs committed ahead on endpoints with prefetch (endpoint id -> job id)."""
+        if not endpoint_ids:
+            return {}
+        values = self.conn.mget([self.keys.lease_next(i) for i in endpoint_ids])
+        return {i: as_text(v) for i, v in zip(endpoint_ids, values, strict=True) if v}
 
     def leases(self, endpoint_ids: list[str] | None = None) -> dict[str, str]:
         ids = endpoint_ids if endpoint_ids is not None else self.ids()
         if not ids:
             return {}
         values = self.conn.mget([self.keys.lease(i) for i in ids])
-        return {i: v.decode() for i, v in zip(ids, values, strict=True) if v}
+        return {i: as_text(v) for i, v in zip(ids, values, strict=True) if v}
 
     def candidates(self) -> list[Candidate]:
         """A snapshot for the selection policy: every endpoint with its lease state."""
@@ -203,5 +227,5 @@ def to_candidate(e: Endpoint, busy: bool) -> Candidate:
     return Candidate(
         id=e.id, pool=e.pool, healthy=e.healthy, busy=busy, checkpoints=frozenset(e.checkpoints),
         loras=frozenset(e.loras), last_checkpoint=e.last_checkpoint, last_assigned_at=float(e.last_assigned_at),
-        queue_remaining=int(e.queue_remaining),
+        queue_remaining=int(e.queue_remaining), prefetch=int(e.prefetch),
     )

@@ -90,8 +90,10 @@ class JobRun:
     """One attempt: `await JobRun(ctx, job_id, endpoint, adopted, cancel).run()`."""
 
     def __init__(self, ctx: RunContext, job_id: str, endpoint: Endpoint | None, *, adopted: bool,
-                 cancelled: asyncio.Event):
+                 cancelled: asyncio.Event, prefetched: bool = False):
         self.ctx = ctx
+        # Queued on the pod behind its running job: the timeout counts from the prompt's own start.
+        self.prefetched = prefetched
         self.job_id = job_id
         self.endpoint = endpoint
         self.adopted = adopted
@@ -106,7 +108,8 @@ class JobRun:
         delay = 0.2
         while True:
             try:
-                return await self.ctx.io(fn, *args)
+                result: T = await self.ctx.io(fn, *args)
+                return result
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if time.monotonic() > deadline:
                     raise
@@ -178,15 +181,24 @@ class JobRun:
 
     async def _wait(self, run: asyncio.Task[RunResult], client: ComfyClient, job: Job) -> RunResult:
         """The run's result; on cancel or timeout, interrupt the prompt and wait a grace period for it."""
-        left = job.timeout_seconds - _elapsed_since(job.dispatched_at)
         cancel_wait = asyncio.create_task(self.cancelled.wait())
         try:
-            done, _ = await asyncio.wait({run, cancel_wait}, timeout=max(left, 0.0),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                started = self.job.started_at if self.job is not None else None
+                if self.prefetched and started is None:
+                    left = 1.0  # still queued behind the pod's running job: its clock has not started
+                else:
+                    left = job.timeout_seconds - _elapsed_since(started if self.prefetched else job.dispatched_at)
+                if left <= 0:
+                    break
+                done, _ = await asyncio.wait({run, cancel_wait}, timeout=min(left, 1.0),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if run in done:
+                    return run.result()
+                if cancel_wait in done:
+                    break
         finally:
             cancel_wait.cancel()
-        if run in done:
-            return run.result()
         why = Ending(EndKind.CANCELLED) if self.cancelled.is_set() else Ending(
             EndKind.TIMEOUT, f"job exceeded its timeout of {job.timeout_seconds} s")
         log.info("job %s: %s; interrupting it on %s", job.id, why.kind.value, client.base_url)
@@ -194,15 +206,33 @@ class JobRun:
             await asyncio.wait_for(client.cancel(job.id), timeout=5)
         except (ComfyError, TimeoutError) as exc:
             log.warning("job %s: interrupt on %s failed: %s", job.id, client.base_url, exc)
-        try:
-            result = await asyncio.wait_for(asyncio.shield(run), timeout=CANCEL_GRACE_SECONDS)
-        except (TimeoutError, ComfyError):
-            # ComfyUI is still inside a node it cannot leave: settle now, keep the endpoint until it is free.
-            self.held_prompt = True
-            raise AttemptEnded(why) from None
+        result = await self._after_interrupt(run, client, job.id, why)
         if why.kind is EndKind.TIMEOUT and result.status != "success":
             raise AttemptEnded(why)
         return result
+
+    async def _after_interrupt(self, run: asyncio.Task[RunResult], client: ComfyClient, prompt_id: str,
+                               why: Ending) -> RunResult:
+        """Wait for an interrupted prompt to end: its result if it ends, AttemptEnded(why) once it has left the
+        pod's queue without one (a pending prompt we deleted), or after the grace period with the endpoint
+        marked held (ComfyUI is still inside a node it cannot leave)."""
+        deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+        absent = 0
+        while time.monotonic() < deadline:
+            done, _ = await asyncio.wait({run}, timeout=0.5)
+            if run in done:
+                try:
+                    return run.result()
+                except ComfyError:
+                    raise AttemptEnded(why) from None
+            try:
+                absent = absent + 1 if prompt_id not in await client.queue() else 0
+            except ComfyError:
+                absent = 0
+            if absent >= 3:  # gone from the pod for a while and no result came: deleted while pending
+                raise AttemptEnded(why)
+        self.held_prompt = True
+        raise AttemptEnded(why)
 
     async def _upload_inputs(self, client: ComfyClient, job: Job) -> dict[str, Any]:
         """Upload the job's input images to the pod (own subfolder per job) and point LoadImage at them."""
@@ -371,6 +401,7 @@ def on_rq_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: 
 
     from comfyfleet.dispatch.service import Dispatcher
     from comfyfleet.jobs.model import ErrorCode, JobError
+    from comfyfleet.keys import as_text
 
     if (job.retries_left or 0) > 0:
         return  # RQ will run it again; the record is (or will be) back in QUEUED
@@ -386,7 +417,7 @@ def on_rq_failure(job: Any, connection: Any, exc_type: Any, exc_value: Any, tb: 
             d.repo.update(job.id, lambda j: j if j.state.is_terminal else transition(j, JobState.FAILED, error=error))
         endpoint = conn.get(d.keys.claim(job.id))
         if endpoint:
-            d.registry.release_lease(endpoint.decode(), job.id)
+            d.registry.release_lease(as_text(endpoint), job.id)
         d.scheduler.wake()
     finally:
         conn.close()

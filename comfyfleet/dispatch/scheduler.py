@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
+from redis.lock import Lock
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 
@@ -33,7 +34,7 @@ from comfyfleet.dispatch.selection import Candidate, Capability, capability, sel
 from comfyfleet.jobs.model import ErrorCode, JobError, JobState, utcnow
 from comfyfleet.jobs.states import can_transition, transition
 from comfyfleet.jobs.workflow import ModelNeeds
-from comfyfleet.keys import PRIORITIES, Keys
+from comfyfleet.keys import PRIORITIES, Keys, as_text
 from comfyfleet.store.jobrepo import JobNotFound, JobRepo, needs_of
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class Claim:
     queue_name: str
     # True when this dispatcher took the job over from one that died: attach to its prompt, never post twice.
     adopted: bool = False
+    # Committed to the endpoint behind its running job (prefetch): its timeout starts when it starts.
+    prefetched: bool = False
 
 
 @dataclass
@@ -82,6 +85,15 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _slot(c: Candidate, leased: dict[str, str], ahead: dict[str, str]) -> Candidate:
+    """A candidate as this pass sees it: free, its prefetch slot free (ahead=1), or busy."""
+    if c.id not in leased:
+        return replace(c, busy=False, ahead=0)
+    if c.prefetch and c.id not in ahead:
+        return replace(c, busy=False, ahead=1)
+    return replace(c, busy=True, ahead=0)
 
 
 def _needs(info: dict[str, Any]) -> ModelNeeds:
@@ -112,10 +124,10 @@ class Scheduler:
         could be leased to another job."""
         return int(self.lease_ttl * 1500)
 
-    def lock(self) -> redis.lock.Lock:
+    def lock(self) -> Lock:
         # 10 s lock timeout: a claim takes milliseconds; a crashed holder must not block the fleet long.
         # Waiting up to 5 s for it: a dispatcher that cannot get it backs off and tries on the next wake-up.
-        return self.conn.lock(self.keys.schedule_lock, timeout=10, blocking_timeout=5)
+        return Lock(self.conn, self.keys.schedule_lock, timeout=10, blocking_timeout=5)
 
     def wake(self) -> None:
         """Tell dispatchers that a job was queued or an endpoint freed (coalesced by each listener)."""
@@ -143,9 +155,10 @@ class Scheduler:
             held_since = time.perf_counter()
             try:
                 leased = self.registry.leases([c.id for c in snapshot])
+                ahead = self.registry.next_leases([c.id for c in snapshot if c.prefetch and c.id in leased])
                 # A snapshot may predate an endpoint's withdrawal (done under this lock): drop what is gone.
                 members = set(self.registry.ids()) if candidates is not None else None
-                cands = [replace(c, busy=c.id in leased) for c in snapshot if members is None or c.id in members]
+                cands = [_slot(c, leased, ahead) for c in snapshot if members is None or c.id in members]
                 self._unpark(cands)
                 if not any(c.healthy and not c.busy for c in cands):
                     return []
@@ -173,7 +186,7 @@ class Scheduler:
         window_left = self.window
         start = 0
         while start < _SCAN_LIMIT:
-            ids = [i.decode() for i in self.conn.lrange(queue_key, start, start + _PAGE - 1)]
+            ids = [as_text(i) for i in self.conn.lrange(queue_key, start, start + _PAGE - 1)]
             if not ids:
                 return
             start += len(ids)
@@ -232,8 +245,11 @@ class Scheduler:
         if pick is None:
             blocked.add(cls)
             return "waits"
-        cands[cands.index(pick)] = replace(pick, busy=True)
-        plan.claims.append(Claim(job_id=job_id, endpoint_id=pick.id, queue_name=queue_name))
+        # Taken: a pod with prefetch still offers its slot behind the job just given to it.
+        taken = replace(pick, busy=False, ahead=1) if pick.prefetch and not pick.ahead else replace(pick, busy=True)
+        cands[cands.index(pick)] = taken
+        plan.claims.append(Claim(job_id=job_id, endpoint_id=pick.id, queue_name=queue_name,
+                                 prefetched=bool(pick.ahead)))
         plan.checkpoints[job_id] = min(needs.checkpoints) if needs.checkpoints else None
         if state is not JobState.QUEUED:
             plan.requeued.append(job_id)
@@ -265,9 +281,10 @@ class Scheduler:
             for c in plan.claims:
                 job_key = self.keys.job(c.job_id)
                 pipe.lrem(self.queue_key(c.queue_name), 0, c.job_id)
-                pipe.set(self.keys.lease(c.endpoint_id), c.job_id, px=self.lease_ms)
+                lease_key = self.keys.lease_next(c.endpoint_id) if c.prefetched else self.keys.lease(c.endpoint_id)
+                pipe.set(lease_key, c.job_id, px=self.lease_ms)
                 pipe.set(self.keys.claim(c.job_id), c.endpoint_id, ex=24 * 3600)
-                fields: dict[str, str] = {"last_assigned_at": str(stamp)}
+                fields: dict[Any, str] = {"last_assigned_at": str(stamp)}
                 if plan.checkpoints.get(c.job_id):
                     fields["last_checkpoint"] = plan.checkpoints[c.job_id] or ""
                 pipe.hset(self.keys.pod(c.endpoint_id), mapping=fields)
@@ -299,10 +316,10 @@ class Scheduler:
         log.info("job %s parked: pool %s has no healthy endpoint", job_id, pool)
 
     def _unpark(self, cands: list[Candidate]) -> None:
-        pools = {p.decode() for p in self.conn.smembers(self.keys.parked_pools)}
+        pools = {as_text(p) for p in self.conn.smembers(self.keys.parked_pools)}
         live = {c.pool for c in cands if c.healthy}
         for pool in sorted(pools & live):
-            ids = [i.decode() for i in self.conn.zrange(self.keys.parked(pool), 0, -1)]
+            ids = [as_text(i) for i in self.conn.zrange(self.keys.parked(pool), 0, -1)]
             infos = self.repo.compact_many(ids)
             with self.conn.pipeline(transaction=True) as pipe:
                 # Back to the front of their queues, oldest first, as they were before parking.
@@ -316,12 +333,12 @@ class Scheduler:
 
     def parked_ids(self) -> list[str]:
         """Every parked job id (jobs for pools with no healthy endpoint), oldest first per pool."""
-        pools = sorted(p.decode() for p in self.conn.smembers(self.keys.parked_pools))
+        pools = sorted(as_text(p) for p in self.conn.smembers(self.keys.parked_pools))
         with self.conn.pipeline(transaction=False) as pipe:
             for pool in pools:
                 pipe.zrange(self.keys.parked(pool), 0, -1)
             lists = pipe.execute()
-        return [i.decode() for ids in lists for i in ids]
+        return [as_text(i) for ids in lists for i in ids]
 
     def unqueue(self, job_id: str, priority: int, pool: str | None) -> None:
         """Take a queued job out of wherever it waits (its queue or the parked set)."""
@@ -341,24 +358,30 @@ class Scheduler:
         if not self.conn.zrangebyscore(self.keys.inflight, "-inf", now, start=0, num=1):
             return []
         with signals_deferred(), self.lock():
-            ids = [i.decode() for i in self._adopt(keys=[self.keys.inflight, self.keys.inflight_owner],
+            ids = [as_text(i) for i in self._adopt(keys=[self.keys.inflight, self.keys.inflight_owner],
                                                    args=[now, now + self.lease_ttl, owner, slots])]
             claims = []
             for job_id in ids:
                 raw = self.conn.get(self.keys.claim(job_id))
-                endpoint_id = raw.decode() if raw else ""
+                endpoint_id = as_text(raw) if raw else ""
+                prefetched = False
                 if endpoint_id:
                     holder = self.conn.get(self.keys.lease(endpoint_id))
-                    if holder is None:
+                    queued = self.conn.get(self.keys.lease_next(endpoint_id))
+                    if queued is not None and as_text(queued) == job_id:
+                        prefetched = True
+                        self.conn.pexpire(self.keys.lease_next(endpoint_id), self.lease_ms)
+                    elif holder is None:
                         if not self.conn.set(self.keys.lease(endpoint_id), job_id, nx=True, px=self.lease_ms):
                             endpoint_id = ""
-                    elif holder.decode() != job_id:
+                    elif as_text(holder) != job_id:
                         endpoint_id = ""  # the endpoint went on to other work: this attempt is lost
                     else:
                         self.conn.pexpire(self.keys.lease(endpoint_id), self.lease_ms)
                 info = (self.repo.compact_many([job_id]) or [None])[0] or {}
                 priority = int(info.get("priority") or 5) if "corrupt" not in info else 5
-                claims.append(Claim(job_id, endpoint_id, self.keys.queue_name(priority), adopted=True))
+                claims.append(Claim(job_id, endpoint_id, self.keys.queue_name(priority), adopted=True,
+                                    prefetched=prefetched))
                 log.warning("adopted job %s (endpoint %s) from a dispatcher that stopped", job_id, endpoint_id or "-")
         return claims
 

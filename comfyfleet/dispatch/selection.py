@@ -22,6 +22,10 @@ class Candidate:
     last_assigned_at: float = 0.0
     # Prompts the pod itself reports as queued or running (someone else may use it too).
     queue_remaining: int = 0
+    # Prompts the pool lets us commit to the pod ahead of the running one (0 or 1).
+    prefetch: int = 0
+    # This candidate is the pod's prefetch slot: its job queues on the pod behind the running one.
+    ahead: int = 0
 
     def can_run(self, needs: ModelNeeds) -> bool:
         return not needs.missing_on(self.checkpoints, self.loras)
@@ -56,16 +60,17 @@ def select_worker(
     """The best free pod for a job, or None.
 
     Order: healthy, free, in the pool and holding every model are required; then the pod the job ran on
-    before (`prefer`, it may still hold the prompt), then warm weights (last ran the same checkpoint), then
-    least loaded, then least recently assigned (round robin among equals), then id for determinism.
+    before (`prefer`, it may still hold the prompt), then an idle pod before a prefetch slot behind a running
+    job, then warm weights (last ran the same checkpoint), then least loaded, then least recently assigned
+    (round robin among equals), then id for determinism.
     """
     free = [c for c in candidates if c.healthy and not c.busy and in_pool(c, pool) and c.can_run(needs)]
     if not free:
         return None
     wanted_ckpts = needs.checkpoints
 
-    def rank(c: Candidate) -> tuple[int, int, int, float, str]:
+    def rank(c: Candidate) -> tuple[int, int, int, int, float, str]:
         warm = 0 if (c.last_checkpoint is not None and c.last_checkpoint in wanted_ckpts) else 1
-        return (0 if c.id == prefer else 1, warm, c.queue_remaining, c.last_assigned_at, c.id)
+        return (0 if c.id == prefer else 1, c.ahead, warm, c.queue_remaining, c.last_assigned_at, c.id)
 
     return min(free, key=rank)

@@ -114,7 +114,7 @@ class Dispatcher:
                 p = int(info.get("priority") or 5)
                 by_priority[p] = by_priority.get(p, 0) + 1
         active = sum(StartedJobRegistry(queue=self.queue(p)).count for p in PRIORITIES)
-        retrying = sum(ScheduledJobRegistry(queue=self.queue(p)).count for p in PRIORITIES)
+        retrying = sum(int(ScheduledJobRegistry(queue=self.queue(p)).count) for p in PRIORITIES)
         counters = self.repo.counters()
         return QueueStats(
             waiting=sum(by_priority.values()),

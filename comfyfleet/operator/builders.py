@@ -105,8 +105,9 @@ def owner_reference(worker_name: str, owner_uid: str) -> dict[str, Any]:
 
 
 def spec_hash(spec: ComfyUIWorkerSpec) -> str:
-    """Short stable hash of everything in the spec that shapes a pod (not replicas or autoscaling)."""
-    shaping = spec.model_dump(mode="json", by_alias=True, exclude={"replicas", "autoscaling"})
+    """Short stable hash of everything in the spec that shapes a pod (not replicas, autoscaling or prefetch)."""
+    # prefetch is dispatch policy, published to the registry: changing it must not replace pods.
+    shaping = spec.model_dump(mode="json", by_alias=True, exclude={"replicas", "autoscaling", "prefetch"})
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()[:16]
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from comfyfleet.operator.capacity import CapacityVerdict
 from comfyfleet.operator.models import WorkerState
 
 WORKER_STATES: tuple[WorkerState, ...] = ("Starting", "Idle", "Busy", "Unhealthy", "Terminating")
@@ -33,6 +34,18 @@ class OperatorMetrics:
                                       ["namespace"], registry=self.registry)
         self.reconcile_errors = Counter("comfyfleet_operator_reconcile_errors", "Failed reconcile passes",
                                         [*pool], registry=self.registry)
+        # capacity: dispatch slots against ready pods, fleet-wide (every pool shares the dispatchers).
+        self.dispatchers = Gauge("comfyfleet_operator_dispatchers", "Live dispatcher processes",
+                                 registry=self.registry)
+        self.dispatch_slots = Gauge("comfyfleet_operator_dispatch_slots",
+                                    "Jobs the live dispatchers can run at once (sum of their caps)",
+                                    registry=self.registry)
+        self.dispatch_slots_needed = Gauge("comfyfleet_operator_dispatch_slots_needed",
+                                           "Slots the ready pods need (one each, two when prefetching)",
+                                           registry=self.registry)
+        self.dispatch_slots_short = Gauge("comfyfleet_operator_dispatch_slots_short",
+                                          "Slots missing: ready pods that can sit idle while jobs wait (alert > 0)",
+                                          registry=self.registry)
 
     def observe_pool(self, namespace: str, pool: str, states: Iterable[str], desired: int, queue: int) -> None:
         """Record one reconcile pass of a pool."""
@@ -43,6 +56,13 @@ class OperatorMetrics:
             self.pods.labels(namespace, pool, state).set(count)
         self.desired.labels(namespace, pool).set(desired)
         self.queue.labels(namespace, pool).set(queue)
+
+    def observe_capacity(self, verdict: CapacityVerdict) -> None:
+        """Record the fleet's dispatch capacity as seen by the latest pass (of any pool)."""
+        self.dispatchers.set(verdict.slots.dispatchers)
+        self.dispatch_slots.set(verdict.slots.slots)
+        self.dispatch_slots_needed.set(verdict.demand.needed)
+        self.dispatch_slots_short.set(verdict.shortfall)
 
     def count_actions(self, namespace: str, pool: str, created: int, removed: int, replaced: int) -> None:
         for action, count in (("create", created), ("remove", removed), ("replace", replaced)):

@@ -216,6 +216,8 @@ class ComfyUIWorkerSpec(CamelModel):
     port: int = Field(8188, ge=1, le=65535)
     models: list[ModelFile] | None = None
     loras: list[LoraFile] | None = None
+    # Jobs committed to a pod ahead of the one it runs (0 or 1); published with each pod for dispatch.
+    prefetch: int = Field(0, ge=0, le=1)
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
 

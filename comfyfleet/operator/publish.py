@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import redis
+
 from comfyfleet.dispatch.registry import Endpoint
 from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.keys import Keys
+from comfyfleet.operator.capacity import DispatcherRecord, FleetDemand, fleet_demand, parse_dispatcher
 from comfyfleet.operator.pods import ENDPOINT_SOURCE, endpoint_prefix
 
 log = logging.getLogger(__name__)
@@ -31,12 +35,13 @@ class PoolPublisher:
         prefix = endpoint_prefix(self.namespace)
         return {e.id: e for e in self.registry.endpoints() if e.id.startswith(prefix) and e.pool == self.pool}
 
-    def publish(self, serving: dict[str, str], known: dict[str, Endpoint]) -> dict[str, Endpoint]:
-        """Upsert each serving pod (id -> URL) that is new or moved; return the endpoints to probe."""
+    def publish(self, serving: dict[str, str], known: dict[str, Endpoint], prefetch: int = 0) -> dict[str, Endpoint]:
+        """Upsert each serving pod (id -> URL) that is new, moved or has another prefetch than the
+        pool's spec.prefetch; return the endpoints to probe."""
         for endpoint_id, url in serving.items():
             current = known.get(endpoint_id)
-            if current is None or current.url != url:
-                self.registry.upsert(endpoint_id, url, pool=self.pool, source=ENDPOINT_SOURCE)
+            if current is None or current.url != url or current.prefetch != prefetch:
+                self.registry.upsert(endpoint_id, url, pool=self.pool, source=ENDPOINT_SOURCE, prefetch=prefetch)
                 if current is None:
                     log.info("published %s at %s in pool %s", endpoint_id, url, self.pool)
         return self.refresh(serving)
@@ -83,3 +88,27 @@ class PoolPublisher:
         ids = sorted(self.published())
         self.withdraw(ids)
         return ids
+
+    def fleet_demand(self) -> FleetDemand:
+        """Dispatch slots every ready endpoint of the registry needs (all pools share the dispatchers)."""
+        return fleet_demand(self.registry.endpoints())
+
+    def dispatchers(self, now: float) -> list[DispatcherRecord]:
+        return read_dispatchers(self.dispatcher.conn, self.dispatcher.keys, now)
+
+
+def read_dispatchers(conn: redis.Redis, keys: Keys, now: float) -> list[DispatcherRecord]:
+    """The roster members whose expiry score is after now, each with its hash.
+
+    Dead members are not read (however many a crashed fleet left behind); `capacity.live_slots`
+    applies the same rule again to what it is given.
+    """
+    members: list[tuple[bytes, float]] = list(
+        conn.zrangebyscore(keys.dispatchers, f"({now!r}", "+inf", withscores=True))  # type: ignore[arg-type]
+    names = [member.decode() for member, _ in members]
+    with conn.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(keys.dispatcher(name))
+        hashes = pipe.execute()
+    return [parse_dispatcher(name, float(score), fields)
+            for name, (_, score), fields in zip(names, members, hashes, strict=True)]

@@ -16,6 +16,7 @@ Handlers return nothing (status schemas keep no unknown fields); they write `pat
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +32,13 @@ from comfyfleet.operator.builders import (
     pod_name_for,
     selector_for,
     service_name_for,
+)
+from comfyfleet.operator.capacity import (
+    CapacityVerdict,
+    assess_capacity,
+    capacity_conditions,
+    capacity_news,
+    live_slots,
 )
 from comfyfleet.operator.k8s import KubeError
 from comfyfleet.operator.models import ComfyUIWorkerSpec, namespace_of, set_condition, spec_problem
@@ -49,6 +57,8 @@ from comfyfleet.operator.pods import (
 from comfyfleet.operator.publish import PoolPublisher
 from comfyfleet.operator.runtime import Runtime
 from comfyfleet.operator.scaling import ScaleDecision, decide_scale, worker_status
+
+log = logging.getLogger(__name__)
 
 # A random pod name can clash with one that exists (or just went away); a few tries always suffice.
 CREATE_ATTEMPTS = 5
@@ -160,6 +170,7 @@ async def reconcile_pool(rt: Runtime, body: kopf.Body, patch: kopf.Patch) -> Non
             views, entries = assess_pool(spec, pods, health, jobs, body.get("status"), now)
             decision = decide_scale(spec, queued, views, now)
             deleted, created = await _apply(rt, body, spec, publisher, decision)
+            capacity = await _dispatch_capacity(publisher, time.time())
     except (KubeError, redis.RedisError) as exc:
         rt.metrics.reconcile_errors.labels(namespace, name).inc()
         raise kopf.TemporaryError(f"pool {name}: {exc}",
@@ -168,10 +179,14 @@ async def reconcile_pool(rt: Runtime, body: kopf.Body, patch: kopf.Patch) -> Non
     applied = _as_applied(decision, len(created), [n for n in deleted if n in decision.remove])
     status = worker_status(selector=selector_for(name), decision=applied, workers=workers, queue_depth=queued,
                            previous=body.get("status"), generation=meta.get("generation"), now=now)
+    previous_conditions = (body.get("status") or {}).get("conditions")
+    status["conditions"] = capacity_conditions(status["conditions"], capacity, now, meta.get("generation"))
     if _changed(body.get("status") or {}, status):
         patch.status.update(status)
     rt.metrics.observe_pool(namespace, name, [w.state for w in workers], applied.desired, queued)
+    rt.metrics.observe_capacity(capacity)
     _announce(rt, body, decision, created, deleted)
+    _announce_capacity(body, capacity, previous_conditions)
 
 
 async def _sync_registry(
@@ -184,7 +199,7 @@ async def _sync_registry(
     stale = stale_endpoints(known, serving)
     if stale:
         await asyncio.to_thread(publisher.withdraw, stale)
-    endpoints = await asyncio.to_thread(publisher.publish, serving, known)
+    endpoints = await asyncio.to_thread(publisher.publish, serving, known, spec.prefetch)
     monitor = rt.monitor_for(uid, spec.probe)
     await asyncio.gather(*(monitor.probe(e) for e in endpoints.values()))
     fresh = await asyncio.to_thread(publisher.refresh, list(endpoints))
@@ -223,6 +238,26 @@ async def _apply(
     rt.metrics.count_actions(namespace, name, created=max(0, len(created) - replaced),
                              removed=len(deleted) - replaced, replaced=replaced)
     return deleted, created
+
+
+async def _dispatch_capacity(publisher: PoolPublisher, now: float) -> CapacityVerdict:
+    """Live dispatch slots against the slots every ready endpoint of the fleet needs (after this pass's probes)."""
+    dispatchers = await asyncio.to_thread(publisher.dispatchers, now)
+    demand = await asyncio.to_thread(publisher.fleet_demand)
+    return assess_capacity(live_slots(dispatchers, now), demand)
+
+
+def _announce_capacity(body: kopf.Body, verdict: CapacityVerdict, previous: list[dict[str, Any]] | None) -> None:
+    """A log line and an event when the pool's DispatchCapacity verdict changes (loud when slots run short)."""
+    if not capacity_news(previous, verdict):
+        return
+    pool = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+    if verdict.enough:
+        log.info("pool %s: dispatch capacity is enough again: %s", pool, verdict.message)
+        kopf.info(body, reason=verdict.reason, message=verdict.message)
+    else:
+        log.warning("pool %s: NOT ENOUGH DISPATCH CAPACITY (%s): %s", pool, verdict.reason, verdict.message)
+        kopf.warn(body, reason=verdict.reason, message=verdict.message)
 
 
 def _as_applied(decision: ScaleDecision, created: int, removed: list[str]) -> ScaleDecision:

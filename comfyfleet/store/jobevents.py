@@ -1,25 +1,298 @@
-"""Job events: how a change to a job record reaches the API's streams (SSE, sync waits).
+"""The job event transport: every change to a job record, in order, with an id a stream can resume from.
 
-Events never carry the workflow (it can be large); readers restore `workflow={}`.
+Writer (JobRepo, inside its Redis writes): `add_event(pipe, keys, job, event)` queues one small Lua call
+that XADDs the event to the job's capped Redis Stream `{prefix}:events:{job_id}` and PUBLISHes
+`<job_id> <stream id> <event> <json>` on ONE channel per install, `{prefix}:jobevents`.
+
+Readers (SSE, WebSocket, the sync endpoint): `EventHub`, one per process, holds the process's only
+pub/sub connection and fans messages out to local `JobFeed`s by job id. A feed resumes after a given
+event id by reading the job's stream (XRANGE), so a client that reconnects to any API replica with its
+last event id loses nothing; when the stream no longer reaches back that far (capped, expired) the feed
+says so (`gap`) and the caller sends the current job instead. Events never carry the workflow.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from comfyfleet.jobs.model import Job
 from comfyfleet.keys import Keys
 
+log = logging.getLogger(__name__)
 
-def event_payload(job: Job, event: str) -> str:
-    body: dict[str, Any] = job.model_dump(mode="json", exclude={"workflow"})
-    body["workflow"] = {}
-    return json.dumps({"event": event, "job": body}, separators=(",", ":"))
+# A stream keeps the last ~200 events of a job: enough to replay a reconnect (a 50-step job makes ~60
+# events), small enough that 10k recent jobs hold ~200 MB at most. Older gaps are bridged by a snapshot.
+STREAM_MAXLEN = 200
+# Resume is for reconnects (seconds to minutes); the job record itself lives far longer.
+STREAM_TTL_SECONDS = 3600
+# A feed's queue: past this many undelivered events the reader is too slow and re-reads from the stream.
+FEED_QUEUE_SIZE = 1000
+
+# XADD + EXPIRE + PUBLISH in one round trip, so the published message carries the id the stream assigned.
+_ADD_EVENT = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[3], 'job', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. id .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+return id
+"""
+
+
+def channel(keys: Keys) -> str:
+    """The one pub/sub channel of an install: every job's events."""
+    return f"{keys.prefix}:jobevents"
+
+
+def stream_key(keys: Keys, job_id: str) -> str:
+    return keys.events(job_id)
+
+
+def job_payload(job: Job) -> str:
+    """The job as an event carries it: everything but the workflow (it can be large)."""
+    return json.dumps(job.model_dump(mode="json", exclude={"workflow"}), separators=(",", ":"))
+
+
+def parse_job(payload: str | bytes) -> Job:
+    data: dict[str, Any] = json.loads(payload)
+    return Job.model_validate({**data, "workflow": {}})
 
 
 def add_event(pipe: redis.client.Pipeline, keys: Keys, job: Job, event: str) -> None:
-    """Queue the commands that publish one event for job on pipe."""
-    pipe.publish(keys.events(job.id), event_payload(job, event))
+    """Queue the commands that record and announce one job event on a (sync) pipeline."""
+    if " " in event:
+        raise ValueError(f"event names have no spaces: {event!r}")
+    pipe.eval(_ADD_EVENT, 1, stream_key(keys, job.id), STREAM_MAXLEN, STREAM_TTL_SECONDS, event, job_payload(job),
+              channel(keys), job.id)
+
+
+# ---- pure parts: event ids and messages ----
+
+def parse_event_id(text: str | None) -> tuple[int, int] | None:
+    """A Redis stream id `ms-seq` as a comparable pair; None for missing or malformed ids."""
+    if not text:
+        return None
+    ms, sep, seq = text.strip().partition("-")
+    if not ms.isdigit() or (sep and not seq.isdigit()):
+        return None
+    return int(ms), int(seq or 0)
+
+
+def format_event_id(eid: tuple[int, int]) -> str:
+    return f"{eid[0]}-{eid[1]}"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One event of a job: its stream id, name (state | progress | ...), and the job after the change."""
+
+    id: str
+    event: str
+    job: Job
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return parse_event_id(self.id) or (0, 0)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_message(data: bytes | str) -> tuple[str, str, str, str]:
+    """`<job_id> <id> <event> <json>` -> (job_id, id, event, json)."""
+    text = data.decode() if isinstance(data, bytes) else data
+    job_id, event_id, event, payload = text.split(" ", 3)
+    return job_id, event_id, event, payload
+
+
+# ---- readers ----
+
+_RESYNC = object()  # queued to a feed when it may have missed messages: re-read the stream
+
+
+class JobFeed:
+    """The events of one job, in order and without duplicates, from `after` on."""
+
+    def __init__(self, hub: EventHub, job_id: str, after: tuple[int, int]):
+        self.hub = hub
+        self.job_id = job_id
+        self.last = after
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=FEED_QUEUE_SIZE)
+        self._backlog: list[JobEvent] = []
+        self.gap = False  # set by `replay` when events after `after` may be lost
+
+    def _offer(self, item: object) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:  # a slow reader: drop its queue and let it re-read the stream
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(_RESYNC)
+
+    def discard_backlog(self) -> None:
+        self._backlog.clear()
+
+    def has_terminal_backlog(self) -> bool:
+        return any(e.key > self.last and e.job.state.is_terminal for e in self._backlog)
+
+    async def replay(self) -> None:
+        """Load what the stream holds after `last` (and note a gap if it was trimmed past it)."""
+        events, gap = await self.hub.read_after(self.job_id, self.last)
+        self.gap = self.gap or gap
+        self._backlog.extend(events)
+
+    async def next(self, timeout: float) -> JobEvent | None:
+        """The next event, or None when timeout passes with none."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            while self._backlog:
+                item = self._backlog.pop(0)
+                if item.key > self.last:
+                    self.last = item.key
+                    return item
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            try:
+                got = await asyncio.wait_for(self._queue.get(), left)
+            except TimeoutError:
+                return None
+            if got is _RESYNC:
+                await self.replay()
+            elif isinstance(got, JobEvent):
+                self._backlog.append(got)
+
+
+class EventHub:
+    """A process's one pub/sub subscription to every job's events, shared by all its streams."""
+
+    def __init__(self, aconn: aioredis.Redis, keys: Keys):
+        self.aconn = aconn
+        self.keys = keys
+        self._feeds: dict[str, set[JobFeed]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.reconnects = 0  # how often the subscription was lost and renewed
+
+    async def start(self, wait_seconds: float = 5.0) -> None:
+        """Subscribe in the background; wait a little for it, but start anyway while Redis is down."""
+        self._task = asyncio.create_task(self._run(), name="job-event-hub")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._ready.wait()), wait_seconds)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def feed_count(self) -> int:
+        return sum(len(f) for f in self._feeds.values())
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = self.aconn.pubsub()
+            try:
+                await pubsub.subscribe(channel(self.keys))
+                if self._ready.is_set():
+                    self.reconnects += 1
+                for feeds in self._feeds.values():  # feeds may have missed messages while unsubscribed
+                    for feed in feeds:
+                        feed._offer(_RESYNC)
+                self._ready.set()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if message and message.get("type") == "message":
+                        self._dispatch(message["data"])
+            except (redis.RedisError, OSError) as exc:
+                log.warning("job event subscription lost (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            job_id, event_id, event, payload = parse_message(data)
+        except ValueError:
+            log.warning("ignoring a malformed job event message: %r", data[:80])
+            return
+        feeds = self._feeds.get(job_id)
+        if not feeds:
+            return  # the common case: nobody here follows this job; the JSON is never parsed
+        try:
+            item = JobEvent(event_id, event, parse_job(payload))
+        except ValueError as exc:
+            log.warning("ignoring an unreadable event %s of job %s: %s", event_id, job_id, exc)
+            return
+        for feed in feeds:
+            feed._offer(item)
+
+    async def read_after(self, job_id: str, after: tuple[int, int]) -> tuple[list[JobEvent], bool]:
+        """Events stored after `after`, and whether some may be missing (the stream was trimmed past it)."""
+        key = stream_key(self.keys, job_id)
+        first: list[Any] = await self.aconn.xrange(key, "-", "+", count=1) or []
+        gap = bool(first) and after != (0, 0) and (parse_event_id(_text(first[0][0])) or (0, 0)) > after
+        if not first and after != (0, 0):
+            gap = True  # the stream expired or never was: the caller falls back to the job record
+        rows: list[Any] = await self.aconn.xrange(key, f"({format_event_id(after)}", "+",
+                                                  count=STREAM_MAXLEN * 2) or []
+        events = []
+        for raw_id, fields in rows:
+            try:
+                events.append(JobEvent(_text(raw_id), _text(fields[b"event"]), parse_job(fields[b"job"])))
+            except (KeyError, ValueError) as exc:
+                log.warning("skipping an unreadable stored event of job %s: %s", job_id, exc)
+        return events, gap
+
+    async def last_id(self, job_id: str) -> tuple[int, int]:
+        """The id of the newest stored event of a job, (0, 0) if none."""
+        rows: list[Any] = await self.aconn.xrevrange(stream_key(self.keys, job_id), "+", "-", count=1) or []
+        return (parse_event_id(_text(rows[0][0])) or (0, 0)) if rows else (0, 0)
+
+    @asynccontextmanager
+    async def follow(self, job_id: str, after: tuple[int, int] | None = None) -> AsyncIterator[JobFeed]:
+        """Follow a job's events.
+
+        With `after` (a resume), the feed replays what is stored after it first. Without, the feed starts
+        at the newest stored event: read the job record *after* entering, and it is at least that new.
+        """
+        start = after if after is not None else (0, 0)
+        feed = JobFeed(self, job_id, start)
+        self._feeds.setdefault(job_id, set()).add(feed)  # registered before reading, so nothing slips by
+        try:
+            if after is None:
+                feed.last = await self.last_id(job_id)
+            else:
+                await feed.replay()
+            yield feed
+        finally:
+            feeds = self._feeds.get(job_id)
+            if feeds is not None:
+                feeds.discard(feed)
+                if not feeds:
+                    del self._feeds[job_id]
+
+
+async def wait_until_final(feed: JobFeed, current: Job, timeout: float) -> Job:
+    """Follow the feed until the job is final or timeout passes; returns the latest job seen."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    job = current
+    while not job.state.is_terminal and (left := deadline - loop.time()) > 0:
+        item = await feed.next(left)
+        if item is None:
+            break
+        job = item.job
+    return job

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
 from comfyfleet.jobs.workflow import model_needs
-from comfyfleet.keys import Keys
+from comfyfleet.keys import Keys, as_text
 from comfyfleet.store import jobevents
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,14 @@ def needs_of(job: Job) -> dict[str, Any]:
     return {"checkpoints": sorted(needs.checkpoints), "loras": sorted(needs.loras)}
 
 
-def decode_job(job_id: str, raw: dict[bytes, bytes]) -> Job:
+def decode_job(job_id: str, raw: Mapping[Any, Any]) -> Job:
     """Build a Job from its hash. A field that does not parse is dropped to its default and the job comes back
     failed with an `internal_error` naming the field (the caller quarantines it): one bad record never takes a
     reader down."""
     data: dict[str, Any] = {}
     broken: list[str] = []
     for k, v in raw.items():
-        name = k.decode()
+        name = as_text(k)
         if name not in Job.model_fields:
             continue
         try:
@@ -211,7 +211,7 @@ class JobRepo:
             out.append(item)
         return out
 
-    def _decode(self, job_id: str, raw: dict[bytes, bytes]) -> Job:
+    def _decode(self, job_id: str, raw: Mapping[Any, Any]) -> Job:
         job = decode_job(job_id, raw)
         if is_quarantined(job):
             self.quarantine(job)
@@ -282,7 +282,7 @@ class JobRepo:
                     return 0
             except (ValueError, RecursionError):
                 pass
-            expect_arg = current.decode()
+            expect_arg = as_text(current)
         else:
             expect_arg = json.dumps(expect.value) if expect is not None else ""
         args: list[Any] = [expect_arg, self.finished_ttl if terminal else 0, 1 if new_state else 0,
@@ -302,11 +302,11 @@ class JobRepo:
         """Newest first; `before` is a creation timestamp cursor."""
         high = f"({before}" if before is not None else "+inf"
         ids = self.conn.zrevrangebyscore(self.keys.owner_jobs(owner), high, "-inf", start=0, num=limit)
-        return [i.decode() for i in ids]
+        return [as_text(i) for i in ids]
 
     def counters(self) -> dict[str, int]:
         raw = self.conn.hgetall(self.keys.stats)
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {as_text(k): int(v) for k, v in raw.items()}
 
     def delete(self, job: Job) -> None:
         with self.conn.pipeline() as pipe:
@@ -317,4 +317,4 @@ class JobRepo:
 
     def all_job_ids(self, older_than: float | None = None) -> list[str]:
         high = older_than if older_than is not None else "+inf"
-        return [i.decode() for i in self.conn.zrangebyscore(self.keys.all_jobs, "-inf", high)]
+        return [as_text(i) for i in self.conn.zrangebyscore(self.keys.all_jobs, "-inf", high)]

@@ -105,3 +105,24 @@ def _get(url: str) -> str:
     import httpx
 
     return httpx.get(url, headers=auth(), timeout=10).text
+
+
+def test_prefetch_queues_the_next_prompt_on_the_pod_and_cancel_removes_it(sim_factory, stack_factory):
+    sim = sim_factory(step_seconds=0.1)
+    stack = stack_factory([sim.url], workers=1, env={"COMFYFLEET_COMFYUI_PREFETCH": "1"})
+    stack.wait_workers_ready(1)
+    first, second, third = (stack.generate(txt2img(300 + i, steps=30)).json()["jobId"] for i in range(3))
+
+    def pod_queue() -> tuple[list[str], list[str]]:
+        body = json.loads(_get(f"{sim.url}/queue"))
+        return [e[1] for e in body["queue_running"]], [e[1] for e in body["queue_pending"]]
+
+    wait_until(lambda: pod_queue() == ([first], [second]), timeout=30,
+               what="the first prompt running and the second queued behind it on the pod")
+    assert stack.job(third)["state"] == "queued", "only one job is committed ahead"
+    assert stack.http.delete(f"/api/comfyui/job/{second}", headers=auth()).status_code == 200
+    wait_until(lambda: second not in pod_queue()[1], timeout=10, what="the prefetched prompt off the pod's queue")
+    assert stack.wait_state(second, timeout=30)["state"] == "cancelled"
+    assert stack.wait_state(first, timeout=60)["state"] == "succeeded"
+    assert stack.wait_state(third, timeout=60)["state"] == "succeeded"
+    assert prompts_posted([sim]) == 3

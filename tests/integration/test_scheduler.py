@@ -222,3 +222,34 @@ def test_jobs_of_a_dead_dispatcher_are_adopted_with_their_leases(dispatcher):
     assert dispatcher.registry.leases() == {"a": j.id}, "the endpoint stays leased to the job"
     assert dispatcher.conn.hget(dispatcher.keys.inflight_owner, j.id) == b"alive"
     assert dispatcher.scheduler.adopt_expired("third", 5) == [], "adopted once"
+
+
+def test_prefetch_commits_one_job_ahead_and_promotes_it(dispatcher):
+    dispatcher.registry.upsert("a", "http://a:8188", "default", prefetch=1)
+    dispatcher.registry.record_probe_ok("a", checkpoints=["sd_xl_base_1.0.safetensors"], loras=[],
+                                        queue_remaining=0, info={})
+    first, second, third = job(), job(), job()
+    for j in (first, second, third):
+        dispatcher.submit(j)
+    claims = dispatcher.scheduler.claim_batch(5, owner="d1")
+    assert [(c.job_id, c.prefetched) for c in claims] == [(first.id, False), (second.id, True)], \
+        "one job runs, one is committed behind it, no third"
+    assert dispatcher.registry.next_leases(["a"]) == {"a": second.id}
+    assert dispatcher.scheduler.claim_batch(5, owner="d1") == []
+    dispatcher.registry.release_lease("a", first.id)
+    assert dispatcher.registry.leases() == {"a": second.id}, "the prefetched job moved up"
+    [c] = dispatcher.scheduler.claim_batch(5, owner="d1")
+    assert (c.job_id, c.prefetched) == (third.id, True)
+
+
+def test_an_idle_pod_is_preferred_over_a_prefetch_slot(dispatcher):
+    dispatcher.registry.upsert("a", "http://a:8188", "default", prefetch=1)
+    dispatcher.registry.record_probe_ok("a", checkpoints=["sd_xl_base_1.0.safetensors"], loras=[],
+                                        queue_remaining=0, info={})
+    dispatcher.submit(job())
+    dispatcher.scheduler.claim_batch(1, owner="d1")
+    add_pod(dispatcher, "b")
+    second = job()
+    dispatcher.submit(second)
+    [c] = dispatcher.scheduler.claim_batch(1, owner="d1")
+    assert (c.job_id, c.endpoint_id, c.prefetched) == (second.id, "b", False)

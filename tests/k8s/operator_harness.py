@@ -261,7 +261,7 @@ def _port_free(ip: str, port: int) -> bool:
 class OperatorFleet:
     """Redis + CRDs + chart RBAC + the operator (as its ServiceAccount) + RQ workers + the kubelet."""
 
-    def __init__(self, plane: ControlPlane, workdir: Path, workers: int = 2):
+    def __init__(self, plane: ControlPlane, workdir: Path, workers: int = 2, step_seconds: float = SIM_STEP_SECONDS):
         self.plane = plane
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -287,13 +287,27 @@ class OperatorFleet:
         try:
             install_crds_and_rbac(plane)
             self.start_operator()
-            for n in range(workers):
-                self.rq_workers.append(ManagedProcess(python_module("comfyfleet", "dispatcher"), env=self.env,
-                                                      log_path=workdir / f"rq-worker-{n}.log"))
-            self.kubelet = SimKubelet(plane, workdir)
+            for _ in range(workers):
+                self.start_dispatch("dispatcher")
+            self.kubelet = SimKubelet(plane, workdir, step_seconds=step_seconds)
         except BaseException:
             self.stop()
             raise
+
+    # -- dispatch processes ------------------------------------------------------------------------
+
+    def start_dispatch(self, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start `python -m comfyfleet <args>` (`dispatcher`, or its old name `worker`) on the fleet's Redis.
+
+        Each process gets a free COMFYFLEET_DISPATCHER_PORT (in a cluster each pod has its own network; here
+        they share one) unless env names one.
+        """
+        n = len(self.rq_workers)
+        own = {"COMFYFLEET_DISPATCHER_PORT": str(free_port()), **(env or {})}
+        proc = ManagedProcess(python_module("comfyfleet", *args), env={**self.env, **own},
+                              log_path=self.workdir / f"{args[0]}-{n}.log")
+        self.rq_workers.append(proc)
+        return proc
 
     # -- the operator process ---------------------------------------------------------------------
 

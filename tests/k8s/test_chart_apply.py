@@ -245,3 +245,30 @@ def test_watch_namespace_confines_the_operator(
     assert can_i(
         control_plane, account, restricted_namespace, "watch", "customresourcedefinitions.apiextensions.k8s.io"
     )
+
+
+def test_dispatcher_probes_and_metrics_service_are_stored_as_rendered(
+    control_plane: ControlPlane, crds: None, restricted_namespace: str, release: str
+) -> None:
+    """The default dispatchers: `comfyfleet dispatcher` with 256 slots each, probed on /healthz of the
+    named port that the metrics Service (and with it the ServiceMonitor) targets."""
+    objects = render(release, restricted_namespace, "--show-only", "templates/dispatcher.yaml")
+    out = apply(control_plane, objects)
+    assert "PodSecurity" not in out, out
+    name = f"{release}-comfyfleet-dispatcher"
+
+    def stored(kind: str) -> dict[str, Any]:
+        return json.loads(kubectl_ok(control_plane, "get", kind, name, "-n", restricted_namespace, "-o", "json"))
+
+    deployment, service = stored("deployment"), stored("service")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert container["args"] == ["dispatcher"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["COMFYFLEET_MAX_IN_FLIGHT"] == "256" and env["COMFYFLEET_DISPATCHER_PORT"] == "8081"
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("http", 8081)]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz" and container[probe]["httpGet"]["port"] == "http"
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", 8081, "http")]

@@ -128,6 +128,7 @@ def test_default_install_renders_every_component(default_objects: list[dict[str,
         ("StatefulSet", "cf-comfyfleet-redis"),
         ("Service", "cf-comfyfleet-api"),
         ("Service", "cf-comfyfleet-redis"),
+        ("Service", "cf-comfyfleet-dispatcher"),
         ("PodDisruptionBudget", "cf-comfyfleet-api"),
         ("PodDisruptionBudget", "cf-comfyfleet-dispatcher"),
         ("ServiceAccount", "cf-comfyfleet-operator"),
@@ -262,11 +263,64 @@ def test_bundled_redis_password_is_spliced_from_its_secret(default_objects: list
 # -- values reach the processes ----------------------------------------------------------------
 
 
-def test_dispatcher_replicas_and_concurrency_come_from_values(tmp_path: Path) -> None:
-    objects = render("-f", values_file(tmp_path, {"dispatcher": {"replicas": 5, "concurrency": 12}}))
+def dispatcher_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    dispatcher = by_kind_name(objects, "Deployment", "cf-comfyfleet-dispatcher")
+    return dispatcher["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def test_default_dispatchers_have_slots_for_any_fleet_without_tuning(default_objects: list[dict[str, Any]]) -> None:
+    """Capacity follows the fleet: 2 dispatchers (HA) x 256 jobs in flight, nothing sized to the pool."""
+    dispatcher = by_kind_name(default_objects, "Deployment", "cf-comfyfleet-dispatcher")
+    container = dispatcher_container(default_objects)
+    assert dispatcher["spec"]["replicas"] == 2
+    assert container["args"] == ["dispatcher"]
+    env = env_of(container)
+    assert env["COMFYFLEET_MAX_IN_FLIGHT"]["value"] == "256"
+    assert env["COMFYFLEET_DISPATCHER_PORT"]["value"] == "8081"
+    # The old fork-per-job sizing knob is gone from the chart.
+    assert "--concurrency" not in container["args"]
+    assert "concurrency" not in yaml.safe_load((CHART / "values.yaml").read_text())["dispatcher"]
+
+
+def test_dispatcher_values_reach_the_process(tmp_path: Path) -> None:
+    values = {"dispatcher": {"replicas": 5, "maxInFlight": 64, "port": 9300}}
+    objects = render("-f", values_file(tmp_path, values))
     dispatcher = by_kind_name(objects, "Deployment", "cf-comfyfleet-dispatcher")
     assert dispatcher["spec"]["replicas"] == 5
-    assert dispatcher["spec"]["template"]["spec"]["containers"][0]["args"] == ["worker", "--concurrency", "12"]
+    container = dispatcher_container(objects)
+    env = env_of(container)
+    assert (env["COMFYFLEET_MAX_IN_FLIGHT"]["value"], env["COMFYFLEET_DISPATCHER_PORT"]["value"]) == ("64", "9300")
+    assert container["ports"] == [{"name": "http", "containerPort": 9300}]
+    service = by_kind_name(objects, "Service", "cf-comfyfleet-dispatcher")
+    assert service["spec"]["ports"] == [{"name": "http", "port": 9300, "targetPort": "http"}]
+
+
+def test_dispatcher_probes_hit_its_healthz(objects: list[dict[str, Any]]) -> None:
+    container = dispatcher_container(objects)
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+
+
+def test_named_probe_ports_exist_on_their_containers(objects: list[dict[str, Any]]) -> None:
+    for workload in workloads(objects):
+        for c in containers(workload):
+            names = {p.get("name") for p in c.get("ports", [])}
+            for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                port = ((c.get(kind) or {}).get("httpGet") or {}).get("port")
+                if isinstance(port, str):
+                    assert port in names, f"{workload['metadata']['name']}/{c['name']} {kind}: no port named {port}"
+
+
+def test_dispatcher_metrics_are_scraped_on_the_same_port(production_objects: list[dict[str, Any]]) -> None:
+    monitor = by_kind_name(production_objects, "ServiceMonitor", "cf-comfyfleet-dispatcher")
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    service = by_kind_name(production_objects, "Service", "cf-comfyfleet-dispatcher")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    pod_labels = by_kind_name(production_objects, "Deployment", "cf-comfyfleet-dispatcher")["spec"]["template"][
+        "metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
 def test_api_health_monitor_is_off_when_the_operator_publishes_pods(tmp_path: Path) -> None:
@@ -375,7 +429,9 @@ def test_release_comfyfleet_matches_the_operator_identity_of_the_k8s_tests() -> 
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"dispatcher": {"concurrency": 0}}, "at '/dispatcher/concurrency': minimum: got 0, want 1"),
+        ({"dispatcher": {"maxInFlight": 0}}, "at '/dispatcher/maxInFlight': minimum: got 0, want 1"),
+        # A values file from before the dispatcher is refused by name, not silently ignored.
+        ({"dispatcher": {"concurrency": 4}}, "additional properties 'concurrency' not allowed"),
         ({"redis": {"mode": "cluster"}}, "at '/redis/mode': value must be one of 'bundled', 'external'"),
         ({"api": {"replica": 3}}, "additional properties 'replica' not allowed"),
         ({"auth": {"mode": "none"}}, "at '/auth/mode'"),
@@ -385,7 +441,8 @@ def test_release_comfyfleet_matches_the_operator_identity_of_the_k8s_tests() -> 
         ({"auth": {"apiTokens": {"tokens": [{"token": "short", "owner": "a"}]}}}, "minLength"),
         ({"redis": {"mode": "external"}}, "at '/redis/external'"),
     ],
-    ids=["concurrency", "redis-mode", "typo", "auth-none", "url-password", "no-limits", "root", "weak-token", "no-url"],
+    ids=["max-in-flight", "old-concurrency", "redis-mode", "typo", "auth-none", "url-password", "no-limits", "root",
+         "weak-token", "no-url"],
 )
 def test_schema_rejects_malformed_values_with_a_clear_message(
     tmp_path: Path, values: dict[str, Any], message: str
@@ -486,3 +543,16 @@ def test_every_value_is_documented_and_in_the_chart_readme() -> None:
     readme = (CHART / "README.md").read_text()
     missing = sorted(path for path in documented if f"| `{path}` |" not in readme)
     assert not missing, f"helm/comfyfleet/README.md lacks rows for {missing}"
+
+
+def test_browser_settings_reach_the_api(tmp_path: Path) -> None:
+    values = {"api": {"corsOrigins": ["https://app.example.com", "http://localhost:5173"], "maxStreamsPerUser": 7,
+                      "maxStreamSeconds": 600, "jobAccessTtlSeconds": 300}}
+    api = by_kind_name(render("-f", values_file(tmp_path, values)), "Deployment", "cf-comfyfleet-api")
+    env = env_of(api["spec"]["template"]["spec"]["containers"][0])
+    assert env["COMFYFLEET_CORS_ORIGINS"]["value"] == "https://app.example.com,http://localhost:5173"
+    assert env["COMFYFLEET_MAX_STREAMS_PER_USER"]["value"] == "7"
+    assert env["COMFYFLEET_MAX_STREAM_SECONDS"]["value"] == "600"
+    assert env["COMFYFLEET_JOB_ACCESS_TTL_SECONDS"]["value"] == "300"
+    default = by_kind_name(render(), "Deployment", "cf-comfyfleet-api")
+    assert env_of(default["spec"]["template"]["spec"]["containers"][0])["COMFYFLEET_CORS_ORIGINS"]["value"] == ""

@@ -411,8 +411,10 @@ def test_sample_gpu_pool_autoscales_and_sim_pool_has_no_gpu() -> None:
     docs = {doc["metadata"]["name"]: doc for _, doc in load_samples()}
     gpu = models.ComfyUIWorkerSpec.from_body(admit("ComfyUIWorker", docs["sdxl"]))
     assert gpu.autoscaling.enabled and gpu.autoscaling.min_replicas == 0 and gpu.gpu.count == 1
+    assert gpu.prefetch == 1
     sim = models.ComfyUIWorkerSpec.from_body(admit("ComfyUIWorker", docs["sim"]))
     assert sim.gpu.count == 0 and "sim" in sim.image
+    assert sim.prefetch == 0  # the default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,6 +433,8 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("autoscaling without max", WORKER, {"image": "x", "autoscaling": {"enabled": True}}),
     ("min above max", WORKER, {"image": "x", "autoscaling": {"minReplicas": 3, "maxReplicas": 2}}),
     ("zero target queue", WORKER, {"image": "x", "autoscaling": {"targetQueuePerWorker": 0}}),
+    ("prefetch above 1", WORKER, {"image": "x", "prefetch": 2}),
+    ("negative prefetch", WORKER, {"image": "x", "prefetch": -1}),
     ("both workflow and template", JOB, {"workflow": GRAPH, "template": "txt2img"}),
     ("neither workflow nor template", JOB, {"priority": 5}),
     ("timeout below 5 s", JOB, {"template": "t", "timeoutSeconds": 1}),
@@ -460,6 +464,7 @@ def test_empty_gpu_and_autoscaling_get_nested_defaults() -> None:
     assert stored["spec"]["gpu"] == {"count": 1, "resourceName": "nvidia.com/gpu"}
     assert stored["spec"]["autoscaling"]["enabled"] is False
     assert stored["spec"]["port"] == 8188 and stored["spec"]["replicas"] == 1
+    assert stored["spec"]["prefetch"] == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,3 +499,12 @@ def test_built_statuses_fit_the_status_schemas() -> None:
     ]
     for status in job_statuses:
         jsonschema.validate(status, to_jsonschema(schema_of("GenerationJob")["properties"]["status"]))
+
+
+def test_dispatch_capacity_condition_fits_the_status_schema() -> None:
+    from comfyfleet.operator import capacity
+
+    verdict = capacity.assess_capacity(capacity.DispatchSlots(1, 8, 3), capacity.FleetDemand(12, 2))
+    status = {"conditions": capacity.capacity_conditions(None, verdict, 1_700_000_000.0, generation=3)}
+    jsonschema.validate(status, to_jsonschema(schema_of("ComfyUIWorker")["properties"]["status"]))
+    assert models.ComfyUIWorkerStatus.model_validate(status).conditions[0].reason == "NotEnoughDispatchSlots"

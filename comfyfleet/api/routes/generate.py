@@ -16,7 +16,7 @@ from fastapi import APIRouter, Header, Query, Response
 from comfyfleet.api.auth import Principal
 from comfyfleet.api.deps import PrincipalDep, StateDep, io
 from comfyfleet.api.errors import ApiError, error_responses
-from comfyfleet.api.events import job_feed, wait_until_final
+from comfyfleet.api.events import wait_until_final
 from comfyfleet.api.schemas import JobCreate, JobPublic
 from comfyfleet.api.state import AppState
 from comfyfleet.fairuse.limits import FairUse, LimitExceeded, Limits
@@ -219,7 +219,7 @@ async def generate(body: JobCreate, principal: PrincipalDep, state: StateDep, re
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/api/comfyui/job/{job.id}"
-    return JobPublic.of(job)
+    return state.public(job)  # browser: with its access token
 
 
 @router.post("/generate/sync", response_model=JobPublic, responses=error_responses(504))
@@ -230,13 +230,13 @@ async def generate_sync(body: JobCreate, principal: PrincipalDep, state: StateDe
     sub = await prepare(state, body, principal, idempotency_key)
     wait = timeout or state.settings.sync_timeout_seconds
     started = time.monotonic()
-    async with job_feed(state.aconn, state.dispatcher.keys, sub.job.id) as feed:
+    async with state.hub.follow(sub.job.id) as feed:  # browser: the process's shared event subscription
         if sub.existing:
             job = sub.job
         else:
             job, _ = await commit(state, sub, state.dispatcher.submit)
         if job.id != sub.job.id:  # a concurrent repeat won; follow that job instead
-            async with job_feed(state.aconn, state.dispatcher.keys, job.id) as other:
+            async with state.hub.follow(job.id) as other:
                 current = await io(state.dispatcher.repo.require, job.id)
                 job = await wait_until_final(other, current, wait - (time.monotonic() - started))
         else:
@@ -248,5 +248,4 @@ async def generate_sync(body: JobCreate, principal: PrincipalDep, state: StateDe
     if job.state is JobState.FAILED and job.error and job.error.code is ErrorCode.VALIDATION:
         raise ApiError(422, job.error.message, code="invalid_workflow",
                        details={"field": "workflow", "jobId": job.id, **(job.error.details or {})})
-    return JobPublic.of(job)
-
+    return state.public(job)  # browser: with its access token

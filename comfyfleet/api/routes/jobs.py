@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.requests import HTTPConnection
 
 from comfyfleet.api.auth import Principal
-from comfyfleet.api.deps import PrincipalDep, StateDep, io
+from comfyfleet.api.deps import PrincipalDep, StateDep, get_principal, io
 from comfyfleet.api.errors import ApiError, error_responses
-from comfyfleet.api.events import job_feed
+from comfyfleet.api.events import EventStreamResponse, follow_job, parse_last_event_id, sse_frame
 from comfyfleet.api.schemas import JobPublic, JobsPublic
 from comfyfleet.api.state import AppState
+from comfyfleet.api.tokens import TokenError
 from comfyfleet.jobs.model import Job
 from comfyfleet.jobs.states import InvalidTransition
 from comfyfleet.store.history import job_history
@@ -25,9 +27,6 @@ from comfyfleet.store.outputs import StorageError
 
 router = APIRouter(prefix="/api/comfyui", tags=["jobs"],
                    responses=error_responses(401, 403, 404, 409, 413, 422, 503))  # reliability: documented errors
-
-# SSE comment lines keep proxies from closing an idle stream while a job waits in the queue.
-KEEPALIVE_SECONDS = 15.0
 
 
 async def load_job(state: AppState, job_id: str, principal: Principal) -> Job:
@@ -41,7 +40,7 @@ async def load_job(state: AppState, job_id: str, principal: Principal) -> Job:
 @router.get("/job/{job_id}", response_model=JobPublic)
 async def get_job(job_id: str, principal: PrincipalDep, state: StateDep) -> JobPublic:
     """A job's state, progress, error and outputs."""
-    return JobPublic.of(await load_job(state, job_id, principal))
+    return state.public(await load_job(state, job_id, principal))
 
 
 @router.delete("/job/{job_id}", response_model=JobPublic)
@@ -55,34 +54,59 @@ async def cancel_job(job_id: str, principal: PrincipalDep, state: StateDep) -> J
                        details={"state": exc.current.value}) from None
     except JobNotFound:
         raise ApiError(404, f"no job {job_id}") from None
-    return JobPublic.of(job)
+    return state.public(job)
 
 
-def _sse(event: str, job: Job) -> bytes:
-    data = JobPublic.of(job).model_dump(mode="json", by_alias=True)
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+async def stream_job(state: AppState, job_id: str, request: HTTPConnection, token: str | None) -> tuple[Job, str]:
+    """The job and on whose behalf it is read: by the bearer header if one is sent, else the access token.
+
+    A caller who names itself is judged as itself (another user's token URL gets it a 404). A token only
+    ever opens the job it was made for; it never reaches the authenticator, so an ID token or API token
+    put in a URL is refused like any wrong token.
+    """
+    if token is None or request.headers.get("authorization"):
+        principal = await get_principal(request, state)  # type: ignore[arg-type]  # headers only
+        return await load_job(state, job_id, principal), principal.owner
+    job = await io(state.dispatcher.repo.get, job_id)
+    if job is None:
+        raise ApiError(401, "the access token is not valid for this job", details={"field": "token"})
+    try:
+        state.tokens.check(token, job.id, job.owner, time.time())
+    except TokenError as exc:
+        raise ApiError(401, str(exc), details={"field": "token"}) from None
+    return job, job.owner
+
+
+TokenQuery = Annotated[str | None, Query(max_length=200, description="the job's accessToken (for browsers)")]
+LastEventIdQuery = Annotated[str | None, Query(alias="lastEventId", max_length=40,
+                                               description="resume after this event id (as Last-Event-ID)")]
 
 
 @router.get("/job/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(job_id: str, principal: PrincipalDep, state: StateDep) -> StreamingResponse:
-    """Server-Sent Events: the job now, then every state and progress change until it is final."""
-    await load_job(state, job_id, principal)
+            responses={200: {"content": {"text/event-stream": {}}}, 429: {"description": "too many open streams"}})
+async def job_events(job_id: str, request: Request, state: StateDep, token: TokenQuery = None,
+                     last_event_id: LastEventIdQuery = None,
+                     last_event_header: Annotated[str | None, Header(alias="Last-Event-ID", max_length=40)] = None,
+                     ) -> StreamingResponse:
+    """Server-Sent Events: the job now, then every state and progress change until it is final.
 
-    async def stream() -> AsyncIterator[bytes]:
-        async with job_feed(state.aconn, state.dispatcher.keys, job_id) as feed:
-            job = await io(state.dispatcher.repo.require, job_id)
-            yield _sse("state", job)
-            while not job.state.is_terminal:
-                item = await feed.next(KEEPALIVE_SECONDS)
-                if item is None:
-                    yield b": keepalive\n\n"
-                    continue
-                event, job = item
-                yield _sse(event, job)
+    Each event has an id; reconnect with Last-Event-ID (EventSource does) or ?lastEventId= to get the
+    events missed meanwhile, from any API replica.
+    """
+    job, owner = await stream_job(state, job_id, request, token)
+    after = parse_last_event_id(last_event_header or last_event_id,
+                                "Last-Event-ID" if last_event_header else "lastEventId")
+    release = state.streams.acquire(owner)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    async def read_job() -> Job:
+        return await io(state.dispatcher.repo.require, job.id)
+
+    async def frames() -> AsyncIterator[bytes]:
+        async for item in follow_job(state.hub, job.id, read_job, after, state.settings.max_stream_seconds):
+            data = None if item is None else state.public(item.job).model_dump(mode="json", by_alias=True)
+            yield sse_frame(item, data or {})
+
+    return EventStreamResponse(frames(), release)
 
 
 @router.get("/jobs", response_model=JobsPublic)
@@ -100,14 +124,15 @@ async def list_jobs(principal: PrincipalDep, state: StateDep,
             raise ApiError(403, "only admins may list another user's jobs", details={"field": "user"})
         owner = user
     page = await io(job_history(state.settings, state.dispatcher.repo).page, owner, limit, before)
-    return JobsPublic(jobs=[JobPublic.of(j) for j in page.jobs], next_before=page.next_before)
+    return JobsPublic(jobs=[state.public(j) for j in page.jobs], next_before=page.next_before)
 
 
 @router.get("/outputs/{job_id}/{filename}", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-async def get_output(job_id: str, filename: str, principal: PrincipalDep, state: StateDep) -> Response:
-    """Download one output file of a job."""
-    job = await load_job(state, job_id, principal)
+async def get_output(job_id: str, filename: str, request: Request, state: StateDep,
+                     token: TokenQuery = None) -> Response:
+    """Download one output file of a job (bearer header, or the job's accessToken as ?token=)."""
+    job, _ = await stream_job(state, job_id, request, token)
     # reliability: a name that is no file name ('.', '..', a backslash) is simply not one of the outputs
     output = next((o for o in job.outputs if o.filename == filename), None)
     if output is None:

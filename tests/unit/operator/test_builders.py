@@ -161,6 +161,11 @@ def test_spec_hash_changes_with_the_image_but_not_with_scaling() -> None:
     assert pod()["metadata"]["annotations"][builders.ANNOTATION_SPEC_HASH] == base
 
 
+def test_prefetch_is_dispatch_policy_and_never_replaces_pods() -> None:
+    # Turning prefetch on (or the field appearing on an operator upgrade) must not roll the pool.
+    assert builders.spec_hash(spec(prefetch=1)) == builders.spec_hash(spec()) == builders.spec_hash(spec(prefetch=0))
+
+
 def test_headless_service_selects_the_pool_on_the_comfyui_port() -> None:
     svc = builders.build_headless_service("sdxl", "gen", spec(port=8190), UID)
     assert svc["metadata"]["name"] == "sdxl" and svc["metadata"]["namespace"] == "gen"

@@ -1,0 +1,130 @@
+"""The job event transport over a real redis-server: ordered ids, resume, gaps, a lost subscription."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import uuid
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from comfyfleet.jobs.model import Job, JobState
+from comfyfleet.keys import Keys
+from comfyfleet.store import jobevents
+from comfyfleet.store.jobevents import EventHub, add_event, channel
+from tests.support.procs import ManagedProcess, free_port
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(prefix="ev" + uuid.uuid4().hex[:8])
+
+
+def write(conn: redis.Redis, keys: Keys, job: Job, event: str = "progress") -> None:
+    with conn.pipeline() as pipe:
+        add_event(pipe, keys, job, event)
+        pipe.execute()
+
+
+def job_at(value: int, state: JobState = JobState.RUNNING) -> Job:
+    job = Job(id="job-1", owner="alice", workflow={"1": {"class_type": "X", "inputs": {"big": "x" * 1000}}},
+              state=state)
+    job.progress.value = value
+    return job
+
+
+async def test_a_feed_resumes_after_an_id_and_never_repeats(redis_server, keys):
+    conn = redis.Redis.from_url(redis_server.url)
+    aconn = aioredis.Redis.from_url(redis_server.url)
+    hub = EventHub(aconn, keys)
+    await hub.start()
+    try:
+        for i in range(3):
+            write(conn, keys, job_at(i))
+        stored = conn.xrange(keys.events("job-1"))
+        assert len(stored) == 3 and b"workflow" not in stored[0][1][b"job"], "events never carry the workflow"
+        second = jobevents.parse_event_id(stored[1][0].decode())
+        async with hub.follow("job-1", after=second) as feed:
+            write(conn, keys, job_at(3))
+            write(conn, keys, job_at(4, JobState.SUCCEEDED), "state")
+            got = []
+            while (item := await feed.next(5)) is not None:
+                got.append((item.event, item.job.progress.value))
+                if item.job.state.is_terminal:
+                    break
+        assert got == [("progress", 2), ("progress", 3), ("state", 4)], got
+        assert not feed.gap and hub.feed_count == 0
+        assert item.job.workflow == {}
+    finally:
+        await hub.stop()
+        await aconn.aclose()
+
+
+async def test_a_trimmed_stream_is_reported_as_a_gap(redis_server, keys, monkeypatch):
+    monkeypatch.setattr(jobevents, "STREAM_MAXLEN", 5)
+    conn = redis.Redis.from_url(redis_server.url)
+    aconn = aioredis.Redis.from_url(redis_server.url)
+    hub = EventHub(aconn, keys)
+    write(conn, keys, job_at(0))
+    first = jobevents.parse_event_id(conn.xrange(keys.events("job-1"))[0][0].decode())
+    for i in range(1, 400):  # MAXLEN ~ trims whole nodes (100 entries): write enough to drop the first
+        write(conn, keys, job_at(i))
+    events, gap = await hub.read_after("job-1", first)
+    assert gap and events and events[0].job.progress.value > 1
+    events, gap = await hub.read_after("gone-job", (1, 0))
+    assert gap and events == [], "an expired stream is a gap too"
+    await aconn.aclose()
+
+
+async def test_a_lost_subscription_is_renewed_and_the_feed_catches_up(redis_server, keys):
+    conn = redis.Redis.from_url(redis_server.url)
+    aconn = aioredis.Redis.from_url(redis_server.url)
+    hub = EventHub(aconn, keys)
+    await hub.start()
+    try:
+        async with hub.follow("job-1") as feed:
+            assert conn.pubsub_numsub(channel(keys))[0][1] == 1
+            killed = 0
+            for client in conn.client_list():
+                if int(client.get("sub", 0)) > 0:
+                    killed += conn.client_kill_filter(_id=client["id"])
+            assert killed == 1
+            write(conn, keys, job_at(1))  # published while nobody listens: only the stream has it
+            write(conn, keys, job_at(2, JobState.SUCCEEDED), "state")
+            got = []
+            while (item := await asyncio.wait_for(feed.next(10), 15)) is not None:
+                got.append(item.job.progress.value)
+                if item.job.state.is_terminal:
+                    break
+        assert got == [1, 2], got
+        assert hub.reconnects == 1
+    finally:
+        await hub.stop()
+        await aconn.aclose()
+
+
+async def test_the_hub_starts_while_redis_is_down_and_subscribes_once_it_answers(tmp_path, keys):
+    port = free_port()
+    aconn = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+    hub = EventHub(aconn, keys)
+    await hub.start(wait_seconds=0.2)  # nothing listens on the port yet: the hub starts anyway
+    server = ManagedProcess([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                             "127.0.0.1", "--save", "", "--dir", str(tmp_path)], log_path=tmp_path / "redis.log")
+    try:
+        conn = redis.Redis(port=port)
+        for _ in range(150):  # a bounded async poll: the hub retries every 0.5 s
+            with contextlib.suppress(redis.ConnectionError):
+                if conn.pubsub_numsub(channel(keys))[0][1] == 1:
+                    break
+            await asyncio.sleep(0.1)
+        async with hub.follow("job-1") as feed:
+            write(conn, keys, job_at(1, JobState.SUCCEEDED), "state")
+            item = await feed.next(10)
+        assert item is not None and item.job.progress.value == 1
+    finally:
+        await hub.stop()
+        await aconn.aclose()
+        server.stop()
