@@ -39,6 +39,7 @@ def test_api_conforms_to_its_schema(tmp_path: Path) -> None:
              "--suppress-health-check", "all", "--request-timeout", "30", "--no-color", "--continue-on-failure",
              "--warnings", "off"],
             capture_output=True, text=True, timeout=int(FUZZ_MAX_SECONDS) + 120,
+            cwd=tmp_path,  # schemathesis keeps its cache in .schemathesis/ under the working directory
         )
     finally:
         stack.stop()
