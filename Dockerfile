@@ -15,7 +15,7 @@ COPY pyproject.toml README.md ./
 COPY comfyfleet ./comfyfleet
 # A non-editable install of the one distribution; its dependencies are pinned by pyproject's ranges
 # and the wheel cache of the build, and the venv is copied whole into the runtime stage.
-RUN /opt/comfyfleet/bin/pip install --no-compile ".[firebase]" \
+RUN /opt/comfyfleet/bin/pip install --no-compile ".[firebase,s3]" \
     && /opt/comfyfleet/bin/python -m compileall -q /opt/comfyfleet
 
 FROM python:${PYTHON_VERSION}-slim-bookworm

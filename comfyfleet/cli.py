@@ -101,7 +101,8 @@ def cmd_submit(args: argparse.Namespace) -> None:
         if (args.workflow is None) == (args.template is None):
             raise SubmitError("give a WORKFLOW.json or --template NAME (not both)")
         body = build_body(Path(args.workflow) if args.workflow else None, args.template, parse_params(args.param),
-                          [Path(p) for p in args.image], args.priority)
+                          list(args.image), args.priority, webhook=args.webhook, output_format=args.format,
+                          quality=args.quality)
         opts = SubmitOptions(api=args.api or LocalSettings().api, token=args.token or LocalSettings().token,
                              wait=args.wait, out_dir=Path(args.out), quiet=args.quiet)
         job, paths = submit(body, opts)
@@ -161,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("workflow", nargs="?", help="API-format workflow JSON file")
     sm.add_argument("--template", help="a named template instead of a workflow file")
     sm.add_argument("--param", action="append", default=[], help="parameter override key=value (repeatable)")
-    sm.add_argument("--image", action="append", default=[], help="input image for LoadImage (repeatable)")
+    sm.add_argument("--image", action="append", default=[],
+                    help="input image for LoadImage: a file or an https:// URL (repeatable)")
+    sm.add_argument("--webhook", help="https URL to notify (signed) when the job ends")
+    sm.add_argument("--format", choices=["png", "webp", "jpeg"], help="convert outputs to this format")
+    sm.add_argument("--quality", type=int, help="webp/jpeg quality 1-100")
     sm.add_argument("--priority", type=int, default=5)
     sm.add_argument("--api", help="API base URL (or COMFYFLEET_API; default http://127.0.0.1:8000)")
     sm.add_argument("--token", help="bearer token (or COMFYFLEET_TOKEN)")

@@ -38,8 +38,8 @@ class CommonSettings(_Base):
     data_dir: Path = Path(".data")
     dev_mode: bool = False
     log_level: str = "INFO"
-    # Where outputs go: local files under data_dir, or Firebase Storage (needs the firebase_* settings).
-    output_store: Literal["local", "firebase"] = "local"
+    # Where outputs go: local files under data_dir, Firebase Storage (the firebase_* settings) or S3 (s3_*).
+    output_store: Literal["local", "firebase", "s3"] = "local"
     # Mirror every job record into Firestore (write-behind from Redis; Redis stays the live truth).
     firestore_enabled: bool = False
     firebase_project_id: str = ""
@@ -49,6 +49,38 @@ class CommonSettings(_Base):
     firestore_collection: str = "comfyfleet_jobs"
     # Signed download URLs for outputs in Storage live this long (7 days is the V4 signing maximum).
     storage_url_expiry_seconds: int = Field(7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+
+    # ---- integrations: outbound URL policy, S3 output store, inline outputs ----
+    # Hosts and networks user-given URLs (webhooks, input images) may reach beyond the public internet, e.g.
+    # `hooks.internal,10.1.2.0/24`; an allow-listed host may also use plain http. Empty: public https only.
+    outbound_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Plain http to public hosts; off because a webhook body and its signature would travel in clear.
+    outbound_allow_http: bool = False
+    # One outbound exchange (DNS, connect, redirects, body) ends after this long; 10 s is generous for a webhook
+    # receiver or an image CDN and keeps a slow host from holding a submit or a delivery slot.
+    outbound_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    # Redirects followed (each checked against the policy); 3 covers http->https->CDN chains.
+    outbound_max_redirects: int = Field(3, ge=0, le=10)
+    # The S3-compatible output store (COMFYFLEET_OUTPUT_STORE=s3): AWS S3, GCS interop, MinIO, R2.
+    s3_bucket: str = ""
+    # Key prefix in the bucket; keys are <prefix>/<owner>/<job id>/<file>, the Firebase store's layout.
+    s3_prefix: str = "generations"
+    s3_region: str = "us-east-1"
+    # Empty for AWS; the service URL for MinIO, R2, GCS interop (https://storage.googleapis.com) or a test server.
+    s3_endpoint_url: str = ""
+    # Credentials from a Secret; empty = the standard AWS chain (AWS_ACCESS_KEY_ID..., IRSA, instance profile).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    # Path-style addressing (bucket in the path) is what MinIO and most self-hosted servers expect.
+    s3_path_style: bool = False
+    # Outputs asked for inline (`output.inline`) are embedded as base64 up to this size each; larger ones are
+    # only linked. 1 MiB keeps job records, events and responses small (a 1024px WebP is ~100-300 KiB).
+    output_inline_max_bytes: int = Field(1024 * 1024, ge=0, le=8 * 1024 * 1024)
+
+    @field_validator("outbound_allow_hosts", mode="before")
+    @classmethod
+    def _csv_hosts(cls, value: object) -> object:
+        return _split_csv(value)
 
 
 class DispatchSettings(CommonSettings):
@@ -83,10 +115,37 @@ class DispatchSettings(CommonSettings):
     # Remove a finished prompt's entry from the pod's ComfyUI history once its outputs are stored (history
     # otherwise grows without bound on a long-lived pod).
     delete_pod_history: bool = True
+    # After interrupting a cancelled or timed-out prompt, wait this long for ComfyUI to reach a node boundary
+    # before settling the job anyway; the endpoint then stays leased until the prompt really leaves the pod.
+    cancel_grace_seconds: float = Field(15.0, ge=0.5, le=600)
+    # A failing output store (a Storage or S3 outage) is retried this long before the job fails with
+    # storage_error; the pod's outputs stay where they are meanwhile.
+    store_retry_seconds: float = Field(60.0, ge=0, le=3600)
+
+    # ---- integrations: webhook delivery (comfyfleet.webhooks) ----
+    # Standard Webhooks signing secret, `whsec_` + base64 of 24-64 random bytes; empty turns webhooks off
+    # (jobs asking for one are refused with 422). Receivers verify with the same secret.
+    webhook_secret: str = ""
+    # A failing delivery is retried with backoff base * 2**(attempt-1), capped at backoff_max, until it is
+    # retry_window old: 5 s doubling to 10 min for 24 h rides out a receiver's deploy or outage overnight.
+    webhook_backoff_seconds: float = Field(5.0, ge=0.01, le=3600)
+    webhook_backoff_max_seconds: float = Field(600.0, ge=0.01, le=24 * 3600)
+    webhook_retry_window_seconds: float = Field(24 * 3600, ge=1, le=7 * 24 * 3600)
+    # Deliveries in flight at once per deliverer process; more than this wait their turn (never block dispatch).
+    webhook_concurrency: int = Field(16, ge=1, le=1000)
     # --- reliability (issue 9) ---
     # A job that has not started within this many seconds of being queued fails with queue_timeout
     # (a request may set its own queueTimeoutSeconds): an hour covers a cold scale-from-zero pool.
     queue_timeout_seconds: int = Field(3600, ge=5, le=7 * 24 * 3600)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: str) -> str:
+        if value:
+            from comfyfleet.webhooks.signing import secret_key
+
+            secret_key(value)  # raises ValueError with the reason
+        return value
 
 
 class PoolSettings(CommonSettings):
@@ -171,6 +230,12 @@ class ApiSettings(PoolSettings, DispatchSettings):
         if value and (len(value) < 32 or value.lower() in PLACEHOLDER_SECRETS):
             raise ValueError("job_access_secret must be at least 32 random characters (or empty: kept in Redis)")
         return value
+
+    # ---- integrations: webhook defaults and input images by URL ----
+    # Default webhook per owner for jobs that name none: JSON {"alice": "https://hooks.example/cf"}.
+    webhook_defaults: dict[str, str] = Field(default_factory=dict)
+    # An input image (base64, data URL or fetched from an https URL) may be this large; 20 MiB holds a 4K PNG.
+    input_image_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
 
     # --- reliability: fair use, bounds, operational routes (issue 9) ------------------------------
     # 0 turns a limit off. A user with this many jobs queued or running gets 429 until one finishes:

@@ -32,6 +32,8 @@ from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
 from comfyfleet.store.jobevents import EventHub
 from comfyfleet.usage import UsageBook, UsageCollector
+from comfyfleet.webhooks.metrics import WebhookCollector  # HOOK(integrations)
+from comfyfleet.webhooks.openapi import document_webhooks  # HOOK(integrations)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.cf = state
     app.state.metrics = Metrics(dispatcher)
     app.state.metrics.registry.register(UsageCollector(UsageBook(conn, dispatcher.keys)))  # HOOK(reliability)
+    app.state.metrics.registry.register(WebhookCollector(conn, dispatcher.keys))  # HOOK(integrations)
+    document_webhooks(app)  # HOOK(integrations): the notification request in the OpenAPI document
     install_error_handlers(app, settings.unavailable_retry_after_seconds)  # HOOK(reliability): 503 Retry-After
     for router in (generate.router, jobs.router, stream.router, fleet.router, health.router):
         app.include_router(router)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -16,6 +16,21 @@ from comfyfleet.jobs.params import GenerateParams
 
 class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class WebhookCreate(ApiModel):
+    """Where to POST the job's signed notifications (Standard Webhooks; see README "Webhooks")."""
+
+    url: str = Field(max_length=2048, description="https URL of the receiver (the outbound URL policy applies)")
+    on_start: bool = Field(False, description="also notify when the job starts running, not only when it ends")
+
+
+class OutputCreate(ApiModel):
+    """How to store the outputs: converted with Pillow, optionally also returned inline as base64."""
+
+    format: Literal["png", "webp", "jpeg"] | None = Field(None, description="convert image outputs to this format")
+    quality: int | None = Field(None, ge=1, le=100, description="webp/jpeg quality (default 90)")
+    inline: bool = Field(False, description="embed outputs up to the server's inline limit as base64 (`data`)")
 
 
 class JobCreate(ApiModel):
@@ -33,8 +48,11 @@ class JobCreate(ApiModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=128)
     input_images: dict[str, str] = Field(
         default_factory=dict, max_length=8,
-        description="images for LoadImage nodes: {name: base64 PNG/JPEG/WebP}; LoadImage's image input names them",
+        description="images for LoadImage nodes: {name: base64, a data: URL or an https:// URL of a PNG/JPEG/WebP}; "
+                    "LoadImage's image input names them; URLs are fetched once, at submit",
     )
+    webhook: WebhookCreate | None = Field(None, description="signed notifications on the final state (and start)")
+    output: OutputCreate | None = Field(None, description="output format and inline base64")
 
     @model_validator(mode="after")
     def _one_source(self) -> JobCreate:
@@ -56,6 +74,18 @@ class OutputPublic(ApiModel):
     content_type: str
     size: int
     url: str | None
+    data: str | None = Field(None, description="base64 of the file when output.inline was asked and it is small")
+
+
+class WebhookDeliveryPublic(ApiModel):
+    id: str
+    event: str
+    state: str  # pending | delivered | failed
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None
 
 
 class ErrorPublic(ApiModel):
@@ -89,6 +119,8 @@ class JobPublic(ApiModel):
         None, description="short-lived token for this job only: add ?token=... to its events, WebSocket and "
                           "output URLs where no Authorization header can be sent (EventSource, <img src>)")
     access_token_expires_at: datetime | None = Field(None, description="when accessToken stops working")
+    webhook_url: str | None = None
+    webhook_deliveries: list[WebhookDeliveryPublic] = Field(default_factory=list)
 
     @classmethod
     def of(cls, job: Job, tokens: JobTokens | None = None) -> JobPublic:
@@ -102,12 +134,14 @@ class JobPublic(ApiModel):
             error=ErrorPublic(code=job.error.code.value, message=job.error.message, details=job.error.details)
             if job.error else None,
             outputs=[OutputPublic(filename=o.filename, node_id=o.node_id, content_type=o.content_type, size=o.size,
-                                  url=with_token(o.url, token)) for o in job.outputs],
-            worker=job.worker, source=job.source, cancel_requested=job.cancel_requested,
+                                  url=with_token(o.url, token), data=o.data) for o in job.outputs],
+            worker=job.endpoint, source=job.source, cancel_requested=job.cancel_requested,
             queue_timeout_seconds=job.queue_timeout_seconds, gpu_seconds=job.gpu_seconds, created_at=job.created_at,
             updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
             access_token=token,
             access_token_expires_at=datetime.fromtimestamp(expires, UTC) if expires is not None else None,
+            webhook_url=job.webhook.url if job.webhook else None,
+            webhook_deliveries=[WebhookDeliveryPublic(**d.model_dump()) for d in job.webhook_deliveries],
         )
 
 

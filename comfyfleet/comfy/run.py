@@ -100,7 +100,8 @@ class PromptRun:
             await self._close_ws()
 
     async def _attach(self) -> tuple[bool, RunResult | None]:
-        """With resume: (attached, result) if the server already has the prompt, else (False, None).
+        """With resume: (attached, result) if the server has the prompt queued, running or succeeded, else
+        (False, None).
 
         /queue is read before /history: ComfyUI moves a prompt from one to the other atomically, so
         this order cannot miss a prompt that finishes in between.
@@ -108,7 +109,17 @@ class PromptRun:
         entry = (await self.client.queue()).find(self.prompt_id)
         if entry is None:
             hist = await self.client.history(self.prompt_id)
-            return (hist is not None), (self._result(hist) if hist is not None else None)
+            if hist is None:
+                return False, None
+            result = self._result(hist)
+            if result.status != "success":
+                # An earlier attempt that ended in an error or an interrupt: that verdict is why we run again.
+                # Forget it on the pod, so the new run's history is the only one /history/{id} can show.
+                log.info("prompt %s ended %s before on %s: running it again", self.prompt_id, result.status,
+                         self.client.base_url)
+                await self.client.delete_history([self.prompt_id])
+                return False, None
+            return True, result
         log.info(
             "prompt %s already queued on %s (client %s): attaching",
             self.prompt_id,

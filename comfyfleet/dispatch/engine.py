@@ -23,7 +23,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -183,15 +183,24 @@ class Engine:
                 await backoff.sleep()
         log.info("dispatcher %s: up, %d slots, clientId %s", self.name, self.slots, self.client_id)
         await self.probe.start()
-        loops = [asyncio.create_task(coro, name=name) for name, coro in (
+        coros: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("listen", self._listen()), ("claim", self._claim_loop()), ("maintain", self._maintain_loop()),
-            ("tick", self._tick_loop()))]
+            ("tick", self._tick_loop())]
+        aconn = aioredis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=5)
+        if self.settings.webhook_secret:
+            # Webhook notifications go out from the dispatch side, in their own tasks, bounded in concurrency
+            # and time: a slow or dead receiver never holds up a claim or a job.
+            from comfyfleet.webhooks.deliverer import WebhookDeliverer
+
+            coros.append(("webhooks", WebhookDeliverer.from_settings(self.settings, aconn, self.d.repo).run_forever()))
+        loops = [asyncio.create_task(coro, name=name) for name, coro in coros]
         try:
             await self.stopping.wait()
         finally:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            await aconn.aclose()
             await self._hand_over()
             await self.probe.stop()
             for link in list(self.links.values()):

@@ -89,7 +89,7 @@ class HealthMonitor:
             return []
         jobs = self.scheduler.repo.get_many(prompt_ids)
         return [p for p, job in zip(prompt_ids, jobs, strict=True)
-                if job is None or job.state.is_terminal or job.worker != endpoint_id]
+                if job is None or job.state.is_terminal or job.endpoint != endpoint_id]
 
 
 class PodBusyElsewhere(ComfyError):

@@ -26,6 +26,7 @@ from comfyfleet.comfy.errors import ComfyError
 from comfyfleet.comfy.hub import WsHub
 from comfyfleet.comfy.messages import ComfyEvent, Executing, ExecutionCached, ExecutionStart, Progress
 from comfyfleet.comfy.models import RunResult
+from comfyfleet.convert import store_output  # HOOK(integrations): output format + inline
 from comfyfleet.dispatch.outcome import Decision, Ending, EndKind, decide, ending_of_error, ending_of_result
 from comfyfleet.dispatch.registry import Endpoint, Registry
 from comfyfleet.jobs.model import Job, JobState, OutputFile, utcnow
@@ -40,9 +41,6 @@ from comfyfleet.usage import record_run_usage
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# After asking the pod to interrupt, wait this long for ComfyUI to reach a node boundary before settling the
-# job anyway; the endpoint then stays leased until the prompt really leaves the pod.
-CANCEL_GRACE_SECONDS = 15.0
 # While holding an endpoint for a prompt ComfyUI has not let go of, look at its queue this often...
 HOLD_POLL_SECONDS = 1.0
 # ...and give up after this long: the endpoint is marked unhealthy (a probe re-admits it once it is clear).
@@ -110,8 +108,9 @@ class JobRun:
             try:
                 result: T = await self.ctx.io(fn, *args)
                 return result
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if time.monotonic() > deadline:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
+                # Also "OOM command not allowed" (Redis at maxmemory with noeviction): retried until memory frees.
+                if time.monotonic() > deadline or (isinstance(exc, redis.ResponseError) and "OOM" not in str(exc)):
                     raise
                 log.warning("job %s: Redis unavailable (%s); retrying in %.1f s", self.job_id, exc, delay)
                 await asyncio.sleep(delay)
@@ -216,7 +215,7 @@ class JobRun:
         """Wait for an interrupted prompt to end: its result if it ends, AttemptEnded(why) once it has left the
         pod's queue without one (a pending prompt we deleted), or after the grace period with the endpoint
         marked held (ComfyUI is still inside a node it cannot leave)."""
-        deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+        deadline = time.monotonic() + self.ctx.settings.cancel_grace_seconds
         absent = 0
         while time.monotonic() < deadline:
             done, _ = await asyncio.wait({run}, timeout=0.5)
@@ -260,12 +259,26 @@ class JobRun:
                 raise AttemptEnded(Ending(EndKind.ENDPOINT_LOST,
                                           f"could not fetch output {ref.filename}: {exc}")) from None
             content_type = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
-            try:
-                stored.append(await self.ctx.io(self.ctx.store.put, job, ref.node_id, ref.filename, data,
-                                                content_type))
-            except StorageError as exc:
-                raise AttemptEnded(Ending(EndKind.STORAGE, str(exc))) from None
+            stored.append(await self._store_one(job, ref.node_id, ref.filename, data, content_type))
         return stored
+
+    async def _store_one(self, job: Job, node_id: str, filename: str, data: bytes, content_type: str) -> OutputFile:
+        """Convert per job.output, store, embed inline when asked; a failing store is retried with backoff for
+        `store_retry_seconds` (the output stays on the pod meanwhile), then the job fails with storage_error."""
+        deadline = time.monotonic() + self.ctx.settings.store_retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                result: OutputFile = await self.ctx.io(store_output, self.ctx.store, job, node_id, filename, data,
+                                                       content_type, self.ctx.settings.output_inline_max_bytes)
+                return result
+            except StorageError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise AttemptEnded(Ending(EndKind.STORAGE, f"{exc} (retried for "
+                                              f"{self.ctx.settings.store_retry_seconds:.0f} s)")) from None
+                log.warning("job %s: storing %s failed (%s); retrying in %.1f s", job.id, filename, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
 
     # --- settling ---------------------------------------------------------------------------------
     async def _settle(self, ending: Ending) -> Settled:

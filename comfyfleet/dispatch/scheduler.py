@@ -30,7 +30,7 @@ from rq.job import Job as RQJob
 
 from comfyfleet.dispatch.registry import Registry
 from comfyfleet.dispatch.rqconf import SERIALIZER
-from comfyfleet.dispatch.selection import Candidate, Capability, capability, select_worker
+from comfyfleet.dispatch.selection import Candidate, Capability, capability, select_endpoint
 from comfyfleet.jobs.model import ErrorCode, JobError, JobState, utcnow
 from comfyfleet.jobs.states import can_transition, transition
 from comfyfleet.jobs.workflow import ModelNeeds
@@ -225,7 +225,7 @@ class Scheduler:
             if self.conn.zscore(self.keys.inflight, job_id) is not None:
                 self.conn.lrem(queue_key, 0, job_id)
                 return "removed"
-            prefer = info.get("worker")
+            prefer = info.get("endpoint")
         needs = _needs(info)
         pool = info.get("pool")
         cls = (pool, needs.checkpoints, needs.loras)
@@ -235,13 +235,13 @@ class Scheduler:
         if able is Capability.MISSING_MODELS:
             self._fail_no_capable_worker(queue_key, job_id, pool, needs, cands)
             return "removed"
-        if able is Capability.NO_WORKERS:
+        if able is Capability.NO_ENDPOINTS:
             if pool is not None:
                 self._park(queue_key, job_id, pool)
                 return "removed"
             blocked.add(cls)
             return "skipped"
-        pick = select_worker(cands, needs, pool, prefer=prefer)
+        pick = select_endpoint(cands, needs, pool, prefer=prefer)
         if pick is None:
             blocked.add(cls)
             return "waits"
@@ -289,7 +289,7 @@ class Scheduler:
                     fields["last_checkpoint"] = plan.checkpoints[c.job_id] or ""
                 pipe.hset(self.keys.pod(c.endpoint_id), mapping=fields)
                 # The QUEUED -> DISPATCHED move of jobs/states.transition, written field by field.
-                pipe.hset(job_key, mapping={"state": json.dumps(dispatched), "worker": json.dumps(c.endpoint_id),
+                pipe.hset(job_key, mapping={"state": json.dumps(dispatched), "endpoint": json.dumps(c.endpoint_id),
                                             "dispatched_at": json.dumps(now.isoformat()),
                                             "updated_at": json.dumps(now.isoformat()), "error": "null"})
                 pipe.hincrby(job_key, "attempts", 1)

@@ -36,7 +36,7 @@ class Capability(StrEnum):
 
     FREE = "free"  # a healthy pod with the models is free now
     BUSY = "busy"  # healthy pods have the models but all are busy: wait
-    NO_WORKERS = "no_workers"  # no healthy pod in the pool at all: wait (the pool may scale up)
+    NO_ENDPOINTS = "no_endpoints"  # no healthy pod in the pool at all: wait (the pool may scale up)
     MISSING_MODELS = "missing_models"  # healthy pods exist, none has the models: fail fast
 
 
@@ -47,14 +47,14 @@ def in_pool(c: Candidate, pool: str | None) -> bool:
 def capability(candidates: list[Candidate], needs: ModelNeeds, pool: str | None) -> Capability:
     healthy = [c for c in candidates if c.healthy and in_pool(c, pool)]
     if not healthy:
-        return Capability.NO_WORKERS
+        return Capability.NO_ENDPOINTS
     able = [c for c in healthy if c.can_run(needs)]
     if not able:
         return Capability.MISSING_MODELS
     return Capability.FREE if any(not c.busy for c in able) else Capability.BUSY
 
 
-def select_worker(
+def select_endpoint(
     candidates: list[Candidate], needs: ModelNeeds, pool: str | None = None, prefer: str | None = None
 ) -> Candidate | None:
     """The best free pod for a job, or None.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -88,6 +88,8 @@ class OutputFile(BaseModel):
     # Where the store keeps it (a path relative to the store root, or an object name).
     key: str
     url: str | None = None
+    # Base64 of the file when the job asked for inline outputs and it is small enough (output.inline).
+    data: str | None = None
 
 
 class InputFile(BaseModel):
@@ -96,6 +98,35 @@ class InputFile(BaseModel):
     name: str
     key: str
     size: int = 0
+
+
+class WebhookSpec(BaseModel):
+    """Where to POST the job's signed notifications (comfyfleet.webhooks)."""
+
+    url: str
+    # Also notify when the job starts running (once, on its first start), not only on its final state.
+    on_start: bool = False
+
+
+class WebhookDelivery(BaseModel):
+    """One notification of a job and how its delivery went (written by the deliverer)."""
+
+    id: str  # the webhook-id header: stable across retries, so receivers can deduplicate
+    event: str  # job.started | job.succeeded | job.failed | job.cancelled
+    state: Literal["pending", "delivered", "failed"] = "pending"
+    attempts: int = 0
+    last_status: int | None = None  # the receiver's HTTP status on the last attempt
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+
+
+class OutputSpec(BaseModel):
+    """How outputs are stored: converted to a format (Pillow) and/or embedded inline as base64."""
+
+    format: Literal["png", "webp", "jpeg"] | None = None
+    quality: int | None = Field(None, ge=1, le=100)
+    inline: bool = False
 
 
 class Job(BaseModel):
@@ -122,10 +153,15 @@ class Job(BaseModel):
     inputs: list[InputFile] = Field(default_factory=list)
     idempotency_key: str | None = None
     source: str = "api"
-    worker: str | None = None
+    # The ComfyUI endpoint the job was last dispatched to (`worker` in the public API).
+    endpoint: str | None = None
     cancel_requested: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     dispatched_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Integrations (defaults keep older records parsing).
+    webhook: WebhookSpec | None = None
+    webhook_deliveries: list[WebhookDelivery] = Field(default_factory=list)
+    output: OutputSpec | None = None

@@ -37,7 +37,7 @@ def transition(
     target: JobState,
     *,
     error: JobError | None = None,
-    worker: str | None = None,
+    endpoint: str | None = None,
     now: datetime | None = None,
 ) -> Job:
     """Return a copy of job moved to target, with the timestamps and counters that move implies."""
@@ -46,12 +46,12 @@ def transition(
     now = now or utcnow()
     changes: dict[str, object] = {"state": target, "updated_at": now}
     if target is S.DISPATCHED:
-        changes.update(dispatched_at=now, attempts=job.attempts + 1, worker=worker, error=None)
+        changes.update(dispatched_at=now, attempts=job.attempts + 1, endpoint=endpoint, error=None)
     elif target is S.RUNNING:
         changes["started_at"] = job.started_at or now
     elif target is S.QUEUED:
         # Back in the queue for a retry: keep the last error visible until the next attempt starts.
-        changes.update(worker=None, error=error, progress=job.progress.model_copy(update={"value": 0, "fraction": 0}))
+        changes.update(endpoint=None, error=error, progress=job.progress.model_copy(update={"value": 0, "fraction": 0}))
     if target.is_terminal:
         changes["finished_at"] = now
         if target is S.SUCCEEDED:

@@ -231,7 +231,7 @@ def status_for_job(
         outputs=outputs,
         error=error,
         attempts=job.attempts,
-        worker=job.worker,
+        worker=job.endpoint,
         start_time=job.started_at,
         completion_time=job.finished_at,
         previous=previous,

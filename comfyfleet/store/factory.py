@@ -1,4 +1,4 @@
-"""Pick the output store from settings (local files by default)."""
+"""Pick the output store from settings (local files by default; Firebase Storage or S3-compatible)."""
 
 from __future__ import annotations
 
@@ -11,4 +11,8 @@ def output_store(settings: CommonSettings) -> OutputStore:
         from comfyfleet.store.firebase import FirebaseOutputStore  # optional dependency, imported only when used
 
         return FirebaseOutputStore.from_settings(settings)
+    if settings.output_store == "s3":
+        from comfyfleet.store.s3 import S3OutputStore  # optional dependency (comfyfleet[s3])
+
+        return S3OutputStore.from_settings(settings)
     return LocalOutputStore(settings.data_dir)

@@ -21,13 +21,14 @@ from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
 from comfyfleet.jobs.workflow import model_needs
 from comfyfleet.keys import Keys, as_text
 from comfyfleet.store import jobevents
+from comfyfleet.webhooks.outbox import queue_webhooks  # HOOK(integrations)
 
 log = logging.getLogger(__name__)
 
 JOB_FIELDS: tuple[str, ...] = tuple(Job.model_fields)
 NEEDS_FIELD = "needs"
 # The fields a claim pass reads for each queued job (never the workflow).
-COMPACT_FIELDS = ("state", "pool", "owner", "priority", NEEDS_FIELD, "worker", "timeout_seconds")
+COMPACT_FIELDS = ("state", "pool", "owner", "priority", NEEDS_FIELD, "endpoint", "timeout_seconds")
 
 # Create a record, unless the (owner, idempotency key) slot already names a live job: atomic, so two concurrent
 # requests with one key create one job. KEYS: job, idem (or ""), owner index, all-jobs index, stats, dirty (or "").
@@ -247,6 +248,7 @@ class JobRepo:
     def write(self, before: Job, after: Job, event: str = "state") -> Job:
         """Write what changed from before to after if the stored state is still before's; raises StateChanged
         (nothing written) if it moved, JobNotFound if the record is gone."""
+        after = queue_webhooks(self.conn, self.keys, before, after)  # HOOK(integrations): outbox, before the CAS
         names = changed_fields(before, after)
         if not names:
             return after

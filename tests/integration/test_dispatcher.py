@@ -111,18 +111,56 @@ def test_prefetch_queues_the_next_prompt_on_the_pod_and_cancel_removes_it(sim_fa
     sim = sim_factory(step_seconds=0.1)
     stack = stack_factory([sim.url], workers=1, env={"COMFYFLEET_COMFYUI_PREFETCH": "1"})
     stack.wait_workers_ready(1)
-    first, second, third = (stack.generate(txt2img(300 + i, steps=30)).json()["jobId"] for i in range(3))
+    ids = [stack.generate(txt2img(300 + i, steps=60)).json()["jobId"] for i in range(3)]
+    seen: list[tuple[list[str], list[str]]] = []
 
     def pod_queue() -> tuple[list[str], list[str]]:
         body = json.loads(_get(f"{sim.url}/queue"))
-        return [e[1] for e in body["queue_running"]], [e[1] for e in body["queue_pending"]]
+        seen.append(([e[1] for e in body["queue_running"]], [e[1] for e in body["queue_pending"]]))
+        return seen[-1]
 
-    wait_until(lambda: pod_queue() == ([first], [second]), timeout=30,
-               what="the first prompt running and the second queued behind it on the pod")
-    assert stack.job(third)["state"] == "queued", "only one job is committed ahead"
-    assert stack.http.delete(f"/api/comfyui/job/{second}", headers=auth()).status_code == 200
-    wait_until(lambda: second not in pod_queue()[1], timeout=10, what="the prefetched prompt off the pod's queue")
-    assert stack.wait_state(second, timeout=30)["state"] == "cancelled"
-    assert stack.wait_state(first, timeout=60)["state"] == "succeeded"
-    assert stack.wait_state(third, timeout=60)["state"] == "succeeded"
+    running_and_next = wait_until(lambda: (lambda q: q if len(q[0]) == 1 and len(q[1]) == 1 else None)(pod_queue()),
+                                  timeout=30, what="one prompt running and the next queued behind it on the pod")
+    [current], [ahead] = running_and_next
+    assert [current, ahead] == ids[:2], "FIFO: the first runs, the second is committed behind it"
+    assert stack.job(ids[2])["state"] == "queued", "only one job is committed ahead"
+    assert stack.http.delete(f"/api/comfyui/job/{ahead}", headers=auth()).status_code == 200
+    wait_until(lambda: ahead not in pod_queue()[1], timeout=10, what="the prefetched prompt off the pod's queue")
+    assert stack.wait_state(ahead, timeout=30)["state"] == "cancelled"
+    assert stack.wait_state(ids[0], timeout=60)["state"] == "succeeded"
+    assert stack.wait_state(ids[2], timeout=60)["state"] == "succeeded"
+    assert all(len(pending) <= 1 for _, pending in seen), "never more than one prompt committed ahead"
     assert prompts_posted([sim]) == 3
+
+
+def test_out_of_memory_is_retried_then_fails_with_its_code(sim_factory, stack_factory):
+    sim = sim_factory(failure_rate=1.0)  # every prompt fails with a CUDA out-of-memory error
+    stack = stack_factory([sim.url], workers=1)
+    stack.wait_workers_ready(1)
+    done = stack.wait_state(stack.generate(txt2img(400, steps=2)).json()["jobId"], timeout=60)
+    assert done["state"] == "failed" and done["error"]["code"] == "out_of_memory", done["error"]
+    assert done["attempts"] == 3, "OOM is retried (after POST /free) until attempts run out"
+    assert prompts_posted([sim]) == 3
+
+
+def test_an_output_store_outage_is_retried_and_then_a_clear_error(sim_factory, stack_factory):
+    sim = sim_factory(step_seconds=0.05)
+    stack = stack_factory([sim.url], workers=1, env={"COMFYFLEET_STORE_RETRY_SECONDS": "6"})
+    stack.wait_workers_ready(1)
+    owner_dir = stack.tmp / "data" / "outputs" / "alice"
+    owner_dir.parent.mkdir(parents=True, exist_ok=True)
+    owner_dir.write_text("not a folder")  # every write under it fails, as an unreachable bucket would
+
+    first = stack.generate(txt2img(401, steps=20)).json()["jobId"]
+    wait_until(lambda: "storing" in stack.workers[0].log_text(), timeout=30, what="a failed store attempt")
+    owner_dir.unlink()  # the store comes back within the retry window
+    done = stack.wait_state(first, timeout=30)
+    assert done["state"] == "succeeded" and done["outputs"], done["error"]
+
+    shutil.rmtree(owner_dir)
+    owner_dir.write_text("not a folder")  # and now it stays down
+    second = stack.wait_state(stack.generate(txt2img(402, steps=2)).json()["jobId"], timeout=60)
+    assert second["state"] == "failed" and second["error"]["code"] == "storage_error", second["error"]
+    assert "retried" in second["error"]["message"]
+    history = json.loads(_get(f"{sim.url}/history/{second['jobId']}"))
+    assert second["jobId"] in history, "the pod keeps the prompt's outputs when they could not be stored"

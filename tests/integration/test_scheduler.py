@@ -150,7 +150,7 @@ def test_prompts_no_live_job_accounts_for_are_foreign(dispatcher):
     claim = dispatcher.scheduler.claim()
     assert claim.job_id == leased.id
     # `orphaned` ran on pod a and its RQ worker died: still dispatched there, no lease any more.
-    dispatcher.repo.update(orphaned.id, lambda j: transition(j, JobState.DISPATCHED, worker="a"))
+    dispatcher.repo.update(orphaned.id, lambda j: transition(j, JobState.DISPATCHED, endpoint="a"))
     dispatcher.repo.update(finished.id, lambda j: transition(j, JobState.FAILED))
     on_pod = [leased.id, orphaned.id, finished.id, "someone-elses-prompt"]
     assert monitor._foreign_prompts("a", on_pod) == [finished.id, "someone-elses-prompt"]

@@ -336,7 +336,29 @@ export interface paths {
         trace?: never;
     };
 }
-export type webhooks = Record<string, never>;
+export interface webhooks {
+    "job-event": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Job Event
+         * @description A job started (if asked with webhook.onStart) or reached a final state: POSTed to the job's webhook.url,
+         *     signed per the Standard Webhooks spec; answer 2xx within 10 s, else it is retried with backoff.
+         */
+        post: operations["job_eventjob_event_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+}
 export interface components {
     schemas: {
         /**
@@ -440,11 +462,13 @@ export interface components {
             idempotencyKey?: string | null;
             /**
              * Inputimages
-             * @description images for LoadImage nodes: {name: base64 PNG/JPEG/WebP}; LoadImage's image input names them
+             * @description images for LoadImage nodes: {name: base64, a data: URL or an https:// URL of a PNG/JPEG/WebP}; LoadImage's image input names them; URLs are fetched once, at submit
              */
             inputImages?: {
                 [key: string]: string;
             };
+            /** @description output format and inline base64 */
+            output?: components["schemas"]["OutputCreate"] | null;
             params?: components["schemas"]["GenerateParams"];
             /** Pool */
             pool?: string | null;
@@ -466,6 +490,8 @@ export interface components {
             template?: string | null;
             /** Timeoutseconds */
             timeoutSeconds?: number | null;
+            /** @description signed notifications on the final state (and start) */
+            webhook?: components["schemas"]["WebhookCreate"] | null;
             /**
              * Workflow
              * @description ComfyUI API graph {node_id: {class_type, inputs}}
@@ -530,6 +556,10 @@ export interface components {
              * Format: date-time
              */
             updatedAt: string;
+            /** Webhookdeliveries */
+            webhookDeliveries?: components["schemas"]["WebhookDeliveryPublic"][];
+            /** Webhookurl */
+            webhookUrl?: string | null;
             /** Worker */
             worker: string | null;
         };
@@ -565,10 +595,37 @@ export interface components {
             /** Owner */
             owner: string;
         };
+        /**
+         * OutputCreate
+         * @description How to store the outputs: converted with Pillow, optionally also returned inline as base64.
+         */
+        OutputCreate: {
+            /**
+             * Format
+             * @description convert image outputs to this format
+             */
+            format?: ("png" | "webp" | "jpeg") | null;
+            /**
+             * Inline
+             * @description embed outputs up to the server's inline limit as base64 (`data`)
+             * @default false
+             */
+            inline: boolean;
+            /**
+             * Quality
+             * @description webp/jpeg quality (default 90)
+             */
+            quality?: number | null;
+        };
         /** OutputPublic */
         OutputPublic: {
             /** Contenttype */
             contentType: string;
+            /**
+             * Data
+             * @description base64 of the file when output.inline was asked and it is small
+             */
+            data?: string | null;
             /** Filename */
             filename: string;
             /** Nodeid */
@@ -654,6 +711,59 @@ export interface components {
             loras: string[];
             /** Pool */
             pool?: string | null;
+        };
+        /**
+         * WebhookCreate
+         * @description Where to POST the job's signed notifications (Standard Webhooks; see README "Webhooks").
+         */
+        WebhookCreate: {
+            /**
+             * Onstart
+             * @description also notify when the job starts running, not only when it ends
+             * @default false
+             */
+            onStart: boolean;
+            /**
+             * Url
+             * @description https URL of the receiver (the outbound URL policy applies)
+             */
+            url: string;
+        };
+        /** WebhookDeliveryPublic */
+        WebhookDeliveryPublic: {
+            /** Attempts */
+            attempts: number;
+            /** Event */
+            event: string;
+            /** Id */
+            id: string;
+            /** Lastattemptat */
+            lastAttemptAt: string | null;
+            /** Lasterror */
+            lastError: string | null;
+            /** Laststatus */
+            lastStatus: number | null;
+            /** Nextattemptat */
+            nextAttemptAt: string | null;
+            /** State */
+            state: string;
+        };
+        /**
+         * WebhookPayload
+         * @description The JSON body of every notification; `data` is the job as GET /api/comfyui/job/{jobId} returns it.
+         */
+        WebhookPayload: {
+            data: components["schemas"]["JobPublic"];
+            /**
+             * Timestamp
+             * @description when the event happened (ISO 8601)
+             */
+            timestamp: string;
+            /**
+             * Type
+             * @enum {string}
+             */
+            type: "job.started" | "job.succeeded" | "job.failed" | "job.cancelled";
         };
         /**
          * WorkerCreate
@@ -2115,6 +2225,46 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    job_eventjob_event_post: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description stable per job and event; dedupe on it */
+                "webhook-id": string;
+                /** @description Unix seconds of sending */
+                "webhook-timestamp": string;
+                /** @description `v1,` + base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` keyed with the whsec_ secret */
+                "webhook-signature": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookPayload"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };

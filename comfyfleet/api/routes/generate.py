@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import time
 import unicodedata
@@ -17,6 +15,7 @@ from comfyfleet.api.auth import Principal
 from comfyfleet.api.deps import PrincipalDep, StateDep, io
 from comfyfleet.api.errors import ApiError, error_responses
 from comfyfleet.api.events import wait_until_final
+from comfyfleet.api.integrations import FieldError, job_integrations
 from comfyfleet.api.schemas import JobCreate, JobPublic
 from comfyfleet.api.state import AppState
 from comfyfleet.fairuse.limits import FairUse, LimitExceeded, Limits
@@ -98,7 +97,11 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
     except WorkflowTooLarge as exc:
         raise _invalid(exc.field, str(exc).split(": ", 1)[-1], code="workflow_too_large") from None
     workflow = _render(body)
-    images = decode_input_images(body.input_images)
+    check_image_names(body.input_images)
+    try:  # HOOK(integrations): images by URL or data URL, webhook and output options
+        images, extras = await job_integrations(state.settings, body, principal.owner)
+    except FieldError as exc:
+        raise ApiError(422, str(exc), details=[{"field": exc.field, "message": exc.message}]) from None
     if body.pool is not None:
         pools = await io(known_pools, state.dispatcher)
         if body.pool not in pools:
@@ -113,7 +116,7 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
         params=body.params.given(), priority=body.priority, pool=body.pool,
         max_attempts=settings.max_attempts, timeout_seconds=body.timeout_seconds or settings.job_timeout_seconds,
         queue_timeout_seconds=body.queue_timeout_seconds or settings.queue_timeout_seconds,
-        idempotency_key=key, source="api",
+        idempotency_key=key, source="api", **extras,
     )
     return Submission(job=job, images=images)
 
@@ -171,9 +174,6 @@ async def _undo(state: AppState, limits: FairUse, job: Job) -> None:
         log.warning("job %s: could not remove inputs of a job that was not created: %s", job.id, exc)
 
 
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
-
-
 def image_name_problem(name: str) -> str | None:
     """Why an input image name is refused (pure); None if it is a plain, printable file name."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
@@ -185,25 +185,15 @@ def image_name_problem(name: str) -> str | None:
     return None
 
 
-def decode_input_images(encoded: dict[str, str]) -> dict[str, bytes]:
-    """Base64-decode input images, refusing names with paths and bytes that are not PNG, JPEG or WebP."""
-    images: dict[str, bytes] = {}
-    for name, text in encoded.items():
+def check_image_names(encoded: dict[str, str]) -> None:
+    """Refuse image names with paths or control characters (a NUL reached the store as a 500) before any fetch."""
+    for name in encoded:
         problem = image_name_problem(name)
-        # A refused name is shown escaped and cut short: it may hold control characters or be huge.
-        field_name = f"inputImages.{name[:MAX_IMAGE_NAME]!r}" if problem else f"inputImages.{name}"
         if problem:
+            # A refused name is shown escaped and cut short: it may hold control characters or be huge.
+            field_name = f"inputImages.{name[:MAX_IMAGE_NAME]!r}"
             raise ApiError(422, f"{field_name}: image names must be plain file names ({problem})",
                            details=[{"field": field_name, "message": problem}])
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise _invalid(field_name, "not valid base64") from None
-        if not data.startswith(_IMAGE_MAGIC):
-            raise ApiError(422, f"{field_name}: not a PNG, JPEG or WebP image",
-                           details=[{"field": field_name, "message": "unsupported image format"}])
-        images[name] = data
-    return images
 
 
 @router.post("/generate", response_model=JobPublic, status_code=202,

@@ -41,7 +41,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "progress": job.progress.model_dump(),
         "error": error,
         "outputs": [o.model_dump() for o in job.outputs],
-        "worker": job.worker,
+        "worker": job.endpoint,
         "cancel_requested": job.cancel_requested,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
@@ -67,7 +67,7 @@ def job_from_record(doc: dict[str, Any]) -> Job:
         attempts=doc.get("attempts", 0), max_attempts=doc.get("max_attempts", 3),
         timeout_seconds=doc.get("timeout_seconds", 300), error=error,
         outputs=[OutputFile(**o) for o in doc.get("outputs") or []], source=doc.get("source", "api"),
-        worker=doc.get("worker"), cancel_requested=doc.get("cancel_requested", False),
+        endpoint=doc.get("worker"), cancel_requested=doc.get("cancel_requested", False),
         created_at=doc["created_at"], updated_at=doc.get("updated_at") or doc["created_at"],
         dispatched_at=doc.get("dispatched_at"), started_at=doc.get("started_at"), finished_at=doc.get("finished_at"),
     )

@@ -123,7 +123,7 @@ expansion; an external URL with credentials must come from an existing Secret.
 - name: COMFYFLEET_FIREBASE_CREDENTIALS_FILE
   value: /var/run/secrets/comfyfleet/firebase/{{ .Values.firebase.credentials.existingSecretKey }}
 - name: COMFYFLEET_OUTPUT_STORE
-  value: {{ ternary "firebase" "local" (ne .Values.firebase.bucket "") | quote }}
+  value: {{ ternary "s3" (ternary "firebase" "local" (ne .Values.firebase.bucket "")) .Values.s3.enabled | quote }}
 - name: COMFYFLEET_FIRESTORE_ENABLED
   value: {{ .Values.firebase.firestore | quote }}
 - name: COMFYFLEET_FIREBASE_CHECK_REVOKED
@@ -133,6 +133,51 @@ expansion; an external URL with credentials must come from an existing Secret.
 - name: COMFYFLEET_STORAGE_URL_EXPIRY_SECONDS
   value: {{ .Values.firebase.urlExpirySeconds | quote }}
 {{- end }}
+{{- if .Values.s3.enabled }}
+{{- if not .Values.firebase.enabled }}
+- name: COMFYFLEET_OUTPUT_STORE
+  value: "s3"
+{{- end }}
+- name: COMFYFLEET_S3_BUCKET
+  value: {{ required "s3.bucket is required when s3.enabled" .Values.s3.bucket | quote }}
+- name: COMFYFLEET_S3_PREFIX
+  value: {{ .Values.s3.prefix | quote }}
+- name: COMFYFLEET_S3_REGION
+  value: {{ .Values.s3.region | quote }}
+- name: COMFYFLEET_S3_ENDPOINT_URL
+  value: {{ .Values.s3.endpointUrl | quote }}
+- name: COMFYFLEET_S3_PATH_STYLE
+  value: {{ .Values.s3.pathStyle | quote }}
+{{- if not .Values.firebase.enabled }}
+- name: COMFYFLEET_STORAGE_URL_EXPIRY_SECONDS
+  value: {{ .Values.s3.urlExpirySeconds | quote }}
+{{- end }}
+{{- with .Values.s3.credentials.existingSecret }}
+- name: COMFYFLEET_S3_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.s3.credentials.accessKeyIdKey }}
+- name: COMFYFLEET_S3_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.s3.credentials.secretAccessKeyKey }}
+{{- end }}
+{{- end }}
+{{- with .Values.webhooks.existingSecret }}
+- name: COMFYFLEET_WEBHOOK_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.webhooks.existingSecretKey }}
+{{- end }}
+{{- with .Values.webhooks.allowHosts }}
+- name: COMFYFLEET_OUTBOUND_ALLOW_HOSTS
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: COMFYFLEET_WEBHOOK_RETRY_WINDOW_SECONDS
+  value: {{ .Values.webhooks.retryWindowSeconds | quote }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

@@ -12,8 +12,8 @@ def make_job(**kw) -> Job:
 
 def test_happy_path_sets_timestamps_attempts_and_worker():
     job = make_job()
-    job = transition(job, S.DISPATCHED, worker="pod-a")
-    assert job.attempts == 1 and job.worker == "pod-a" and job.dispatched_at is not None
+    job = transition(job, S.DISPATCHED, endpoint="pod-a")
+    assert job.attempts == 1 and job.endpoint == "pod-a" and job.dispatched_at is not None
     job = transition(job, S.RUNNING)
     assert job.started_at is not None
     job = transition(job, S.SUCCEEDED)
@@ -21,11 +21,11 @@ def test_happy_path_sets_timestamps_attempts_and_worker():
 
 
 def test_retry_returns_to_queue_keeps_error_and_counts_the_next_attempt():
-    job = transition(transition(make_job(), S.DISPATCHED, worker="a"), S.RUNNING)
+    job = transition(transition(make_job(), S.DISPATCHED, endpoint="a"), S.RUNNING)
     err = JobError(code=ErrorCode.WORKER_LOST, message="pod died")
     job = transition(job, S.QUEUED, error=err)
-    assert job.state is S.QUEUED and job.worker is None and job.error == err
-    job = transition(job, S.DISPATCHED, worker="b")
+    assert job.state is S.QUEUED and job.endpoint is None and job.error == err
+    job = transition(job, S.DISPATCHED, endpoint="b")
     assert job.attempts == 2 and job.error is None
 
 

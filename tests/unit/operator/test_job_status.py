@@ -204,7 +204,7 @@ def job_record(**fields: object) -> Job:
 
 
 def test_status_of_a_succeeded_job() -> None:
-    job = job_record(state=JobState.SUCCEEDED, attempts=2, worker="k8s:n/pool-a", started_at=WHEN, finished_at=WHEN,
+    job = job_record(state=JobState.SUCCEEDED, attempts=2, endpoint="k8s:n/pool-a", started_at=WHEN, finished_at=WHEN,
                      outputs=[OutputFile(filename="x_0001.png", node_id="2", key="j/x_0001.png",
                                          url="/api/comfyui/outputs/j/x_0001.png")])
     status = job_status.status_for_job(job, now=WHEN, previous=None, generation=1, public_url="http://api")
