@@ -126,7 +126,7 @@ async def record_run_usage(client: ComfyClient, repo: JobRepo, job_id: str) -> f
         if window is None:
             return 0.0
         job = await asyncio.to_thread(repo.require, job_id)
-        pool = (await asyncio.to_thread(conn.hget, keys.pod(job.worker), "pool") if job.worker else None)
+        pool = (await asyncio.to_thread(conn.hget, keys.pod(job.endpoint), "pool") if job.endpoint else None)
         seconds = round(window[1] - window[0], 3)
         book = UsageBook(conn, keys)
         counted = await asyncio.to_thread(
