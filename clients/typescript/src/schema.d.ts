@@ -429,6 +429,11 @@ export interface components {
             /** Width */
             width?: number | null;
         };
+        /** HTTPValidationError */
+        HTTPValidationError: {
+            /** Detail */
+            detail?: components["schemas"]["ValidationError"][];
+        };
         /** HealthDetailedPublic */
         HealthDetailedPublic: {
             /** Queue */
@@ -697,6 +702,19 @@ export interface components {
             totalGpuSeconds: number;
             /** User */
             user: string;
+        };
+        /** ValidationError */
+        ValidationError: {
+            /** Context */
+            ctx?: Record<string, never>;
+            /** Input */
+            input?: unknown;
+            /** Location */
+            loc: (string | number)[];
+            /** Message */
+            msg: string;
+            /** Error Type */
+            type: string;
         };
         /** VerifyLoraPublic */
         VerifyLoraPublic: {
