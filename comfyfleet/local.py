@@ -131,14 +131,17 @@ class LocalStack:
         return url
 
     def _start_sims(self) -> list[str]:
-        urls = []
-        for i in range(self.sims):
-            port = free_port()
-            self._spawn(f"sim-{i}", [sys.executable, "-m", "comfyfleet", "sim", "--listen", "127.0.0.1", "--port",
-                                     str(port), "--data-dir", str(self.data_dir / f"sim-{i}"), *self.sim_args])
-            urls.append(f"http://127.0.0.1:{port}")
-        self.sim_urls = urls
-        return urls
+        """One simulator process hosting every simulated pod (`comfyfleet sim --count K`), each on a free port."""
+        if self.sims <= 0:
+            return []
+        urls_file = self.data_dir / "sim-urls.txt"
+        urls_file.unlink(missing_ok=True)
+        self._spawn("sim", [sys.executable, "-m", "comfyfleet", "sim", "--listen", "127.0.0.1", "--port", "0",
+                            "--count", str(self.sims), "--urls-file", str(urls_file),
+                            "--data-dir", str(self.data_dir / "sim"), *self.sim_args])
+        _wait(urls_file.exists, "the simulated ComfyUI pods", self)
+        self.sim_urls = urls_file.read_text().split()
+        return self.sim_urls
 
     def _wait_ready(self, expected_workers: int) -> None:
         def ready() -> bool:

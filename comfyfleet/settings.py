@@ -115,6 +115,9 @@ class DispatchSettings(CommonSettings):
     # Remove a finished prompt's entry from the pod's ComfyUI history once its outputs are stored (history
     # otherwise grows without bound on a long-lived pod).
     delete_pod_history: bool = True
+    # Keep a finished job's uploads and outputs on the pod's disk (by default the worker image's cleanup route
+    # deletes them once the outputs are stored; pods of other images keep them anyway).
+    keep_pod_files: bool = False
     # After interrupting a cancelled or timed-out prompt, wait this long for ComfyUI to reach a node boundary
     # before settling the job anyway; the endpoint then stays leased until the prompt really leaves the pod.
     cancel_grace_seconds: float = Field(15.0, ge=0.5, le=600)
@@ -285,7 +288,8 @@ class SimSettings(_Base):
     model_config = SettingsConfigDict(env_prefix="COMFYFLEET_SIM_", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = Field(8188, ge=1, le=65535)
+    # 0 = a free port chosen by the OS (read it from urls_file / --print-urls).
+    port: int = Field(8188, ge=0, le=65535)
     data_dir: Path | None = None
     # Seconds per KSampler step; real GPUs run 0.05-0.5 s per SDXL step.
     step_seconds: float = Field(0.02, ge=0)
@@ -305,11 +309,71 @@ class SimSettings(_Base):
     slow_start_seconds: float = Field(0.0, ge=0)
     # ComfyUI caches node outputs keyed on inputs; --cache-none turns it off.
     cache: bool = True
+    # --- many pods in one process (issue 8): 200 simulated pods fit on 2 cores this way. ---
+    # Pods on consecutive ports from `port` (port 0: each pod gets a free port from the OS).
+    count: int = Field(1, ge=1, le=4096)
+    # Explicit ports, one pod each (instead of port + count).
+    ports: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    # Distinct addresses (127.0.0.2, 127.0.0.3, ...), one pod per address and port, like real ComfyUIs
+    # side by side on port 8188; replaces `host`.
+    hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Per-pod knob overrides, by pod index in URL order: {"0": {"crash_after_steps": 3}} (JSON).
+    pod_knobs: dict[int, dict[str, object]] = Field(default_factory=dict)
+    # Write the pods' URLs here, one a line, once they listen (atomically, so a reader never sees half).
+    urls_file: Path | None = None
+    # A node class that takes this many seconds and honours no interrupt meanwhile, like a VAE decode or
+    # an upscale on a GPU (real ComfyUI interrupts only at node boundaries and sampler steps); 0 = off.
+    slow_node_seconds: float = Field(0.0, ge=0)
+    slow_node_class: str = "VAEDecode"
 
-    @field_validator("checkpoints", "loras", mode="before")
+    @field_validator("checkpoints", "loras", "hosts", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _csv_ports(cls, value: object) -> object:
+        return _split_csv(str(value)) if isinstance(value, int) else _split_csv(value)
+
+    @field_validator("ports")
+    @classmethod
+    def _port_range(cls, value: list[int]) -> list[int]:
+        bad = [p for p in value if not 0 <= p <= 65535]
+        if bad:
+            raise ValueError(f"ports out of range 0-65535: {bad}")
+        return value
+
+    @field_validator("slow_node_class")
+    @classmethod
+    def _known_node(cls, value: str) -> str:
+        from comfyfleet.sim.catalog import NODE_CLASSES  # the simulator's node list, loaded only when used
+
+        if value not in NODE_CLASSES:
+            raise ValueError(f"unknown node class {value!r}; one of {', '.join(sorted(NODE_CLASSES))}")
+        return value
+
+    @field_validator("pod_knobs")
+    @classmethod
+    def _pod_knob_names(cls, value: dict[int, dict[str, object]]) -> dict[int, dict[str, object]]:
+        for index, knobs in value.items():
+            unknown = sorted(set(knobs) - set(SIM_POD_KNOBS))
+            if index < 0 or unknown:
+                raise ValueError(f"pod {index}: unknown knobs {unknown}; per-pod knobs are {', '.join(SIM_POD_KNOBS)}"
+                                 if unknown else f"pod index {index} is negative")
+        return value
+
+    def for_pod(self, index: int) -> SimSettings:
+        """These settings with pod `index`'s knob overrides applied (and validated)."""
+        overrides = self.pod_knobs.get(index)
+        if not overrides:
+            return self
+        return SimSettings.model_validate({**self.model_dump(exclude={"pod_knobs"}), **overrides})
+
+
+# The SimSettings fields that may differ between the pods of one simulator process.
+SIM_POD_KNOBS = ("step_seconds", "checkpoints", "loras", "failure_rate", "crash_after_steps", "hang",
+                 "slow_start_seconds", "cache", "slow_node_seconds", "slow_node_class")  # fmt: skip
 
 
 class OperatorSettings(CommonSettings):

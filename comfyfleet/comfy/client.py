@@ -250,6 +250,23 @@ class ComfyClient:
         """POST /free: drop models and/or cached memory (after an OOM)."""
         await self._post_ok("/free", {"unload_models": unload_models, "free_memory": free_memory})
 
+    async def cleanup_files(self, input_folder: str | None, outputs: list[OutputRef]) -> bool:
+        """POST /comfyfleet/cleanup: delete a job's upload folder and output files on the pod.
+
+        Not a ComfyUI core route: the worker image's `comfyfleet_cleanup` custom node serves it. Returns False
+        when the server does not have it (404: another image), True when the files were removed.
+        """
+        body: dict[str, Any] = {"outputs": [{"filename": o.filename, "subfolder": o.subfolder, "type": o.type}
+                                            for o in outputs]}
+        if input_folder:
+            body["inputs"] = input_folder
+        resp = await self._request("POST", "/comfyfleet/cleanup", json=body)
+        if resp.status_code == 404:
+            return False
+        if resp.status_code != 200:
+            raise self._unexpected(resp)
+        return True
+
     async def delete_history(self, prompt_ids: list[str]) -> None:
         """POST /history {"delete": [...]}."""
         await self._post_ok("/history", {"delete": list(prompt_ids)})

@@ -79,6 +79,7 @@ class EndpointLink:
         self.url = endpoint.url
         self.client = ComfyClient(endpoint.url, client_id=client_id)
         self.hub = WsHub(self.client.ws_url(client_id), client_id, open_timeout=self.client.timeout)
+        self.can_clean = True
 
     async def close(self) -> None:
         await self.hub.close()

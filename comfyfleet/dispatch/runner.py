@@ -57,6 +57,7 @@ class Link(Protocol):
 
     client: ComfyClient
     hub: WsHub
+    can_clean: bool  # the pod serves the worker image's cleanup route (False after its first 404)
 
 
 @dataclass
@@ -170,13 +171,24 @@ class JobRun:
         if ending.kind is EndKind.SUCCEEDED:
             outputs = await self._store_outputs(link.client, job, result)
             self.job = job.model_copy(update={"outputs": outputs})
-            if self.ctx.settings.delete_pod_history:
-                with contextlib.suppress(ComfyError):
-                    await link.client.delete_history([result.prompt_id])
+            await self._clean_pod(link, job, result)
         elif ending.kind is EndKind.OUT_OF_MEMORY:
             with contextlib.suppress(ComfyError):
                 await link.client.free(unload_models=True, free_memory=True)
         return ending
+
+    async def _clean_pod(self, link: Link, job: Job, result: RunResult) -> None:
+        """Once outputs are stored: forget the prompt's history entry and delete its uploads and outputs on the
+        pod (the worker image's cleanup route; a pod without it answers 404 once and is not asked again)."""
+        settings = self.ctx.settings
+        with contextlib.suppress(ComfyError):
+            if settings.delete_pod_history:
+                await link.client.delete_history([result.prompt_id])
+            if not settings.keep_pod_files and link.can_clean:
+                outputs = [o for o in result.outputs if o.type == "output"]
+                folder = f"comfyfleet-{job.id}" if job.inputs else None
+                if outputs or folder:
+                    link.can_clean = await link.client.cleanup_files(folder, outputs)
 
     async def _wait(self, run: asyncio.Task[RunResult], client: ComfyClient, job: Job) -> RunResult:
         """The run's result; on cancel or timeout, interrupt the prompt and wait a grace period for it."""

@@ -7,7 +7,7 @@ from aiohttp import web
 from comfyfleet.sim.catalog import Models
 from comfyfleet.sim.executor import Faults
 from comfyfleet.sim.paths import DataDirs
-from comfyfleet.sim.routes import HTTP_ROUTES
+from comfyfleet.sim.routes import HTTP_ROUTES, post_cleanup
 from comfyfleet.sim.server import (
     APP_STATE,
     MAX_UPLOAD_SIZE,
@@ -28,6 +28,8 @@ def create_app(models: Models, dirs: DataDirs, faults: Faults, options: ServerOp
     app[APP_STATE] = srv
     # ComfyUI serves every route twice: under /api first, then plain.
     routes = [("GET", "/ws", websocket_handler), *HTTP_ROUTES]
+    if options.cleanup_route:
+        routes.append(("POST", "/comfyfleet/cleanup", post_cleanup))
     for method, path, handler in routes:
         app.router.add_route(method, "/api" + path, handler)
     for method, path, handler in routes:

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import random
 import struct
 import sys
@@ -21,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from PIL import Image
 
@@ -53,12 +52,20 @@ class Hub(Protocol):
 
     def flush(self, timeout: float) -> None: ...
 
+    def crash(self) -> NoReturn:
+        """End this pod abruptly (the crash knob): the process, or only this pod's sockets in a fleet."""
+        ...
+
 
 class InterruptProcessingException(Exception):
     """Raised at a node boundary or progress callback after POST /interrupt."""
 
 
 InterruptProcessingException.__module__ = "comfy.model_management"
+
+
+class PodCrashed(BaseException):
+    """Unwinds a crashed pod's worker thread (fleet mode); a BaseException so no node error handler takes it."""
 
 
 class OutOfMemoryError(RuntimeError):
@@ -97,6 +104,9 @@ class Faults:
     cache: bool = True
     # ComfyUI's --preview-method: "none" (its default) sends no binary preview frames.
     preview_method: str = "none"
+    # Nodes of this class take slow_node_seconds and honour no interrupt meanwhile (0 = off).
+    slow_node_seconds: float = 0.0
+    slow_node_class: str = "VAEDecode"
 
 
 @dataclass
@@ -263,6 +273,10 @@ class PromptExecutor:
                     "which 312.00 MiB is free. Of the allocated memory 21.87 GiB is allocated by PyTorch, and "
                     "1.07 GiB is reserved by PyTorch but unallocated."
                 )
+            if self.faults.slow_node_seconds and class_type == self.faults.slow_node_class:
+                # A long torch op: no progress callback, so an interrupt waits for the next node boundary.
+                log.info("slow node knob: %s (node %s) runs %.1f s", class_type, node_id, self.faults.slow_node_seconds)
+                time.sleep(self.faults.slow_node_seconds)
             result = RUNNERS[class_type](self._context(run, node_id), **inputs)
         except InterruptProcessingException as ex:
             raise _NodeFailed(node_id, {}, ex) from ex
@@ -350,10 +364,9 @@ class PromptExecutor:
             self.hub.send(PREVIEW_IMAGE, struct.pack(">I", 1) + _jpeg(image), client)
         run.steps += 1
         if self.faults.crash_after_steps and run.steps >= self.faults.crash_after_steps:
-            log.error("crash knob: exiting after %d sampler steps of prompt %s", run.steps, run.prompt_id)
+            log.error("crash knob: crashing after %d sampler steps of prompt %s", run.steps, run.prompt_id)
             self.hub.flush(1.0)
-            logging.shutdown()
-            os._exit(137)
+            self.hub.crash()
 
     def _progress(self, run: _Run, node_id: str, state: str, value: Any = None, total: Any = None) -> None:
         entry = run.progress.setdefault(node_id, {"state": "pending", "value": 0, "max": 1})
@@ -416,6 +429,8 @@ def prompt_worker(queue: PromptQueue, executor: PromptExecutor, hub: Hub) -> Non
             hub.last_prompt_id = prompt_id
             try:
                 executor.execute(prompt, prompt_id, {**extra_data, **sensitive}, outputs)
+            except PodCrashed:
+                return  # the pod is gone: no history, no final frames, no next prompt
             except Exception:  # noqa: BLE001 - a simulator bug must not kill the only worker thread
                 log.exception("simulator error while executing prompt %s", prompt_id)
                 executor.success = False

@@ -152,9 +152,12 @@ def ksampler(
     denoise: float,
 ) -> NodeResult:
     lat = latent_image
+    # Each step ends on a fixed schedule from the start, so a late wake-up (a busy machine, hundreds of pods
+    # in one process) is made up by the next step instead of adding up: the node takes steps x step_seconds.
+    start = time.monotonic()
     for step in range(steps):
         if ctx.step_seconds:
-            time.sleep(ctx.step_seconds)
+            time.sleep(max(0.0, start + (step + 1) * ctx.step_seconds - time.monotonic()))
         ctx.progress(step + 1, steps, functools.partial(_preview, seed, lat, step + 1, steps))
     fp = _fingerprint(
         "sample", model.ckpt, model.loras, seed, steps, cfg, sampler_name, scheduler,

@@ -11,6 +11,8 @@ import json
 import logging
 import mimetypes
 import os
+import re
+import shutil
 import sys
 import uuid
 from collections.abc import Callable
@@ -295,6 +297,39 @@ async def get_system_stats(request: web.Request) -> web.Response:
         },
         "devices": [device],
     })  # fmt: skip
+
+
+_JOB_FOLDER = re.compile(r"^comfyfleet-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+async def post_cleanup(request: web.Request) -> web.Response:
+    """The worker image's comfyfleet_cleanup custom node (worker-image/comfyfleet_cleanup), same rules: only a
+    `comfyfleet-<uuid>` folder under input/ and files inside output/ may be deleted."""
+    dirs = sim_server(request).dirs
+    try:
+        body = await request.json()
+    except ValueError:
+        return web.json_response({"error": "body must be JSON"}, status=400)
+    deleted: list[str] = []
+    folder = body.get("inputs")
+    if folder is not None:
+        if not isinstance(folder, str) or not _JOB_FOLDER.match(folder):
+            return web.json_response({"error": "inputs must be a comfyfleet-<job id> folder"}, status=400)
+        path = dirs.input / folder
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append(f"input/{folder}")
+    out_root = dirs.output.resolve()
+    for ref in body.get("outputs") or []:
+        if not isinstance(ref, dict) or ref.get("type") != "output" or not isinstance(ref.get("filename"), str):
+            return web.json_response({"error": "outputs must be [{filename, subfolder, type: output}]"}, status=400)
+        path = (out_root / str(ref.get("subfolder") or "") / ref["filename"]).resolve()
+        if out_root not in path.parents:
+            return web.json_response({"error": f"{ref['filename']!r} is not inside output/"}, status=400)
+        if path.is_file():
+            path.unlink()
+            deleted.append(str(path.relative_to(out_root)))
+    return web.json_response({"deleted": deleted})
 
 
 HTTP_ROUTES: list[tuple[str, str, Handler]] = [

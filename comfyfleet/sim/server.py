@@ -7,9 +7,12 @@ Execution events go only to the socket registered under the prompt's client_id; 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
 import ipaddress
 import json
 import logging
+import os
 import socket
 import struct
 import threading
@@ -17,12 +20,12 @@ import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import WSMsgType, web
 
 from comfyfleet.sim.catalog import Models
-from comfyfleet.sim.executor import Faults, InterruptFlag, PromptExecutor, prompt_worker
+from comfyfleet.sim.executor import Faults, InterruptFlag, PodCrashed, PromptExecutor, prompt_worker
 from comfyfleet.sim.paths import DataDirs
 from comfyfleet.sim.prompt_queue import PromptQueue
 
@@ -41,6 +44,12 @@ class ServerOptions:
     cors_origin: str | None = None
     cpu: bool = False
     argv: tuple[str, ...] = ("main.py",)
+    # The crash knob's effect: exit the whole process (one pod per process, like a real pod), or, when
+    # one process hosts many pods, call this on the event loop to drop only this pod's sockets.
+    on_crash: Callable[[], object] | None = None
+    # Serve the worker image's `comfyfleet_cleanup` custom node route (POST /comfyfleet/cleanup), as a pod of
+    # comfyfleet's worker image does; off, the simulator is a plain ComfyUI that answers 404 there.
+    cleanup_route: bool = True
 
 
 class SimServer:
@@ -59,12 +68,30 @@ class SimServer:
         self.executor = PromptExecutor(self, models, dirs, faults, self.interrupt)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.messages: asyncio.Queue[tuple[str | int, Any, str | None]] | None = None
+        self._outbox: collections.deque[tuple[str | int, Any, str | None]] = collections.deque()
+        self._outbox_lock = threading.Lock()
+        self._drain_scheduled = False
 
     # --- Hub, callable from any thread -------------------------------------------------------------
     def send(self, event: str | int, data: Any, sid: str | None = None) -> None:
         """Queue a frame: a JSON event by name, or a binary event by number with its payload bytes."""
         assert self.loop is not None and self.messages is not None
-        self.loop.call_soon_threadsafe(self.messages.put_nowait, (event, data, sid))
+        # Frames wait in a plain deque and one loop callback moves a burst of them: a wake-up of the loop
+        # (a syscall, so a GIL hand-off) per burst, not per frame, which hundreds of pods in one process
+        # would otherwise pay thousands of times a second.
+        self._outbox.append((event, data, sid))
+        with self._outbox_lock:
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        self.loop.call_soon_threadsafe(self._drain_outbox)
+
+    def _drain_outbox(self) -> None:
+        assert self.messages is not None
+        with self._outbox_lock:
+            self._drain_scheduled = False
+        while self._outbox:
+            self.messages.put_nowait(self._outbox.popleft())
 
     def supports_preview_metadata(self, sid: str) -> bool:
         return bool(self.feature_flags.get(sid, {}).get("supports_preview_metadata"))
@@ -78,6 +105,15 @@ class SimServer:
         except TimeoutError:
             log.warning("websocket frames still queued after %.1fs", timeout)
 
+    def crash(self) -> NoReturn:
+        """From the worker thread: die like a killed pod, the process or (in a fleet) this pod only."""
+        if self.options.on_crash is None:
+            logging.shutdown()
+            os._exit(137)
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.options.on_crash)
+        raise PodCrashed()
+
     def queue_updated(self) -> None:
         self.send("status", {"status": self.queue_info()})
 
@@ -89,8 +125,10 @@ class SimServer:
         self.loop = asyncio.get_running_loop()
         self.messages = asyncio.Queue()
         app[PUBLISHER] = asyncio.create_task(self._publish_loop())
+        # The worker runs in a copy of this context, so it logs as the pod that started it (fleet mode).
+        context = contextvars.copy_context()
         threading.Thread(
-            target=prompt_worker, args=(self.queue, self.executor, self), name="prompt_worker", daemon=True
+            target=context.run, args=(prompt_worker, self.queue, self.executor, self), name="prompt_worker", daemon=True
         ).start()
 
     async def stop(self, app: web.Application) -> None:

@@ -164,3 +164,114 @@ def test_an_output_store_outage_is_retried_and_then_a_clear_error(sim_factory, s
     assert "retried" in second["error"]["message"]
     history = json.loads(_get(f"{sim.url}/history/{second['jobId']}"))
     assert second["jobId"] in history, "the pod keeps the prompt's outputs when they could not be stored"
+
+
+def _history_ts(history: dict, prompt_id: str, message: str) -> int:
+    """A prompt's own timestamp (ms) for one of the messages in its /history status."""
+    for name, data in history[prompt_id]["status"]["messages"]:
+        if name == message:
+            return int(data["timestamp"])
+    raise AssertionError(f"{message} not in the history of {prompt_id}: {history[prompt_id]['status']}")
+
+
+def test_cancel_during_a_node_that_outlasts_the_grace_period(sim_factory, stack_factory):
+    """ComfyUI interrupts only between nodes: the job still ends cancelled, and the pod takes its next prompt
+    only after the old one has really ended there."""
+    sim = sim_factory(step_seconds=0.02, slow_node_seconds=8)  # VAEDecode: 8 s, deaf to interrupts
+    stack = stack_factory([sim.url], workers=1, env={"COMFYFLEET_CANCEL_GRACE_SECONDS": "2",
+                                                     "COMFYFLEET_DELETE_POD_HISTORY": "false"})
+    stack.wait_workers_ready(1)
+    first = stack.generate(txt2img(500, steps=5)).json()["jobId"]
+    wait_until(lambda: stack.job(first)["progress"]["node"] == "8", timeout=30, what="the job in its slow node")
+    second = stack.generate(txt2img(501, steps=5)).json()["jobId"]
+    assert stack.http.delete(f"/api/comfyui/job/{first}", headers=auth()).status_code == 200
+    cancelled = stack.wait_state(first, timeout=20)
+    assert cancelled["state"] == "cancelled" and cancelled["error"]["code"] == "cancelled", cancelled["error"]
+    assert stack.job(second)["state"] == "queued", "the pod is held while ComfyUI still runs the old prompt"
+    done = stack.wait_state(second, timeout=60)
+    assert done["state"] == "succeeded", done["error"]
+    history = json.loads(_get(f"{sim.url}/history"))
+    assert history[first]["status"]["status_str"] == "error", "interrupted at the node boundary, on the pod"
+    old_end = _history_ts(history, first, "execution_interrupted")
+    assert _history_ts(history, second, "execution_start") >= old_end
+    assert prompts_posted([sim]) == 2
+
+
+def test_fifty_pods_in_one_simulator_process_run_fifty_jobs_at_once(tmp_path: Path, stack_factory):
+    from tests.support.sim import start_sim_fleet
+
+    fleet = start_sim_fleet(tmp_path / "fleet", 50, step_seconds=0.25)
+    try:
+        stack = stack_factory(fleet.urls, workers=1, env={"COMFYFLEET_HEALTH_INTERVAL_SECONDS": "1"})
+        stack.wait_workers_ready(50, timeout=90)
+        ids = [stack.generate(txt2img(600 + i, steps=60)).json()["jobId"] for i in range(50)]
+
+        def busy() -> int:
+            body = stack.http.get("/api/comfyui/workers", headers=auth()).json()
+            return sum(1 for w in body["workers"] if w["currentJob"])
+
+        wait_until(lambda: busy() == 50, timeout=60, what="all 50 pods busy at once under one dispatcher")
+        finals = [stack.wait_state(j, timeout=120) for j in ids]
+        assert [f["state"] for f in finals] == ["succeeded"] * 50
+        assert len({f["worker"] for f in finals}) == 50, "one job per pod"
+    finally:
+        fleet.stop()
+
+
+def test_pods_stay_clean_once_outputs_are_stored(sim_factory, stack_factory, tmp_path: Path):
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (16, 16), "red").save(image)
+    import base64
+
+    data = base64.b64encode(image.read_bytes()).decode()
+    graph_with_input = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "clean", "images": ["2", 0]}},
+    }
+    body = {"workflow": graph_with_input, "inputImages": {"in.png": data}}
+    clean, plain = sim_factory(), sim_factory(cleanup_route=False)
+    for sim, keeps in ((clean, False), (plain, True)):
+        stack = stack_factory([sim.url], workers=1)
+        stack.wait_workers_ready(1)
+        done = stack.wait_state(stack.generate(body).json()["jobId"], timeout=60)
+        assert done["state"] == "succeeded", done["error"]
+        uploads = list(sim.input_dir.glob("comfyfleet-*"))
+        outputs = list(sim.output_dir.glob("clean_*.png"))
+        history = json.loads(_get(f"{sim.url}/history"))
+        assert done["jobId"] not in history, "the prompt left the pod's history"
+        if keeps:
+            assert uploads and outputs, "a pod without the cleanup route keeps its files"
+        else:
+            assert not uploads and not outputs, "uploads and outputs deleted once stored"
+        stack.stop()
+
+
+def test_rq_keeps_a_truthful_record_of_the_dispatcher_and_its_jobs(sim_factory, stack_factory):
+    from rq import Worker
+    from rq.job import Job as RQJob
+    from rq.registry import FinishedJobRegistry, StartedJobRegistry
+
+    from comfyfleet.dispatch.rqconf import SERIALIZER
+
+    sims = [sim_factory(step_seconds=0.1) for _ in range(2)]
+    stack = stack_factory([s.url for s in sims], workers=1)
+    stack.wait_workers_ready(2)
+    conn = redis.Redis.from_url(stack.redis_url)
+    ids = [stack.generate(txt2img(700 + i, steps=40)).json()["jobId"] for i in range(2)]
+    wait_until(lambda: running(stack, ids), timeout=30, what="both jobs running")
+    [worker] = [w for w in Worker.all(connection=conn) if w.name.startswith("dispatcher-")
+                and stack.prefix in ",".join(w.queue_names())]
+    assert worker.get_state() == "busy"
+    executions = worker.get_current_executions(refresh=True)
+    assert sorted(e.job_id for e in executions) == sorted(ids), "one RQ execution per job in flight"
+    queue_name = f"{stack.prefix}-p05"
+    assert sorted(StartedJobRegistry(queue_name, connection=conn).get_job_ids()) == sorted(ids)
+    for j in ids:
+        assert stack.wait_state(j, timeout=60)["state"] == "succeeded"
+    wait_until(lambda: sorted(FinishedJobRegistry(queue_name, connection=conn).get_job_ids()) == sorted(ids),
+               timeout=10, what="RQ's finished registry")
+    assert all(RQJob.fetch(j, connection=conn, serializer=SERIALIZER).get_status() == "finished" for j in ids)
+    assert StartedJobRegistry(queue_name, connection=conn).get_job_ids() == []

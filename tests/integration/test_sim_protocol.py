@@ -417,6 +417,31 @@ async def test_hang_knob_accepts_but_never_finishes(tmp_path: Path) -> None:
         await ws.close()
 
 
+async def test_interrupt_during_a_slow_node_lands_at_the_next_node(tmp_path: Path) -> None:
+    # Real ComfyUI checks for an interrupt only between nodes and in sampler steps; a long VAE decode runs on.
+    with running_sim(tmp_path, slow_node_seconds=1.0) as sim:
+        ws = await connect(sim)
+        pid = post(sim, {"prompt": txt2img(steps=2), "client_id": CLIENT}).json()["prompt_id"]
+        while (await recv(ws))["data"].get("node") != "8":  # VAEDecode starts
+            pass
+        assert httpx.post(sim.url + "/interrupt", json={"prompt_id": pid}).status_code == 200
+        frames = await until_done(ws, pid)
+        assert [f["type"] for f in frames] == ["progress_state", "progress_state", "executing",
+                                               "execution_interrupted", "status", "executing"]  # fmt: skip
+        assert frames[0]["data"]["nodes"]["8"]["state"] == "finished"  # the decode ran to its end
+        assert frames[2]["data"]["node"] == "9"
+        interrupted = frames[3]["data"]
+        assert (interrupted["node_id"], interrupted["node_type"]) == ("9", "SaveImage")
+        assert sorted(interrupted["executed"]) == ["3", "4", "5", "6", "7", "8"]
+        entry = history(sim, pid)[pid]
+        assert entry["outputs"] == {} and entry["status"]["status_str"] == "error"
+        assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+        assert not list(sim.output_dir.rglob("*.png"))
+        next_pid = post(sim, {"prompt": txt2img(steps=2, seed=5), "client_id": CLIENT}).json()["prompt_id"]
+        assert (await until_done(ws, next_pid))[-3]["type"] == "execution_success"
+        await ws.close()
+
+
 def test_slow_start_is_not_listening_at_first(tmp_path: Path) -> None:
     sim = start_sim(tmp_path, slow_start_seconds=2.0, wait=False)
     try:

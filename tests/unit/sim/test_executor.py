@@ -6,11 +6,14 @@ import copy
 import json
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
+from comfyfleet.sim import executor as executor_module
 from comfyfleet.sim.catalog import Models
 from comfyfleet.sim.executor import Faults, InterruptFlag, PromptExecutor
 from comfyfleet.sim.paths import DataDirs
@@ -189,3 +192,60 @@ def test_hang_blocks_inside_the_first_node(models: Models, dirs: DataDirs) -> No
     worker.join(0.5)
     assert worker.is_alive()
     assert [f["type"] for f in hub.take()][-2:] == ["progress_state", "executing"]
+
+
+class _SleepThatInterrupts:
+    """Stands in for the executor's clock: records each sleep and sets the interrupt flag inside it, as a
+    POST /interrupt arriving while a long node runs would."""
+
+    def __init__(self, flag: InterruptFlag):
+        self.flag, self.interrupting = flag, True
+        self.slept: list[float] = []
+        self.time, self.perf_counter = time.time, time.perf_counter
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        if self.interrupting:
+            self.flag.set()
+
+
+@pytest.mark.parametrize(
+    ("slow_class", "ends", "at_node", "executed"),
+    [
+        # Interrupted inside VAEDecode: the decode finishes, the interrupt lands as SaveImage starts.
+        ("VAEDecode", "execution_interrupted", "9", ["3", "4", "5", "6", "7", "8"]),
+        # Interrupted inside the last node: nothing is left to start, so the prompt succeeds (ComfyUI clears
+        # the flag when the next prompt starts).
+        ("SaveImage", "execution_success", None, None),
+    ],
+)
+def test_slow_node_ignores_an_interrupt_until_the_next_node_boundary(
+    models: Models, dirs: DataDirs, monkeypatch: pytest.MonkeyPatch,
+    slow_class: str, ends: str, at_node: str | None, executed: list[str] | None,
+) -> None:  # fmt: skip
+    ex, hub, flag = _executor(models, dirs, slow_node_seconds=30.0, slow_node_class=slow_class)
+    clock = _SleepThatInterrupts(flag)
+    monkeypatch.setattr(executor_module, "time", clock)
+    _run(ex, _txt2img(steps=2), "p")
+    frames = hub.take()
+    assert clock.slept == [30.0]
+    assert frames[-1]["type"] == ends
+    if at_node is not None:
+        data = frames[-1]["data"]
+        assert (data["node_id"], data["node_type"]) == (at_node, "SaveImage")
+        assert sorted(data["executed"]) == executed
+        assert not ex.success and ex.history_result == {"outputs": {}, "meta": {}}
+        assert not any((dirs.output).rglob("*.png"))
+    else:
+        assert ex.success and ex.history_result["outputs"]["9"]["images"]
+    clock.interrupting = False
+    _run(ex, _txt2img(steps=2, seed=7), "next")  # the next prompt starts with the flag cleared
+    assert hub.take()[-1]["type"] == "execution_success"
+
+
+def test_slow_node_knob_off_by_default(models: Models, dirs: DataDirs, monkeypatch: pytest.MonkeyPatch) -> None:
+    ex, hub, flag = _executor(models, dirs)
+    clock = _SleepThatInterrupts(flag)
+    monkeypatch.setattr(executor_module, "time", clock)
+    _run(ex, _txt2img(steps=2), "p")
+    assert clock.slept == [] and hub.take()[-1]["type"] == "execution_success"
