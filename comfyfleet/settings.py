@@ -175,6 +175,10 @@ class DispatchSettings(CommonSettings):
     webhook_retry_window_seconds: float = Field(24 * 3600, ge=1, le=7 * 24 * 3600)
     # Deliveries in flight at once per deliverer process; more than this wait their turn (never block dispatch).
     webhook_concurrency: int = Field(16, ge=1, le=1000)
+    # --- reliability (issue 9) ---
+    # A job that has not started within this many seconds of being queued fails with queue_timeout
+    # (a request may set its own queueTimeoutSeconds): an hour covers a cold scale-from-zero pool.
+    queue_timeout_seconds: int = Field(3600, ge=5, le=7 * 24 * 3600)
 
     @field_validator("webhook_secret")
     @classmethod
@@ -274,6 +278,32 @@ class ApiSettings(PoolSettings, DispatchSettings):
     webhook_defaults: dict[str, str] = Field(default_factory=dict)
     # An input image (base64, data URL or fetched from an https URL) may be this large; 20 MiB holds a 4K PNG.
     input_image_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+
+    # --- reliability: fair use, bounds, operational routes (issue 9) ------------------------------
+    # 0 turns a limit off. A user with this many jobs queued or running gets 429 until one finishes:
+    # enough for a batch script to keep a pool busy, not enough for one user to fill the queue.
+    max_jobs_in_flight_per_user: int = Field(50, ge=0)
+    # Submissions per user per rolling minute (sliding window); 120 = 2/s, above any interactive use.
+    max_submissions_per_minute_per_user: int = Field(120, ge=0)
+    # Queued (not yet started) jobs across the install, and per target pool: beyond these the queue is
+    # not draining and new work only grows Redis (the chart runs it with noeviction), so refuse early.
+    max_queue_depth: int = Field(10_000, ge=0)
+    max_queue_depth_per_pool: int = Field(2_000, ge=0)
+    # Largest workflow graph: real API-format graphs are 10-50 KiB and under ~12 levels deep; the
+    # depth bound stays well below pydantic-core's ~200-level JSON parser limit so every record stored
+    # can be read back.
+    max_workflow_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    max_workflow_depth: int = Field(32, ge=4, le=150)
+    max_workflow_nodes: int = Field(2_000, ge=1)
+    # Ask clients to come back after this many seconds when Redis is unreachable or full (503).
+    unavailable_retry_after_seconds: int = Field(5, ge=1, le=3600)
+    # /metrics and /health/detailed: open (Prometheus scrapes without a token, as the chart's
+    # ServiceMonitor does) or behind the same bearer auth as the API.
+    protect_ops_routes: bool = False
+    # How often the API looks for queued jobs past their queue timeout.
+    queue_sweep_interval_seconds: float = Field(5.0, gt=0)
+    # Per-user-per-day GPU-second totals are kept this long.
+    usage_retention_days: int = Field(400, ge=1)
 
     @model_validator(mode="after")
     def _check_auth(self) -> ApiSettings:

@@ -127,12 +127,31 @@ def cached(dest: Path, want: str | None) -> bool:
     return False
 
 
+def token_allowed(url: str) -> bool:
+    """$HF_TOKEN goes only to Hugging Face itself over https, never to a CDN or mirror it redirects to."""
+    parts = urllib.parse.urlparse(url)
+    return parts.scheme == "https" and parts.hostname in HF_HOSTS
+
+
 def _request(url: str) -> urllib.request.Request:
     headers = {"User-Agent": "comfyfleet-worker-fetch/1"}
     token = os.environ.get("HF_TOKEN")
-    if token and urllib.parse.urlparse(url).hostname in HF_HOSTS:
+    if token and token_allowed(url):
         headers["Authorization"] = f"Bearer {token}"
     return urllib.request.Request(url, headers=headers)
+
+
+class TokenSafeRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib copies every header onto the redirected request; drop the token when the target is not HF."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and not token_allowed(newurl):
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(TokenSafeRedirects)
 
 
 def download(item: ModelFile, dest: Path) -> str:
@@ -140,7 +159,7 @@ def download(item: ModelFile, dest: Path) -> str:
     partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(_request(item.url), timeout=60) as response, partial.open("wb") as out:
+        with _OPENER.open(_request(item.url), timeout=60) as response, partial.open("wb") as out:
             while chunk := response.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)

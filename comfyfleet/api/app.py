@@ -27,10 +27,12 @@ from comfyfleet.api.tokens import JobTokens, shared_secret
 from comfyfleet.dispatch.health import HealthMonitor
 from comfyfleet.dispatch.registry import endpoint_id_for_url
 from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.fairuse.background import queue_timeout_sweeper
 from comfyfleet.observability.tracing import TracingMiddleware, setup_tracing
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
 from comfyfleet.store.jobevents import EventHub
+from comfyfleet.usage import UsageBook, UsageCollector
 from comfyfleet.webhooks.metrics import WebhookCollector  # HOOK(integrations)
 from comfyfleet.webhooks.openapi import document_webhooks  # HOOK(integrations)
 
@@ -98,6 +100,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics: Metrics = app.state.metrics
             metrics.registry.register(MirrorCollector(mirror))
             await _run_in_background(stack, mirror.run_forever(), "firestore-mirror")
+        await _run_in_background(stack, queue_timeout_sweeper(  # HOOK(reliability): queue timeouts
+            dispatcher, settings.queue_timeout_seconds, settings.queue_sweep_interval_seconds), "queue-timeouts")
         yield
 
 
@@ -120,9 +124,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.cf = state
     app.state.metrics = Metrics(dispatcher)
+    app.state.metrics.registry.register(UsageCollector(UsageBook(conn, dispatcher.keys)))  # HOOK(reliability)
     app.state.metrics.registry.register(WebhookCollector(conn, dispatcher.keys))  # HOOK(integrations)
     document_webhooks(app)  # HOOK(integrations): the notification request in the OpenAPI document
-    install_error_handlers(app)
+    install_error_handlers(app, settings.unavailable_retry_after_seconds)  # HOOK(reliability): 503 Retry-After
     for router in (generate.router, jobs.router, stream.router, fleet.router, health.router):
         app.include_router(router)
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")

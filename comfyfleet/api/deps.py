@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from comfyfleet.api.auth import AuthError, AuthUnavailable, Principal
 from comfyfleet.api.errors import ApiError
@@ -22,7 +24,28 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_principal(request: Request, state: StateDep) -> Principal:
+# Declares the bearer scheme in the OpenAPI schema; the header is parsed below for our own error bodies.
+bearer_scheme = HTTPBearer(auto_error=False, description="a static API token or a Firebase ID token")
+
+
+def served_on_loopback(request: Request) -> bool:
+    """Whether this request arrived on a loopback socket (the address the server actually bound, per connection)."""
+    server = request.scope.get("server")
+    if not server:
+        return False  # unknown transport (a Unix socket behind a proxy): not provably local
+    try:
+        return ipaddress.ip_address(str(server[0]).split("%")[0]).is_loopback
+    except ValueError:
+        return bool(server[0] == "localhost")
+
+
+async def get_principal(request: Request, state: StateDep,
+                        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+                        ) -> Principal:
+    if state.settings.auth_mode == "none" and not served_on_loopback(request):
+        # Settings refuse a non-loopback COMFYFLEET_HOST, but create_app may be served by any server on
+        # any socket: check the socket this request came in on.
+        raise ApiError(403, "auth is off (COMFYFLEET_AUTH_MODE=none): only loopback connections are served")
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if header and scheme.lower() != "bearer":

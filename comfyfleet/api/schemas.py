@@ -43,6 +43,9 @@ class JobCreate(ApiModel):
     priority: int = Field(5, ge=1, le=10, description="1 (lowest) to 10 (highest)")
     pool: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     timeout_seconds: int | None = Field(None, ge=5, le=24 * 3600)
+    queue_timeout_seconds: int | None = Field(
+        None, ge=5, le=7 * 24 * 3600,
+        description="fail the job (queue_timeout) if it has not started this many seconds after it was queued")
     idempotency_key: str | None = Field(None, min_length=1, max_length=128)
     input_images: dict[str, str] = Field(
         default_factory=dict, max_length=8,
@@ -107,6 +110,8 @@ class JobPublic(ApiModel):
     worker: str | None
     source: str
     cancel_requested: bool
+    queue_timeout_seconds: int | None = None
+    gpu_seconds: float = 0.0
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -129,14 +134,14 @@ class JobPublic(ApiModel):
         return cls(
             job_id=job.id, owner=job.owner, state=job.state, priority=job.priority, pool=job.pool,
             template=job.template,
-            progress=ProgressPublic(value=job.progress.value, max=job.progress.max, node=job.progress.node,
-                                    percent=int(job.progress.fraction * 100)),
+            progress=progress_of(job),
             attempts=job.attempts, max_attempts=job.max_attempts,
             error=ErrorPublic(code=job.error.code.value, message=job.error.message, details=job.error.details)
             if job.error else None,
             outputs=[OutputPublic(filename=o.filename, node_id=o.node_id, content_type=o.content_type, size=o.size,
                                   url=with_token(o.url, token), data=o.data) for o in job.outputs],
-            worker=job.endpoint, source=job.source, cancel_requested=job.cancel_requested, created_at=job.created_at,
+            worker=job.endpoint, source=job.source, cancel_requested=job.cancel_requested,
+            queue_timeout_seconds=job.queue_timeout_seconds, gpu_seconds=job.gpu_seconds, created_at=job.created_at,
             updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
             dispatched_at=job.dispatched_at, trace_id=trace_id_of(job.traceparent),
             access_token=token,
@@ -144,6 +149,15 @@ class JobPublic(ApiModel):
             webhook_url=job.webhook.url if job.webhook else None,
             webhook_deliveries=[WebhookDeliveryPublic(**d.model_dump()) for d in job.webhook_deliveries],
         )
+
+
+def progress_of(job: Job) -> ProgressPublic:
+    """A succeeded job reads complete: value == max, percent 100, no running node."""
+    p = job.progress
+    if job.state is JobState.SUCCEEDED:
+        top = max(p.max, 1)
+        return ProgressPublic(value=top, max=top, node=None, percent=100)
+    return ProgressPublic(value=p.value, max=p.max, node=p.node, percent=int(p.fraction * 100))
 
 
 def with_token(url: str | None, token: str | None) -> str | None:
@@ -160,7 +174,7 @@ class JobsPublic(ApiModel):
 
 class WorkerPublic(ApiModel):
     id: str
-    url: str
+    url: str | None = Field(description="admins only; null for other users")
     pool: str
     state: str  # ready | busy | unhealthy
     current_job: str | None
@@ -168,7 +182,7 @@ class WorkerPublic(ApiModel):
     loras: list[str]
     queue_remaining: int
     last_seen_at: float | None
-    last_error: str | None
+    last_error: str | None = Field(description="admins see the probe's error; other users a short summary")
     info: dict[str, Any]
 
 
@@ -219,7 +233,7 @@ class QueueStatsPublic(ApiModel):
 
 
 class QueueCleanRequest(ApiModel):
-    older_than_seconds: float | None = Field(None, ge=0)
+    older_than_seconds: float | None = Field(None, ge=0, le=100 * 365 * 24 * 3600)
 
 
 class QueueCleanPublic(ApiModel):
@@ -242,3 +256,17 @@ class MePublic(ApiModel):
 
     owner: str
     admin: bool
+
+
+class UsageDay(ApiModel):
+    date: str
+    gpu_seconds: float
+    attempts: int
+
+
+class UsagePublic(ApiModel):
+    """GPU-seconds a user's jobs used per UTC day (from the pods' own execution timestamps)."""
+
+    user: str
+    days: list[UsageDay]
+    total_gpu_seconds: float

@@ -37,6 +37,7 @@ from comfyfleet.observability import hooks
 from comfyfleet.settings import DispatchSettings
 from comfyfleet.store.jobrepo import JobNotFound, JobRepo, StateChanged
 from comfyfleet.store.outputs import OutputStore, StorageError
+from comfyfleet.usage import record_run_usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -169,6 +170,7 @@ class JobRun:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await run
             await self._progress.flush()
+            await record_run_usage(link.client, self.ctx.repo, job.id)  # HOOK(reliability): GPU-seconds
         hooks.note_prompt_finished(self.obs)  # HOOK(observability)
         ending = ending_of_result(result)
         if ending.kind is EndKind.SUCCEEDED:

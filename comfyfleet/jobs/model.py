@@ -51,6 +51,8 @@ class ErrorCode(StrEnum):
     NO_CAPABLE_WORKER = "no_capable_worker"
     CANCELLED = "cancelled"
     STORAGE = "storage_error"
+    # Could not start within its queue timeout (no capacity, a pool scaled to zero that never came up).
+    QUEUE_TIMEOUT = "queue_timeout"
     INTERNAL = "internal_error"
 
     @property
@@ -142,6 +144,10 @@ class Job(BaseModel):
     attempts: int = 0
     max_attempts: int = 3
     timeout_seconds: int = 300
+    # Seconds the job may wait for a pod before it fails with queue_timeout (None: the server default).
+    queue_timeout_seconds: int | None = None
+    # GPU time this job used, summed over attempts, from the pods' own execution timestamps.
+    gpu_seconds: float = 0.0
     error: JobError | None = None
     outputs: list[OutputFile] = Field(default_factory=list)
     inputs: list[InputFile] = Field(default_factory=list)

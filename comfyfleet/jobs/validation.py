@@ -6,9 +6,14 @@ with a 422 at the front door; the pod's own validation still has the last word a
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from comfyfleet.comfy.models import combo_input, literal_value  # the one reader of ComfyUI's catalog forms
+from comfyfleet.comfy.models import (  # the one reader of ComfyUI's catalog forms
+    combo_input,
+    combo_options,
+    literal_value,
+)
 from comfyfleet.jobs.model import Workflow
 from comfyfleet.jobs.workflow import NodeIssue, check_shape, is_link
 
@@ -16,12 +21,15 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {"INT": int, "FLOAT": (int, float
 
 
 def validate_workflow(workflow: Workflow, catalog: dict[str, Any] | None,
-                      input_images: frozenset[str] = frozenset()) -> list[NodeIssue]:
+                      input_images: frozenset[str] = frozenset(), *, strict_files: bool = True) -> list[NodeIssue]:
     """All issues found; an empty list means the workflow looks runnable on a pod with this catalog.
 
     input_images are names the job uploads itself, so LoadImage may name them although no pod has them yet.
+    With strict_files=False a file-like COMBO value (a model, an image) missing from the catalog is not an
+    issue: catalogs are snapshots (a file copied onto a pod appears in them only at the next refresh) and
+    ComfyUI accepts `subfolder/name` values it never lists; the dispatcher and the pod have the last word.
     """
-    issues = check_shape(workflow)
+    issues = check_shape(workflow) + check_meta(workflow)
     if issues or not catalog:
         return issues
     has_output = False
@@ -36,14 +44,15 @@ def validate_workflow(workflow: Workflow, catalog: dict[str, Any] | None,
         inputs = node.get("inputs", {})
         uploaded = cls == "LoadImage" and inputs.get("image") in input_images
         skip = {"image"} if uploaded else set()
-        issues.extend(_check_inputs(workflow, node_id, cls, inputs, info, catalog, skip=skip))
+        issues.extend(_check_inputs(workflow, node_id, cls, inputs, info, catalog, skip=skip,
+                                    strict_files=strict_files))
     if not has_output and not issues:
         issues.append(NodeIssue("", "the workflow has no output node (e.g. SaveImage)", type="prompt_no_outputs"))
     return issues
 
 
 def _check_inputs(workflow: Workflow, node_id: str, cls: str, inputs: dict[str, Any], info: dict[str, Any],
-                  catalog: dict[str, Any], skip: set[str]) -> list[NodeIssue]:
+                  catalog: dict[str, Any], skip: set[str], strict_files: bool = True) -> list[NodeIssue]:
     issues: list[NodeIssue] = []
     spec = info.get("input", {})
     for name in spec.get("required") or {}:
@@ -61,8 +70,62 @@ def _check_inputs(workflow: Workflow, node_id: str, cls: str, inputs: dict[str, 
                 issues.append(NodeIssue(node_id, f"links to output {value[1]} of node {value[0]}, which has "
                                         f"{len(outputs)} outputs", cls, name, type="bad_link"))
             continue
-        issues.extend(_check_value(node_id, cls, name, literal_value(value), input_spec))
+        value = literal_value(value)
+        if not strict_files and is_file_like(combo_options(input_spec), value):
+            continue
+        issues.extend(_check_value(node_id, cls, name, value, input_spec))
     return issues
+
+
+_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx", ".png", ".jpg",
+                  ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mp4", ".webm", ".wav", ".mp3", ".flac",
+                  ".json", ".yaml", ".txt", ".csv")
+
+
+def is_file_like(options: list[Any] | None, value: Any) -> bool:
+    """A COMBO that lists files (models, images): its value names a file, possibly in a subfolder."""
+    if options is None or not isinstance(value, str):
+        return False
+    named = [o for o in options if isinstance(o, str)]
+    files = [o for o in named if o.lower().endswith(_FILE_SUFFIXES)]
+    return value.lower().endswith(_FILE_SUFFIXES) and (not named or 2 * len(files) >= len(named))
+
+
+def merge_catalogs(catalogs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One catalog for several pods: every node type any pod has, COMBO options united across pods.
+
+    A job without a pool may run on any pod, so a LoRA that only one pod lists is still a valid choice.
+    """
+    merged: dict[str, Any] = {}
+    for catalog in catalogs:
+        for cls, info in catalog.items():
+            if cls not in merged:
+                merged[cls] = copy.deepcopy(info)
+                continue
+            _merge_combos(merged[cls], info)
+    return merged
+
+
+def _merge_combos(into: dict[str, Any], other: dict[str, Any]) -> None:
+    for section in ("required", "optional"):
+        inputs = into.setdefault("input", {})
+        if not isinstance(inputs.get(section), dict):
+            inputs[section] = {}
+        mine = inputs[section]
+        theirs = (other.get("input") or {}).get(section) or {}
+        for name, spec in theirs.items():
+            if name not in mine:
+                mine[name] = copy.deepcopy(spec)
+                continue
+            extra = combo_options(spec)
+            have = combo_options(mine[name])
+            if extra is None or have is None:
+                continue
+            union = have + [o for o in extra if o not in have]
+            if isinstance(mine[name][0], list):
+                mine[name] = [union, *mine[name][1:]]
+            else:
+                mine[name] = ["COMBO", {**mine[name][1], "options": union}, *mine[name][2:]]
 
 
 def _check_value(node_id: str, cls: str, name: str, value: Any, input_spec: Any) -> list[NodeIssue]:
@@ -91,3 +154,61 @@ def _check_value(node_id: str, cls: str, name: str, value: Any, input_spec: Any)
             return [NodeIssue(node_id, f"value {value} bigger than max of {opts['max']}", cls, name,
                               type="value_bigger_than_max")]
     return []
+
+
+# The API's defaults (ApiSettings.max_workflow_*); the operator applies the same to GenerationJobs.
+DEFAULT_BOUNDS = {"max_depth": 32, "max_nodes": 2_000, "max_bytes": 2 * 1024 * 1024}
+
+
+class WorkflowTooLarge(ValueError):
+    """The graph breaks a size bound; `field` names where (e.g. `workflow.5.inputs.text`)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def check_bounds(workflow: Any, *, max_depth: int, max_nodes: int, max_bytes: int) -> None:
+    """Refuse graphs too deep, too many nodes or too big to store and read back (raises WorkflowTooLarge).
+
+    Iterative, so a value nested thousands of levels deep cannot exhaust the stack while being checked.
+    Depth counts the workflow object as level 1, a node as 2, its inputs as 3.
+    """
+    if isinstance(workflow, dict) and len(workflow) > max_nodes:
+        raise WorkflowTooLarge("workflow", f"has {len(workflow)} nodes; at most {max_nodes} are accepted")
+    stack: list[tuple[Any, str, int]] = [(workflow, "workflow", 1)]
+    size = 0
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > max_depth:
+            raise WorkflowTooLarge(path, f"nested deeper than {max_depth} levels")
+        if isinstance(value, dict):
+            size += 2 + sum(len(str(k)) + 4 for k in value)
+            stack.extend((v, f"{path}.{k}", depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            size += 2 + len(value)
+            stack.extend((v, f"{path}.{i}", depth + 1) for i, v in enumerate(value))
+        else:
+            size += len(value) + 2 if isinstance(value, str) else 8
+        if size > max_bytes:
+            raise WorkflowTooLarge("workflow", f"is larger than {max_bytes} bytes")
+
+
+_META_SCALARS: tuple[type, ...] = (str, int, float, bool, type(None))
+
+
+def check_meta(workflow: Workflow) -> list[NodeIssue]:
+    """`_meta` is UI metadata ({"title": ...}): a flat object of short scalars, never a place to hide data."""
+    issues: list[NodeIssue] = []
+    for node_id, node in workflow.items():
+        if not isinstance(node, dict) or "_meta" not in node:
+            continue
+        meta, cls = node["_meta"], node.get("class_type") if isinstance(node.get("class_type"), str) else None
+        if not isinstance(meta, dict):
+            issues.append(NodeIssue(node_id, "_meta must be an object", cls, "_meta", type="invalid_meta"))
+            continue
+        for key, value in meta.items():
+            if not isinstance(value, _META_SCALARS) or (isinstance(value, str) and len(value) > 1024):
+                issues.append(NodeIssue(node_id, f"_meta.{key} must be a scalar (strings up to 1024 characters)",
+                                        cls, f"_meta.{key}", type="invalid_meta"))
+    return issues

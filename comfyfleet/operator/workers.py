@@ -25,6 +25,7 @@ import kopf
 import redis
 from pydantic import ValidationError
 
+from comfyfleet.fairuse.pools import declare_pool
 from comfyfleet.operator.builders import (
     build_headless_service,
     build_worker_pod,
@@ -97,6 +98,7 @@ async def comfyuiworker_reconcile(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """Timer, every probe interval: probe pods, publish/withdraw, autoscale, replace failures, status."""
+    await asyncio.to_thread(declare_pool, memo.runtime.dispatcher, body["metadata"]["name"])  # HOOK(reliability)
     try:
         await reconcile_pool(memo.runtime, body, patch)
     except InvalidWorkerSpec as exc:

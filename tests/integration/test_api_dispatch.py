@@ -6,7 +6,7 @@ from datetime import datetime
 
 import httpx
 
-from tests.support.stack import auth, wait_until
+from tests.support.stack import ADMIN, auth, wait_until
 
 
 def txt2img(seed: int, steps: int = 4, **extra) -> dict:
@@ -93,7 +93,7 @@ def test_unhealthy_worker_is_skipped_and_readmitted(sim_factory, stack_factory):
     b.kill()
 
     def states() -> dict[str, str]:
-        body = stack.http.get("/api/comfyui/workers", headers=auth()).json()
+        body = stack.http.get("/api/comfyui/workers", headers=auth(ADMIN)).json()  # URLs are for admins
         return {w["url"]: w["state"] for w in body["workers"]}
 
     wait_until(lambda: states()[b.url] == "unhealthy", what="b marked unhealthy")
@@ -111,7 +111,6 @@ def test_unhealthy_worker_is_skipped_and_readmitted(sim_factory, stack_factory):
 
 
 def test_wedged_pod_is_taken_out_of_rotation(sim_factory, stack_factory):
-    from tests.support.stack import ADMIN
 
     wedged = sim_factory(hang=True)
     stack = stack_factory([wedged.url], workers=1)
@@ -121,7 +120,7 @@ def test_wedged_pod_is_taken_out_of_rotation(sim_factory, stack_factory):
     assert done["state"] == "failed" and done["error"]["code"] == "timeout"
 
     def wedged_state() -> dict | None:
-        [worker] = stack.http.get("/api/comfyui/workers", headers=auth()).json()["workers"]
+        [worker] = stack.http.get("/api/comfyui/workers", headers=auth(ADMIN)).json()["workers"]  # errors: admins
         return worker if worker["state"] == "unhealthy" else None
 
     worker = wait_until(wedged_state, timeout=20, what="the wedged pod to leave rotation")

@@ -177,7 +177,9 @@ def test_fleet_routes_stats_and_metrics(sim_factory, stack_factory):
     sim = sim_factory(loras="detail_tweaker_xl.safetensors")
     stack = stack_factory([sim.url], workers=1)
     workers = stack.wait_workers_ready(1)["workers"]
-    assert workers[0]["url"] == sim.url and workers[0]["state"] == "ready"
+    assert workers[0]["url"] is None and workers[0]["state"] == "ready", "addresses are for admins"
+    admin_view = stack.http.get("/api/comfyui/workers", headers=auth(ADMIN)).json()["workers"]
+    assert admin_view[0]["url"] == sim.url
     assert "sd_xl_base_1.0.safetensors" in workers[0]["checkpoints"]
     r = stack.http.post("/api/comfyui/verify-lora", headers=auth(),
                         json={"loras": ["detail_tweaker_xl.safetensors", "missing.safetensors"]})

@@ -2,101 +2,236 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
 from comfyfleet.api.auth import Principal
 from comfyfleet.api.deps import PrincipalDep, StateDep, io
-from comfyfleet.api.errors import ApiError
+from comfyfleet.api.errors import ApiError, error_responses
 from comfyfleet.api.events import wait_until_final
 from comfyfleet.api.integrations import FieldError, job_integrations
 from comfyfleet.api.schemas import JobCreate, JobPublic
 from comfyfleet.api.state import AppState
+from comfyfleet.fairuse.limits import FairUse, LimitExceeded, Limits
+from comfyfleet.fairuse.pools import known_pools
 from comfyfleet.jobs.model import ErrorCode, Job, JobState
 from comfyfleet.jobs.templates import UnknownTemplate, render_template
-from comfyfleet.jobs.validation import validate_workflow
-from comfyfleet.jobs.workflow import ParamError, apply_params
+from comfyfleet.jobs.validation import WorkflowTooLarge, check_bounds, merge_catalogs, validate_workflow
+from comfyfleet.jobs.workflow import NodeIssue, ParamError, apply_params, check_shape
+from comfyfleet.store.outputs import StorageError
 
-router = APIRouter(prefix="/api/comfyui", tags=["generate"])
+log = logging.getLogger(__name__)
 
-IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
+router = APIRouter(prefix="/api/comfyui", tags=["generate"],
+                   responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503))
+
+IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=128)]
+# Input image names end up as file names on the pod: short, printable, no path parts.
+MAX_IMAGE_NAME = 128
 
 
 def _catalog(state: AppState, pool: str | None) -> dict[str, Any] | None:
-    """Node catalog of the ready workers (union), or None when no ready worker has reported one yet."""
+    """Node catalog of the ready endpoints (node types and COMBO options united), or None if none reported one."""
     registry = state.dispatcher.registry
-    merged: dict[str, Any] = {}
-    for endpoint in registry.endpoints():
-        if endpoint.healthy and (pool is None or endpoint.pool == pool):
-            catalog = registry.catalog(endpoint.id)
-            if catalog:
-                merged = {**catalog, **merged}
-    return merged or None
+    catalogs = [c for e in registry.endpoints() if e.healthy and (pool is None or e.pool == pool)
+                if (c := registry.catalog(e.id))]
+    return merge_catalogs(catalogs) or None
 
 
-async def build_job(state: AppState, body: JobCreate, principal: Principal, idempotency_key: str | None) -> Job:
-    try:
-        if body.template is not None:
-            workflow = render_template(body.template, body.params)
-        else:
-            workflow = apply_params(body.workflow or {}, body.params) if body.params.given() else body.workflow
-    except UnknownTemplate as exc:
-        raise ApiError(422, str(exc), details=[{"field": "template", "message": str(exc)}]) from None
-    except ParamError as exc:
-        raise ApiError(422, str(exc), details=[{"field": f"params.{exc.param}", "message": str(exc)}]) from None
+def fair_use(state: AppState) -> FairUse:
+    s = state.settings
+    limits = Limits(in_flight_per_user=s.max_jobs_in_flight_per_user,
+                    submissions_per_minute=s.max_submissions_per_minute_per_user,
+                    queue_depth=s.max_queue_depth, queue_depth_per_pool=s.max_queue_depth_per_pool)
+    return FairUse(state.conn, state.dispatcher.keys, limits, state.dispatcher.repo.get_many)
+
+
+def _invalid(field: str, message: str, code: str = "validation_error") -> ApiError:
+    return ApiError(422, f"{field}: {message}", code=code, details=[{"field": field, "message": message}])
+
+
+def _node_issues(issues: list[NodeIssue]) -> ApiError:
+    return ApiError(
+        422,
+        "invalid workflow: " + "; ".join(
+            f"node {i.node_id} ({i.class_type})" + (f" input {i.input_name}" if i.input_name else "")
+            + f": {i.message}" for i in issues[:10]),
+        code="invalid_workflow",
+        details={"field": "workflow", "nodeErrors": [i.as_dict() for i in issues]},
+    )
+
+
+@dataclass
+class Submission:
+    """A validated request: either the job to create (with its images) or the job an idempotent repeat names."""
+
+    job: Job
+    images: dict[str, bytes] = field(default_factory=dict)
+    existing: bool = False
+
+
+def _existing_job(state: AppState, owner: str, key: str) -> Job | None:
+    """The job this user already created with this idempotency key, if it is still on record."""
+    job_id = state.conn.get(state.dispatcher.keys.idempotency(owner, key))
+    job = state.dispatcher.repo.get(job_id.decode()) if job_id else None
+    return job if job is not None and job.owner == owner else None
+
+
+async def prepare(state: AppState, body: JobCreate, principal: Principal, idempotency_key: str | None) -> Submission:
+    """Validate everything that needs no write; an idempotent repeat is answered here, before any upload."""
+    settings = state.settings
+    key = body.idempotency_key or idempotency_key
+    if key is not None:
+        existing = await io(_existing_job, state, principal.owner, key)
+        if existing is not None:
+            return Submission(job=existing, existing=True)
+    try:  # before anything walks the graph: a value nested thousands deep must not reach a recursive copy
+        check_bounds(body.workflow or {}, max_depth=settings.max_workflow_depth,
+                     max_nodes=settings.max_workflow_nodes, max_bytes=settings.max_workflow_bytes)
+    except WorkflowTooLarge as exc:
+        raise _invalid(exc.field, str(exc).split(": ", 1)[-1], code="workflow_too_large") from None
+    workflow = _render(body)
+    check_image_names(body.input_images)
     try:  # HOOK(integrations): images by URL or data URL, webhook and output options
         images, extras = await job_integrations(state.settings, body, principal.owner)
     except FieldError as exc:
         raise ApiError(422, str(exc), details=[{"field": exc.field, "message": exc.message}]) from None
+    if body.pool is not None:
+        pools = await io(known_pools, state.dispatcher)
+        if body.pool not in pools:
+            raise ApiError(422, f"pool: no pool named {body.pool!r} (known: {', '.join(sorted(pools)) or 'none'})",
+                           details=[{"field": "pool", "message": "unknown pool", "known": sorted(pools)}])
     catalog = await io(state.cached_catalog, body.pool, lambda: _catalog(state, body.pool))
-    issues = validate_workflow(workflow or {}, catalog, frozenset(images))
+    issues = validate_workflow(workflow, catalog, frozenset(images), strict_files=False)
     if issues:
-        raise ApiError(
-            422,
-            "invalid workflow: " + "; ".join(
-                f"node {i.node_id} ({i.class_type})" + (f" input {i.input_name}" if i.input_name else "")
-                + f": {i.message}" for i in issues[:10]),
-            code="invalid_workflow",
-            details={"field": "workflow", "nodeErrors": [i.as_dict() for i in issues]},
-        )
-    settings = state.settings
+        raise _node_issues(issues)
     job = Job(
-        owner=principal.owner, workflow=workflow or {}, template=body.template,
+        owner=principal.owner, workflow=workflow, template=body.template,
         params=body.params.given(), priority=body.priority, pool=body.pool,
         max_attempts=settings.max_attempts, timeout_seconds=body.timeout_seconds or settings.job_timeout_seconds,
-        idempotency_key=body.idempotency_key or idempotency_key, source="api", **extras,
+        queue_timeout_seconds=body.queue_timeout_seconds or settings.queue_timeout_seconds,
+        idempotency_key=key, source="api", **extras,
     )
-    if images:
-        job.inputs = [await io(state.store.put_input, job, name, data) for name, data in images.items()]
-    return job
+    return Submission(job=job, images=images)
 
 
-@router.post("/generate", response_model=JobPublic, status_code=202)
+def _render(body: JobCreate) -> dict[str, Any]:
+    try:
+        if body.template is not None:
+            return render_template(body.template, body.params)
+        workflow = body.workflow or {}
+        if body.params.given():
+            # Parameters are written into nodes: the graph must have the right shape first.
+            shape = check_shape(workflow)
+            if shape:
+                raise _node_issues(shape)
+            return apply_params(workflow, body.params)
+        return workflow
+    except UnknownTemplate as exc:
+        raise _invalid("template", str(exc)) from None
+    except ParamError as exc:
+        raise _invalid(f"params.{exc.param}", str(exc)) from None
+
+
+async def commit(state: AppState, sub: Submission, submit: Callable[[Job], tuple[Job, bool]]) -> tuple[Job, bool]:
+    """Reserve the job's place under the fair-use limits, store its inputs, then create and queue it."""
+    job = sub.job
+    limits = fair_use(state)
+    try:
+        await io(limits.admit, job)
+    except LimitExceeded as exc:
+        raise ApiError(429, str(exc), code="rate_limited",
+                       details={"limit": exc.limit, "value": exc.value, "retryAfter": exc.retry_after},
+                       headers={"Retry-After": str(exc.retry_after)}) from None
+    try:
+        if sub.images:
+            job.inputs = [await io(state.store.put_input, job, name, data) for name, data in sub.images.items()]
+        job, created = await io(submit, job)
+    except BaseException:
+        await _undo(state, limits, sub.job)
+        raise
+    if not created:  # a concurrent request with the same key won: drop this one's reservation and files
+        await _undo(state, limits, sub.job)
+        if job.owner != sub.job.owner:  # never hand out another user's job, whatever the key layout
+            log.error("idempotency key of %s resolved to a job of %s: refused", sub.job.owner, job.owner)
+            raise ApiError(409, "idempotencyKey: this key cannot be used; choose another",
+                           details=[{"field": "idempotencyKey", "message": "key conflict"}])
+    return job, created
+
+
+async def _undo(state: AppState, limits: FairUse, job: Job) -> None:
+    try:
+        await io(limits.release, job)
+        if job.inputs:
+            await io(state.store.delete_job, job)
+    except (StorageError, OSError) as exc:
+        log.warning("job %s: could not remove inputs of a job that was not created: %s", job.id, exc)
+
+
+def image_name_problem(name: str) -> str | None:
+    """Why an input image name is refused (pure); None if it is a plain, printable file name."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return "plain file name required"
+    if len(name) > MAX_IMAGE_NAME:
+        return f"at most {MAX_IMAGE_NAME} characters"
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        return "control characters are not allowed"
+    return None
+
+
+def check_image_names(encoded: dict[str, str]) -> None:
+    """Refuse image names with paths or control characters (a NUL reached the store as a 500) before any fetch."""
+    for name in encoded:
+        problem = image_name_problem(name)
+        if problem:
+            # A refused name is shown escaped and cut short: it may hold control characters or be huge.
+            field_name = f"inputImages.{name[:MAX_IMAGE_NAME]!r}"
+            raise ApiError(422, f"{field_name}: image names must be plain file names ({problem})",
+                           details=[{"field": field_name, "message": problem}])
+
+
+@router.post("/generate", response_model=JobPublic, status_code=202,
+             responses={200: {"model": JobPublic, "description": "an idempotent repeat: the first job"}})
 async def generate(body: JobCreate, principal: PrincipalDep, state: StateDep, response: Response,
                    idempotency_key: IdempotencyHeader = None) -> JobPublic:
     """Queue a generation and return at once with its jobId (202)."""
-    job = await build_job(state, body, principal, idempotency_key)
-    job, created = await io(state.dispatcher.submit, job)
+    sub = await prepare(state, body, principal, idempotency_key)
+    if sub.existing:
+        job, created = sub.job, False
+    else:
+        job, created = await commit(state, sub, state.dispatcher.submit)
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/api/comfyui/job/{job.id}"
     return state.public(job)  # browser: with its access token
 
 
-@router.post("/generate/sync", response_model=JobPublic, responses={504: {"description": "still running"}})
+@router.post("/generate/sync", response_model=JobPublic, responses=error_responses(504))
 async def generate_sync(body: JobCreate, principal: PrincipalDep, state: StateDep,
                         timeout: Annotated[float | None, Query(gt=0, le=3600)] = None,
                         idempotency_key: IdempotencyHeader = None) -> JobPublic:
     """Queue a generation and wait for its result; 504 with the jobId if it takes longer than the timeout."""
-    job = await build_job(state, body, principal, idempotency_key)
+    sub = await prepare(state, body, principal, idempotency_key)
     wait = timeout or state.settings.sync_timeout_seconds
     started = time.monotonic()
-    async with state.hub.follow(job.id) as feed:  # browser: the process's shared event subscription
-        job, _ = await io(state.dispatcher.submit, job)
-        current = await io(state.dispatcher.repo.require, job.id)
-        job = await wait_until_final(feed, current, wait - (time.monotonic() - started))
+    async with state.hub.follow(sub.job.id) as feed:  # browser: the process's shared event subscription
+        if sub.existing:
+            job = sub.job
+        else:
+            job, _ = await commit(state, sub, state.dispatcher.submit)
+        if job.id != sub.job.id:  # a concurrent repeat won; follow that job instead
+            async with state.hub.follow(job.id) as other:
+                current = await io(state.dispatcher.repo.require, job.id)
+                job = await wait_until_final(other, current, wait - (time.monotonic() - started))
+        else:
+            current = await io(state.dispatcher.repo.require, job.id)
+            job = await wait_until_final(feed, current, wait - (time.monotonic() - started))
     if not job.state.is_terminal:
         raise ApiError(504, f"the job is still {job.state.value} after {wait:g} s; poll /api/comfyui/job/{job.id}",
                        code="timeout", details={"jobId": job.id, "state": job.state.value})

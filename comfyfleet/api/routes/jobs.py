@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -12,7 +14,7 @@ from starlette.requests import HTTPConnection
 
 from comfyfleet.api.auth import Principal
 from comfyfleet.api.deps import PrincipalDep, StateDep, get_principal, io
-from comfyfleet.api.errors import ApiError
+from comfyfleet.api.errors import ApiError, error_responses
 from comfyfleet.api.events import EventStreamResponse, follow_job, parse_last_event_id, sse_frame
 from comfyfleet.api.schemas import JobPublic, JobsPublic
 from comfyfleet.api.state import AppState
@@ -21,9 +23,10 @@ from comfyfleet.jobs.model import Job
 from comfyfleet.jobs.states import InvalidTransition
 from comfyfleet.store.history import job_history
 from comfyfleet.store.jobrepo import JobNotFound
-from comfyfleet.store.outputs import StorageError, safe_name
+from comfyfleet.store.outputs import StorageError
 
-router = APIRouter(prefix="/api/comfyui", tags=["jobs"])
+router = APIRouter(prefix="/api/comfyui", tags=["jobs"],
+                   responses=error_responses(401, 403, 404, 409, 413, 422, 503))  # reliability: documented errors
 
 
 async def load_job(state: AppState, job_id: str, principal: Principal) -> Job:
@@ -113,6 +116,8 @@ async def list_jobs(principal: PrincipalDep, state: StateDep,
                     user: Annotated[str | None, Query(max_length=128, description="admins only")] = None,
                     ) -> JobsPublic:
     """The caller's jobs, newest first (admins may name another user)."""
+    if before is not None and not math.isfinite(before):  # reliability: nan/inf reached Redis as a 500
+        raise ApiError(422, "before: must be a finite timestamp", details=[{"field": "before", "message": "finite"}])
     owner = principal.owner
     if user is not None and user != principal.owner:
         if not principal.admin:
@@ -128,13 +133,20 @@ async def get_output(job_id: str, filename: str, request: Request, state: StateD
                      token: TokenQuery = None) -> Response:
     """Download one output file of a job (bearer header, or the job's accessToken as ?token=)."""
     job, _ = await stream_job(state, job_id, request, token)
-    name = safe_name(filename)
-    output = next((o for o in job.outputs if o.filename == name), None)
+    # reliability: a name that is no file name ('.', '..', a backslash) is simply not one of the outputs
+    output = next((o for o in job.outputs if o.filename == filename), None)
     if output is None:
-        raise ApiError(404, f"job {job_id} has no output {name!r}", details={"field": "filename"})
+        raise ApiError(404, f"job {job_id} has no output {filename[:200]!r}", details={"field": "filename"})
     try:
         data = await io(state.store.read, output.key)
-    except StorageError as exc:
-        raise ApiError(404, str(exc)) from None
+    except StorageError:  # its message names server paths: say what is missing, not where
+        raise ApiError(404, f"output {output.filename!r} of job {job_id} is no longer stored",
+                       details={"field": "filename"}) from None
     return Response(data, media_type=output.content_type,
-                    headers={"Content-Disposition": f'inline; filename="{name}"'})
+                    headers={"Content-Disposition": content_disposition(output.filename)})
+
+
+def content_disposition(name: str) -> str:
+    """`inline` with an ASCII fallback name and the exact UTF-8 name (RFC 6266 / 5987), never raw quotes."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name) or "output"
+    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"

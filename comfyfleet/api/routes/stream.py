@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from comfyfleet.api.deps import PrincipalDep, io
-from comfyfleet.api.errors import ApiError
+from comfyfleet.api.errors import ApiError, error_responses
 from comfyfleet.api.events import follow_job, parse_last_event_id
 from comfyfleet.api.routes.jobs import stream_job
 from comfyfleet.api.schemas import MePublic
@@ -38,7 +38,8 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
     return urlsplit(origin).netloc.lower() == (host or "").lower()  # the API's own pages (the dashboard)
 
 
-@router.get("/api/comfyui/me", response_model=MePublic)
+@router.get("/api/comfyui/me", response_model=MePublic,
+            responses=error_responses(401, 403, 503))  # reliability: documented errors (schemathesis)
 async def me(principal: PrincipalDep) -> MePublic:
     """The caller's user name and whether it is an admin."""
     return MePublic(owner=principal.owner, admin=principal.admin)

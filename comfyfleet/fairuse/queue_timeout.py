@@ -1,0 +1,68 @@
+"""Queue timeouts: a job that cannot start within its bound ends with a clear error instead of waiting forever.
+
+`expired` is the pure decision; `sweep_queue_timeouts` applies it to the queued jobs under the scheduler's
+lock (so a claim cannot dispatch a job while it is being failed). The API runs the sweep in the background;
+the dispatcher's maintenance loop may call the same function.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from comfyfleet.dispatch.scheduler import drop_rq_job, signals_deferred
+from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState, utcnow
+from comfyfleet.jobs.states import transition
+from comfyfleet.keys import PRIORITIES
+
+log = logging.getLogger(__name__)
+
+# Queued ids are read and checked this many at a time.
+BATCH = 500
+
+
+def queue_deadline(job: Job, default_seconds: int) -> datetime:
+    return job.created_at + timedelta(seconds=job.queue_timeout_seconds or default_seconds)
+
+
+def expired(job: Job | None, now: datetime, default_seconds: int) -> bool:
+    """A job that never started and is still queued past its queue deadline (retries are not counted)."""
+    return (job is not None and job.state is JobState.QUEUED and job.attempts == 0
+            and now >= queue_deadline(job, default_seconds))
+
+
+def queue_timeout_error(job: Job, default_seconds: int) -> JobError:
+    seconds = job.queue_timeout_seconds or default_seconds
+    where = f"in pool {job.pool}" if job.pool else "on any pool"
+    return JobError(code=ErrorCode.QUEUE_TIMEOUT,
+                    message=f"the job could not start within its queue timeout of {seconds} s: no pod {where} "
+                            "was free and able to run it",
+                    details={"queueTimeoutSeconds": seconds, "pool": job.pool})
+
+
+def sweep_queue_timeouts(dispatcher: Dispatcher, default_seconds: int, now: datetime | None = None) -> list[str]:
+    """Fail every queued job (in its RQ queue or parked for a pool with no healthy endpoint) past its
+    queue deadline; returns their ids."""
+    now = now or utcnow()
+    ids = [i for p in PRIORITIES for i in dispatcher.queue(p).get_job_ids()] + dispatcher.scheduler.parked_ids()
+    failed: list[str] = []
+    for start in range(0, len(ids), BATCH):
+        chunk = ids[start:start + BATCH]
+        due = [i for i, job in zip(chunk, dispatcher.repo.get_many(chunk), strict=True)
+               if expired(job, now, default_seconds)]
+        failed += [job_id for job_id in due if _fail_if_still_due(dispatcher, job_id, default_seconds, now)]
+    return failed
+
+
+def _fail_if_still_due(dispatcher: Dispatcher, job_id: str, default_seconds: int, now: datetime) -> bool:
+    with signals_deferred(), dispatcher.scheduler.lock():
+        job = dispatcher.repo.get(job_id)
+        if job is None or not expired(job, now, default_seconds):
+            return False  # claimed or cancelled meanwhile
+        dispatcher.scheduler.unqueue(job_id, job.priority, job.pool)
+        drop_rq_job(dispatcher.conn, job_id)
+        error = queue_timeout_error(job, default_seconds)
+        dispatcher.repo.update(job_id, lambda j: transition(j, JobState.FAILED, error=error))
+    log.info("job %s failed: %s", job_id, error.message)
+    return True

@@ -1,0 +1,60 @@
+"""Pure fair-use decisions: rate-limit waits, what still counts, queue deadlines, what clean may forget."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from comfyfleet.fairuse.limits import rate_retry_after, still_counts
+from comfyfleet.fairuse.queue_timeout import expired, queue_timeout_error
+from comfyfleet.fairuse.retention import forgettable
+from comfyfleet.jobs.model import ErrorCode, Job, JobState
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def job(state: JobState = JobState.QUEUED, **kw) -> Job:
+    return Job(owner="alice", workflow={}, state=state, created_at=T0, **kw)
+
+
+@pytest.mark.parametrize(("oldest", "now", "wait"), [(100.0, 100.0, 60), (100.0, 159.2, 1), (100.0, 130.5, 30),
+                                                     (100.0, 170.0, 1)])
+def test_rate_retry_after_is_when_the_oldest_leaves_the_window(oldest, now, wait):
+    assert rate_retry_after(oldest, now) == wait
+
+
+@pytest.mark.parametrize(("state", "queued_only", "counts"), [
+    (JobState.QUEUED, False, True), (JobState.RUNNING, False, True), (JobState.DISPATCHED, True, False),
+    (JobState.QUEUED, True, True), (JobState.SUCCEEDED, False, False), (JobState.FAILED, True, False),
+])
+def test_what_still_counts(state, queued_only, counts):
+    assert still_counts(job(state), queued_only) is counts
+    assert still_counts(None, queued_only) is False
+
+
+@pytest.mark.parametrize(("j", "after", "result"), [
+    (job(), 3599, False),
+    (job(), 3600, True),
+    (job(queue_timeout_seconds=10), 10, True),
+    (job(queue_timeout_seconds=10), 9, False),
+    (job(JobState.RUNNING), 99999, False),
+    (job(attempts=1), 99999, False),  # a retry waiting for a pod is not a job that never started
+    (job(JobState.CANCELLED), 99999, False),
+])
+def test_queue_deadline(j, after, result):
+    assert expired(j, T0 + timedelta(seconds=after), 3600) is result
+
+
+def test_queue_timeout_error_is_clear():
+    error = queue_timeout_error(job(pool="gpu", queue_timeout_seconds=30), 3600)
+    assert error.code is ErrorCode.QUEUE_TIMEOUT and "30 s" in error.message and "pool gpu" in error.message
+
+
+@pytest.mark.parametrize(("j", "older_than", "result"), [
+    (job(JobState.FAILED, finished_at=T0), T0 + timedelta(seconds=1), True),
+    (job(JobState.FAILED, finished_at=T0), T0 - timedelta(seconds=1), False),  # failed recently: kept
+    (job(JobState.SUCCEEDED, finished_at=T0), None, True),
+    (job(JobState.RUNNING), None, False),
+    (None, None, False),
+])
+def test_forgettable_by_finish_time(j, older_than, result):
+    assert forgettable(j, older_than) is result
