@@ -431,6 +431,14 @@ class OperatorSettings(CommonSettings):
     # kopf peering: empty runs standalone (one operator replica, as the chart deploys it); a name
     # makes several replicas elect one active operator through kopf's KopfPeering objects.
     peering_name: str = ""
+    # Scale autoscaled pools up on the dispatch wake-ups (a job queued, a pod freed) instead of
+    # waiting for the probe timer, so a burst gets its pods within about a second whatever
+    # probe_interval_seconds is. Scale-down stays on the timer. Off with peering (every replica
+    # would react; only kopf knows which one is active).
+    scale_up_on_wake: bool = True
+    # Wake-ups within this window share one pass: a burst of submits costs one queue read, and the
+    # first job of the burst waits at most this long before its pods are asked for.
+    scale_up_debounce_seconds: float = Field(0.075, ge=0, le=5)
 
 
 class LocalSettings(_Base):

@@ -15,11 +15,14 @@ import copy
 import json
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kubernetes
-from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
+
+from comfyfleet.operator.models import GROUP, VERSION, WORKER_PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ A = TypeVar("A")
 # Seconds before a single API call gives up: a hung connection must not stall a reconcile pass for
 # longer than a handful of probe intervals (kopf retries the pass).
 REQUEST_TIMEOUT_SECONDS = 30
+# The events' source, as kopf names its own (it posts the handlers' events as "kopf").
+EVENT_SOURCE = "comfyfleet-operator"
 
 
 class KubeError(RuntimeError):
@@ -89,6 +94,7 @@ class KubeGateway:
     def __init__(self, api: ApiClient):
         self.api = api
         self.core = CoreV1Api(api)
+        self.custom = CustomObjectsApi(api)
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """Pods matching a label selector, as JSON dicts (a consistent read, not a cache)."""
@@ -137,6 +143,53 @@ class KubeGateway:
             return None if resp is None else dict(json.loads(resp.data))
 
         return await self._call(f"read Service {namespace}/{name}", call)
+
+    async def list_workers(self, namespace: str) -> list[dict[str, Any]]:
+        """ComfyUIWorkers of one namespace ("" = all namespaces), as JSON dicts (a consistent read)."""
+
+        def call() -> list[dict[str, Any]]:
+            args = (GROUP, VERSION)
+            kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT_SECONDS}
+            resp: Any = (
+                self.custom.list_namespaced_custom_object(*args, namespace, WORKER_PLURAL, **kwargs)
+                if namespace else self.custom.list_cluster_custom_object(*args, WORKER_PLURAL, **kwargs)
+            )
+            return list(json.loads(resp.data).get("items") or [])
+
+        return await self._call(f"list comfyuiworkers in {namespace or 'all namespaces'}", call)
+
+    async def read_worker(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One ComfyUIWorker as a JSON dict, or None if it does not exist."""
+
+        def call() -> dict[str, Any] | None:
+            resp: Any = _unless(404, None, lambda: self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, WORKER_PLURAL, name, _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT_SECONDS))
+            return None if resp is None else dict(json.loads(resp.data))
+
+        return await self._call(f"read ComfyUIWorker {namespace}/{name}", call)
+
+    async def post_event(self, involved: Mapping[str, Any], reason: str, message: str) -> None:
+        """A Normal event about an object (what kopf.info posts), for code running outside a kopf handler."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "reason": reason, "message": message[:1024], "type": "Normal", "count": 1,
+            "source": {"component": EVENT_SOURCE}, "reportingComponent": EVENT_SOURCE,
+            "firstTimestamp": now, "lastTimestamp": now,
+        }
+
+        # A JSON dict body, which the client accepts beside its model classes (its types say models only).
+        create: Callable[..., Any] = self.core.create_namespaced_event
+
+        def call() -> None:
+            create(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+
+        await self._call(f"post event {reason} on {meta['namespace']}/{meta['name']}", call)
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         """Delete a pod (its grace period applies); False if it was already gone."""

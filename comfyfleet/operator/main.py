@@ -17,7 +17,7 @@ import kopf
 import redis
 
 from comfyfleet.observability.logs import setup_logging
-from comfyfleet.operator import job_handlers, workers
+from comfyfleet.operator import job_handlers, reaction, workers
 from comfyfleet.operator.models import GROUP, JOB_PLURAL, VERSION, WORKER_PLURAL
 from comfyfleet.operator.runtime import Runtime
 from comfyfleet.settings import OperatorSettings
@@ -84,6 +84,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 
     on.login(id="login", registry=registry)(kopf.login_via_client)
     on.probe(id="redis", registry=registry)(probe_redis)
+    # Autoscaled pools also scale up on queue wake-ups, between timer ticks (operator/reaction.py).
+    on.startup(id="scale_up_reaction", registry=registry)(reaction.reaction_startup)
     on.cleanup(id="operator_cleanup", registry=registry)(operator_cleanup)
     return registry
 
@@ -98,6 +100,7 @@ async def probe_redis(memo: kopf.Memo, **_: Any) -> bool:
 
 
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await reaction.stop_reaction(memo)
     memo.runtime.close()
 
 

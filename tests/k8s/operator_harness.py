@@ -261,7 +261,8 @@ def _port_free(ip: str, port: int) -> bool:
 class OperatorFleet:
     """Redis + CRDs + chart RBAC + the operator (as its ServiceAccount) + RQ workers + the kubelet."""
 
-    def __init__(self, plane: ControlPlane, workdir: Path, workers: int = 2, step_seconds: float = SIM_STEP_SECONDS):
+    def __init__(self, plane: ControlPlane, workdir: Path, workers: int = 2, step_seconds: float = SIM_STEP_SECONDS,
+                 env: dict[str, str] | None = None):
         self.plane = plane
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -277,6 +278,7 @@ class OperatorFleet:
             "COMFYFLEET_LIVENESS_PORT": str(self.liveness_port),
             "COMFYFLEET_METRICS_PORT": str(self.metrics_port),
             **OPERATOR_ENV,
+            **(env or {}),  # a test's own settings (e.g. a long probe interval) over the fast defaults
         }
         self.conn = redis.Redis.from_url(self.redis.url)
         self.dispatcher = Dispatcher(self.conn, DispatchSettings(redis_url=self.redis.url, redis_prefix=self.prefix))

@@ -283,6 +283,7 @@ def test_rbac_is_the_charts_and_nothing_more(fleet: OperatorFleet, namespace: st
         ("get", "services", ""), ("delete", "services", ""), ("create", "events", ""), ("watch", pools, ""),
         ("patch", pools, ""), ("patch", pools, "status"), ("patch", jobs, "status"), ("watch", jobs, ""),
         ("update", pools, "finalizers"),
+        ("get", pools, ""), ("list", pools, ""),  # the scale-up reaction re-reads pools (operator/reaction.py)
     ]
     for verb, resource, sub in needed:
         args = ["auth", "can-i", verb, resource, "-n", namespace] + ([f"--subresource={sub}"] if sub else [])
