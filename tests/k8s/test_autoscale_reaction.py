@@ -88,8 +88,11 @@ def test_a_deleted_pool_is_not_scaled_by_a_wake_up(slow_timer_fleet: OperatorFle
     auto = {"enabled": True, "minReplicas": 0, "maxReplicas": 3, "targetQueuePerWorker": 1}
     apply_yaml(fleet.plane, [worker_manifest(n, autoscaling=auto) for n in ("gone", "alive")], namespace)
     for pool in ("gone", "alive"):
-        fleet.wait(lambda p=pool: (fleet.get("comfyuiworker", p, namespace).get("status") or {}).get("phase")
-                   == "ScaledToZero", 20, f"{pool} ScaledToZero")
+
+        def scaled_to_zero(p: str = pool) -> bool:
+            return (fleet.get("comfyuiworker", p, namespace).get("status") or {}).get("phase") == "ScaledToZero"
+
+        fleet.wait(scaled_to_zero, 20, f"{pool} ScaledToZero")
     kubectl_ok(fleet.plane, "delete", "comfyuiworker", "gone", "-n", namespace, "--timeout=30s")
     for pool in ("gone", "gone", "alive"):
         fleet.dispatcher.submit(Job(owner=f"k8s:{namespace}", workflow={}, pool=pool))
