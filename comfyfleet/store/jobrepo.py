@@ -301,10 +301,25 @@ class JobRepo:
 
     # --- indexes ----------------------------------------------------------------------------------
     def owner_job_ids(self, owner: str, limit: int, before: float | None = None) -> list[str]:
-        """Newest first; `before` is a creation timestamp cursor."""
+        """Newest first; `before` is a creation timestamp cursor. Ids whose record expired (finished jobs live
+        `finished_ttl`) are dropped from the owner's index as they are met, so it never grows without bound."""
         high = f"({before}" if before is not None else "+inf"
-        ids = self.conn.zrevrangebyscore(self.keys.owner_jobs(owner), high, "-inf", start=0, num=limit)
-        return [as_text(i) for i in ids]
+        index = self.keys.owner_jobs(owner)
+        while True:
+            ids = [as_text(i) for i in self.conn.zrevrangebyscore(index, high, "-inf", start=0, num=limit)]
+            if not ids:
+                return []
+            with self.conn.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.exists(self.keys.job(job_id))
+                alive = pipe.execute()
+            gone = [j for j, ok in zip(ids, alive, strict=True) if not ok]
+            if not gone:
+                return ids
+            with self.conn.pipeline(transaction=False) as pipe:
+                pipe.zrem(index, *gone)
+                pipe.zrem(self.keys.all_jobs, *gone)
+                pipe.execute()
 
     def counters(self) -> dict[str, int]:
         raw = self.conn.hgetall(self.keys.stats)

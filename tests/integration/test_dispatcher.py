@@ -10,7 +10,7 @@ from pathlib import Path
 import redis
 
 from tests.support.procs import ManagedProcess, free_port, wait_for
-from tests.support.stack import Stack, auth, wait_until
+from tests.support.stack import ADMIN, Stack, auth, wait_until
 
 
 def txt2img(seed: int, steps: int) -> dict:
@@ -122,13 +122,15 @@ def test_prefetch_queues_the_next_prompt_on_the_pod_and_cancel_removes_it(sim_fa
     running_and_next = wait_until(lambda: (lambda q: q if len(q[0]) == 1 and len(q[1]) == 1 else None)(pod_queue()),
                                   timeout=30, what="one prompt running and the next queued behind it on the pod")
     [current], [ahead] = running_and_next
-    assert [current, ahead] == ids[:2], "FIFO: the first runs, the second is committed behind it"
-    assert stack.job(ids[2])["state"] == "queued", "only one job is committed ahead"
+    # (On a loaded machine the pair seen may already be the second and third job.)
+    assert ids.index(ahead) == ids.index(current) + 1, "FIFO: the next job is the one committed behind"
+    for later in ids[ids.index(ahead) + 1:]:
+        assert stack.job(later)["state"] == "queued", "only one job is committed ahead"
     assert stack.http.delete(f"/api/comfyui/job/{ahead}", headers=auth()).status_code == 200
     wait_until(lambda: ahead not in pod_queue()[1], timeout=10, what="the prefetched prompt off the pod's queue")
     assert stack.wait_state(ahead, timeout=30)["state"] == "cancelled"
-    assert stack.wait_state(ids[0], timeout=60)["state"] == "succeeded"
-    assert stack.wait_state(ids[2], timeout=60)["state"] == "succeeded"
+    for other in (j for j in ids if j != ahead):
+        assert stack.wait_state(other, timeout=60)["state"] == "succeeded"
     assert all(len(pending) <= 1 for _, pending in seen), "never more than one prompt committed ahead"
     assert prompts_posted([sim]) == 3
 
@@ -275,3 +277,45 @@ def test_rq_keeps_a_truthful_record_of_the_dispatcher_and_its_jobs(sim_factory, 
                timeout=10, what="RQ's finished registry")
     assert all(RQJob.fetch(j, connection=conn, serializer=SERIALIZER).get_status() == "finished" for j in ids)
     assert StartedJobRegistry(queue_name, connection=conn).get_job_ids() == []
+
+
+def test_network_faults_between_dispatcher_and_pod(sim_factory, stack_factory):
+    """Through a TCP proxy: a connection reset mid-job (the shared websocket and pooled HTTP connections
+    drop) and a stalled path (no byte moves for a while) both end with the job succeeded, its prompt posted
+    once; a path that stays reset sends the job back to the queue (worker_lost) and the pod out of rotation,
+    and once the path heals the retry succeeds."""
+    from tests.support.tcpproxy import TcpProxy
+
+    sim = sim_factory(step_seconds=0.1)
+    proxy = TcpProxy("127.0.0.1", sim.port)
+    try:
+        stack = stack_factory([proxy.url], workers=1, env={"COMFYFLEET_DELETE_POD_HISTORY": "false"})
+        stack.wait_workers_ready(1)
+
+        job = stack.generate(txt2img(800, steps=40)).json()["jobId"]
+        wait_until(lambda: running(stack, [job]), timeout=30, what="the job running")
+        proxy.reset()
+        time.sleep(0.3)
+        proxy.heal()
+        assert stack.wait_state(job, timeout=60)["state"] == "succeeded"
+
+        job = stack.generate(txt2img(801, steps=40)).json()["jobId"]
+        wait_until(lambda: running(stack, [job]), timeout=30, what="the job running")
+        proxy.stall()
+        time.sleep(2.0)
+        proxy.heal()
+        assert stack.wait_state(job, timeout=60)["state"] == "succeeded"
+        assert prompts_posted([sim]) == 2, "neither fault made the dispatcher post a prompt twice"
+
+        job = stack.generate(txt2img(802, steps=60)).json()["jobId"]
+        wait_until(lambda: running(stack, [job]), timeout=30, what="the job running")
+        proxy.reset()  # and it stays so: the pod is unreachable
+        waiting = stack.wait_state(job, "queued", timeout=60, token=ADMIN)
+        assert waiting["error"]["code"] == "worker_lost", "back in the queue for a retry, not hanging"
+        workers = stack.http.get("/api/comfyui/workers", headers=auth(ADMIN)).json()["workers"]
+        assert workers[0]["state"] == "unhealthy", "and the unreachable pod is out of rotation"
+        proxy.heal()
+        done = stack.wait_state(job, timeout=90)
+        assert done["state"] == "succeeded" and done["attempts"] == 2, done["error"]
+    finally:
+        proxy.stop()
