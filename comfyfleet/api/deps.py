@@ -18,7 +18,8 @@ T = TypeVar("T")
 
 
 def get_state(request: Request) -> AppState:
-    return request.app.state.cf
+    state: AppState = request.app.state.cf
+    return state
 
 
 StateDep = Annotated[AppState, Depends(get_state)]

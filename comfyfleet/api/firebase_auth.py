@@ -47,8 +47,9 @@ class FirebaseAuth:
         from firebase_admin import auth
 
         try:
-            return auth.verify_id_token(token, app=self._app, check_revoked=self.check_revoked,
-                                        clock_skew_seconds=CLOCK_SKEW_SECONDS)
+            claims: dict[str, Any] = auth.verify_id_token(token, app=self._app, check_revoked=self.check_revoked,
+                                                          clock_skew_seconds=CLOCK_SKEW_SECONDS)
+            return claims
         except auth.ExpiredIdTokenError:
             raise AuthError("expired Firebase ID token: sign in again or refresh it") from None
         except auth.RevokedIdTokenError:

@@ -12,7 +12,7 @@ def schema() -> dict[str, Any]:
     from comfyfleet.settings import ApiSettings, StaticToken
 
     # Building the app touches no server: Redis clients connect on first use.
-    settings = ApiSettings(auth_mode="static", dev_mode=True,  # type: ignore[call-arg]
+    settings = ApiSettings(auth_mode="static", dev_mode=True,
                            api_tokens=[StaticToken(token="schema-only-0000", owner="x")], _env_file=None)
     return create_app(settings).openapi()
 

@@ -24,6 +24,7 @@ from comfyfleet.jobs.model import ErrorCode, Job, JobState
 from comfyfleet.jobs.templates import UnknownTemplate, render_template
 from comfyfleet.jobs.validation import WorkflowTooLarge, check_bounds, merge_catalogs, validate_workflow
 from comfyfleet.jobs.workflow import NodeIssue, ParamError, apply_params, check_shape
+from comfyfleet.keys import as_text
 from comfyfleet.store.outputs import StorageError
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Submission:
 def _existing_job(state: AppState, owner: str, key: str) -> Job | None:
     """The job this user already created with this idempotency key, if it is still on record."""
     job_id = state.conn.get(state.dispatcher.keys.idempotency(owner, key))
-    job = state.dispatcher.repo.get(job_id.decode()) if job_id else None
+    job = state.dispatcher.repo.get(as_text(job_id)) if job_id else None
     return job if job is not None and job.owner == owner else None
 
 
