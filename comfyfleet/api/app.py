@@ -20,7 +20,7 @@ from comfyfleet import __version__
 from comfyfleet.api.auth import build_authenticator
 from comfyfleet.api.errors import install_error_handlers
 from comfyfleet.api.events import StreamGate
-from comfyfleet.api.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from comfyfleet.api.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware, StreamCollector
 from comfyfleet.api.routes import fleet, generate, health, jobs, stream
 from comfyfleet.api.state import AppState
 from comfyfleet.api.tokens import JobTokens, shared_secret
@@ -124,6 +124,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.cf = state
     app.state.metrics = Metrics(dispatcher)
+    app.state.metrics.registry.register(StreamCollector(state.streams, state.hub))
     app.state.metrics.registry.register(UsageCollector(UsageBook(conn, dispatcher.keys)))  # HOOK(reliability)
     app.state.metrics.registry.register(WebhookCollector(conn, dispatcher.keys))  # HOOK(integrations)
     document_webhooks(app)  # HOOK(integrations): the notification request in the OpenAPI document

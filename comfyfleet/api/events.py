@@ -37,10 +37,12 @@ class StreamGate:
 
     limit: int
     open: dict[str, int] = field(default_factory=dict)
+    refused: int = 0  # streams refused at the limit since start (a metric)
 
     def acquire(self, owner: str) -> Callable[[], None]:
         """Take a slot for `owner`; returns the function that gives it back (safe to call twice)."""
         if self.open.get(owner, 0) >= self.limit:
+            self.refused += 1
             raise ApiError(429, f"too many open streams: at most {self.limit} per user (max_streams_per_user); "
                                 "close one or poll /api/comfyui/job/{jobId}",
                            details={"limit": self.limit, "setting": "max_streams_per_user"},

@@ -4,14 +4,19 @@ job-level figures of what this process settles itself (jobs cancelled while queu
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from comfyfleet.api.events import StreamGate
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.observability.fleet import FleetCollector
 from comfyfleet.observability.metrics import JobMetrics, configure_sink
+from comfyfleet.store.jobevents import EventHub
 
 
 class Metrics:
@@ -103,3 +108,21 @@ class _BodyTooLarge(StarletteHTTPException):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(status_code=413, detail=f"request body is larger than {max_bytes} bytes")
         self.details = {"field": "body", "limit": max_bytes}
+
+
+class StreamCollector(Collector):
+    """Job event streams of this API process (SSE and WebSocket), read at scrape time."""
+
+    def __init__(self, streams: StreamGate, hub: EventHub):
+        self.streams = streams
+        self.hub = hub
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily("comfyfleet_api_streams_open", "Job event streams (SSE and WebSocket) open now",
+                                value=sum(self.streams.open.values()))
+        yield CounterMetricFamily("comfyfleet_api_streams_refused",
+                                  "Streams refused at the per-user limit (max_streams_per_user)",
+                                  value=self.streams.refused)
+        yield CounterMetricFamily("comfyfleet_api_event_subscription_reconnects",
+                                  "Times this process's one job-event subscription was lost and renewed",
+                                  value=self.hub.reconnects)

@@ -28,7 +28,8 @@ def exported_families() -> dict[str, str]:
     for registry in _registries():
         for metric in registry.collect():
             families[metric.name] = metric.type
-    for metric in [*fleet_families().values(), *_engine_families(), *_webhook_families(), *_firestore_families()]:
+    for metric in [*fleet_families().values(), *_engine_families(), *_webhook_families(), *_firestore_families(),
+                   *_stream_families()]:
         families[metric.name] = metric.type
     return families
 
@@ -65,6 +66,16 @@ def _webhook_families() -> list[Metric]:
 
     empty = SimpleNamespace(hgetall=lambda key: {}, zcard=lambda key: 0)
     return list(WebhookCollector(empty, Keys()).collect())  # type: ignore[arg-type]
+
+
+def _stream_families() -> list[Metric]:
+    """The API's job event streams (api/metrics.py StreamCollector), from an idle gate and hub."""
+    from types import SimpleNamespace
+
+    from comfyfleet.api.events import StreamGate
+    from comfyfleet.api.metrics import StreamCollector
+
+    return list(StreamCollector(StreamGate(limit=1), SimpleNamespace(reconnects=0)).collect())  # type: ignore[arg-type]
 
 
 def _firestore_families() -> list[Metric]:

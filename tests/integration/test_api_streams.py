@@ -180,6 +180,9 @@ def test_streams_share_one_subscription_are_capped_per_user_and_end_after_their_
         third = stack.http.get(url, headers=auth())
         assert third.status_code == 429, third.text
         assert "max_streams_per_user" in third.json()["error"]["message"] and third.headers["retry-after"]
+        metrics = stack.http.get("/metrics", headers=auth(ADMIN)).text
+        figures = [line for line in metrics.splitlines() if line.startswith("comfyfleet_api_streams")]
+        assert figures == ["comfyfleet_api_streams_open 2.0", "comfyfleet_api_streams_refused_total 1.0"], figures
         _, code, reason = ws_events(stack.url, f"jobId={job['jobId']}&token={job['accessToken']}")
         assert code == 4429 and "at most 2" in reason
         assert stack.http.get(url, headers=auth(ADMIN)).status_code == 200, "other users are not affected"
