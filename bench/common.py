@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -41,7 +43,7 @@ def free_port() -> int:
 def pct(values: list[float], q: float) -> float:
     """The q-th percentile (0-100), nearest rank: no interpolation between two samples."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -180,6 +182,9 @@ def wait_until(condition: Callable[[], Any], what: str, procs: Procs, timeout: f
 
 
 # --- simulated pods ----------------------------------------------------------------------------------
+# The simulator command; BENCH_SIM_COMMAND runs another build of it (e.g. a branch's checkout:
+# "env PYTHONPATH=/path/to/checkout /path/to/python -m comfyfleet sim") while everything else stays this one.
+SIM_COMMAND = shlex.split(os.environ.get("BENCH_SIM_COMMAND", "")) or [sys.executable, "-m", "comfyfleet", "sim"]
 _MULTI_POD: bool | None = None
 
 
@@ -187,7 +192,7 @@ def multi_pod_sim() -> bool:
     """Whether `comfyfleet sim` can host many pods in one process (`--count`, the sim branch's feature)."""
     global _MULTI_POD
     if _MULTI_POD is None:
-        out = subprocess.run([sys.executable, "-m", "comfyfleet", "sim", "--help"], cwd=REPO, capture_output=True,
+        out = subprocess.run([*SIM_COMMAND, "--help"], cwd=REPO, capture_output=True,
                              text=True, timeout=120)
         _MULTI_POD = "--count" in out.stdout and "--urls-file" in out.stdout
     return _MULTI_POD
@@ -210,7 +215,7 @@ def start_pods(procs: Procs, tmp: Path, count: int, step_seconds: float | None =
     knobs = ["--log-level", "WARNING"] + (["--step-seconds", str(step_seconds)] if step_seconds else [])
     if count > 1 and multi_pod_sim():
         urls_file = tmp / "sim-urls.txt"
-        proc = procs.spawn("sim", [sys.executable, "-m", "comfyfleet", "sim", "--port", "0", "--count", str(count),
+        proc = procs.spawn("sim", [*SIM_COMMAND, "--port", "0", "--count", str(count),
                                    "--urls-file", str(urls_file),
                                    "--data-dir", str(tmp / "sim"), *knobs])
         wait_until(lambda: urls_file.exists() and len(urls_file.read_text().split()) == count,
@@ -222,8 +227,8 @@ def start_pods(procs: Procs, tmp: Path, count: int, step_seconds: float | None =
     pods = Pods([], [])
     for i in range(count):
         port = free_port()
-        pods.procs.append(procs.spawn(f"sim-{i}", [sys.executable, "-m", "comfyfleet", "sim", "--listen", "127.0.0.1",
-                                                   "--port", str(port), "--data-dir", str(tmp / f"sim-{i}"), *knobs]))
+        pods.procs.append(procs.spawn(f"sim-{i}", [*SIM_COMMAND, "--listen", "127.0.0.1", "--port", str(port),
+                                                   "--data-dir", str(tmp / f"sim-{i}"), *knobs]))
         pods.urls.append(f"http://127.0.0.1:{port}")
     for url in pods.urls:
         wait_until(lambda u=url: httpx.get(f"{u}/system_stats", timeout=2).status_code == 200,  # type: ignore[misc]

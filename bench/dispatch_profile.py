@@ -115,8 +115,12 @@ def run(jobs: int = 40, keep: Path | None = None, out_dir: Path = RESULTS) -> di
                      key=lambda kv: -kv[1])[:15]
     top_incl = sorted(((k, v * per_job) for k, v in inclusive.items() if not any(s in k for s in skip + idle)),
                       key=lambda kv: -kv[1])[:20]
+    # Hot spots found in earlier profiles, tracked by name (inclusive ms per job): httpcore asks which async
+    # library runs on every lock and event it makes, and without sniffio installed that is a failed import.
+    watched = {w: sum(v for k, v in inclusive.items() if k.startswith(w + " ")) * per_job
+               for w in ("current_async_library", "_find_and_load")}
     return {
-        "jobs": jobs, "wall_s": wall, "dispatcher_cpu_ms_per_job": cpu / jobs * 1000,
+        "jobs": jobs, "wall_s": wall, "watched_ms_per_job": watched, "dispatcher_cpu_ms_per_job": cpu / jobs * 1000,
         "thread_cpu_ms_per_job": {k: v / jobs * 1000 for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
                                   if v > 0},
         "session_s": session.duration, "sampled_cpu_s": session.cpu_time,

@@ -139,7 +139,9 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"front door p99 vs Express + Bull, {n} process(es) (ratio, lower is better)", {"status": "ok", **s},
                 lambda r: r["comfyfleet_p99_ms"] / r["express_p99_ms"], "{:.2f}", 1.0, False, "x")
         else:
-            add(f"front door req/s vs Express + Bull, {n} process(es)", fd, lambda r: 0.0, "{:.2f}", 1.0, True)
+            missing = (fd if fd is None or fd.get("status") != "ok"
+                       else {"status": "not run", "reason": "not in this run"})
+            add(f"front door req/s vs Express + Bull, {n} process(es)", missing, lambda r: 0.0, "{:.2f}", 1.0, True)
     return rows
 
 
@@ -308,6 +310,12 @@ def markdown(res: dict[str, Any], notes: str) -> str:
             "Inclusive time per job (event-loop thread, ms):",
             "",
             table([[_f(v, "{:.2f}"), f"`{k}`"] for k, v in p["top_inclusive_ms_per_job"][:15]], ["ms/job", "function"]),
+            "",
+            "Tracked hot spots (inclusive ms per job): "
+            + ", ".join(f"`{k}` {v:.2f}" for k, v in p.get("watched_ms_per_job", {}).items())
+            + ". httpcore calls `current_async_library()` for every lock and event it creates; with `sniffio` not "
+            "installed (anyio 4.x no longer pulls it in) each call is a failed `import sniffio`, a search of "
+            "sys.path (`_find_and_load`).",
             "",
             "Own time per job (the loop's idle `epoll.poll` left out, ms). Wall-clock sampling in a process with "
             "I/O threads: time the event-loop thread spends waiting for the GIL lands on the C call it was about "
