@@ -4,16 +4,17 @@ Only parsing and arithmetic: no speed is asserted anywhere (figures go to BENCHM
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import pytest
 
+# bench/ is a folder of scripts that import each other by plain name, not a package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from common import pct  # noqa: E402
-from frontdoor import parse_wrk  # noqa: E402
-from run import goals  # noqa: E402
+pct = importlib.import_module("common").pct
+parse_wrk = importlib.import_module("frontdoor").parse_wrk
+goals = importlib.import_module("run").goals
 
 WRK = """Running 15s test @ http://127.0.0.1:4000/api/comfyui/generate
   2 threads and 64 connections
