@@ -254,7 +254,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     api_url: str = ""
 
-    def start(self, *, dispatchers: int = 1, api_workers: int = 1, health_interval: float = 1.0,
+    def start(self, *, dispatchers: int = 1, api_workers: int = 1, health_interval: float | None = None,
               extra_env: dict[str, str] | None = None, dispatcher_prefix: list[str] | None = None) -> Stack:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -270,7 +270,9 @@ class Stack:
             "COMFYFLEET_AUTH_MODE": "none",
             "COMFYFLEET_HOST": "127.0.0.1",
             "COMFYFLEET_PORT": str(api_port),
-            "COMFYFLEET_HEALTH_INTERVAL_SECONDS": str(health_interval),
+            # The API's health monitor probes every pod each interval: the production default (5 s) unless
+            # told otherwise (`comfyfleet up` uses 1 s, which with 200 pods is 200 probes a second).
+            **({"COMFYFLEET_HEALTH_INTERVAL_SECONDS": str(health_interval)} if health_interval else {}),
             "COMFYFLEET_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }
@@ -369,9 +371,20 @@ def wait_finished(api_url: str, target: int, procs: Procs, timeout: float, inter
         time.sleep(interval)
 
 
-def get_jobs(api_url: str, ids: list[str]) -> list[dict[str, Any]]:
-    with httpx.Client(base_url=api_url, timeout=30) as client:
-        return [client.get(f"/api/comfyui/job/{i}").json() for i in ids]
+def get_jobs(api_url: str, ids: list[str], concurrency: int = 16) -> list[dict[str, Any]]:
+    """The job records, in the order of ids (read after the measurement, so the load is not counted)."""
+
+    async def fetch() -> list[dict[str, Any]]:
+        sem = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=api_url, timeout=60) as client:
+
+            async def one(job_id: str) -> dict[str, Any]:
+                async with sem:
+                    return dict((await client.get(f"/api/comfyui/job/{job_id}")).json())
+
+            return list(await asyncio.gather(*(one(i) for i in ids)))
+
+    return asyncio.run(fetch())
 
 
 def ts(value: str | None) -> float | None:

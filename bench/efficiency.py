@@ -46,9 +46,10 @@ def run(pods: int = 4, job_seconds: float = 1.0, steps: int = 10, jobs_per_pod: 
     step_seconds = job_seconds / steps
     with workspace(f"fleet{pods}", keep) as (tmp, procs):
         fleet = start_pods(procs, tmp, pods, step_seconds)
-        graph = render_template("txt2img", GenerateParams(**txt2img(1, steps)["params"]))
         with httpx.Client(timeout=60) as raw:  # the pod's own time per job: a minimal direct client, no dispatch
-            direct_s = min(direct(raw, fleet.urls[0], graph) for _ in range(3))
+            # distinct seeds: a repeated graph would be served from ComfyUI's output cache in no time
+            direct_s = min(direct(raw, fleet.urls[0], render_template(
+                "txt2img", GenerateParams(**txt2img(800_000 + i, steps)["params"]))) for i in range(3))
         stack = Stack(procs, tmp, fleet.urls).start(dispatchers=dispatchers)
         stack.wait_ready()
         warm_t0, warm_ids = asyncio.run(submit_many(stack.api_url, [txt2img(900_000 + i, steps) for i in range(pods)]))
