@@ -212,7 +212,10 @@ def start_pods(procs: Procs, tmp: Path, count: int, step_seconds: float | None =
                single_process_limit: int = 32) -> Pods:
     """`count` simulated ComfyUI pods: in one process when the simulator can, else one process each (up to
     single_process_limit: more would not fit on 2 cores)."""
-    knobs = ["--log-level", "WARNING"] + (["--step-seconds", str(step_seconds)] if step_seconds else [])
+    # --cache-none: every prompt runs all its nodes. With ComfyUI's output cache an identical graph (the same
+    # trivial job again and again) would be answered from the cache with the files of an earlier prompt,
+    # files the dispatcher has already deleted from the pod after storing them (see BENCHMARKS.md notes).
+    knobs = ["--log-level", "WARNING", "--cache-none"] + (["--step-seconds", str(step_seconds)] if step_seconds else [])
     if count > 1 and multi_pod_sim():
         urls_file = tmp / "sim-urls.txt"
         proc = procs.spawn("sim", [*SIM_COMMAND, "--port", "0", "--count", str(count),

@@ -59,7 +59,8 @@ def report(r: dict[str, Any]) -> str:
     m = r["ms_per_job"]
     return (f"{r['jobs']} jobs on {r['pods']} pods, {r['dispatchers']} dispatchers, {r['jobs_per_s']:.1f} jobs/s: "
             f"control-plane CPU {m['total']:.1f} ms/job (goal <= 20): API {m['api']:.1f}, dispatchers "
-            f"{m['dispatchers']:.1f}, Redis {m['redis']:.1f}; of which idle loops {r['idle_ms_per_job']:.1f}")
+            f"{m['dispatchers']:.1f}, Redis {m['redis']:.1f}; of which idle loops {r['idle_ms_per_job']:.1f}"
+            + (f"; {r['failed']} jobs FAILED" if r["failed"] else ""))
 
 
 def main() -> None:

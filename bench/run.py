@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -36,6 +39,24 @@ NOTES_BEGIN = "<!-- notes: kept by bench/run.py across runs -->"
 NOTES_END = "<!-- end notes -->"
 
 
+def simulator_ceiling(pods: int, job_seconds: float = 1.0, jobs_per_pod: int = 10) -> dict[str, Any]:
+    """bench/fleet.py --direct (the sim engineer's harness): the same 10 N jobs straight on N pods of one simulator
+    process with a minimal client, no comfyfleet: the busy fraction this machine allows at all."""
+    fleet = REPO / "bench" / "fleet.py"
+    if not fleet.exists() or not multi_pod_sim():
+        raise Unavailable("bench/fleet.py or the multi-pod simulator is not in this checkout")
+    out = subprocess.run([sys.executable, str(fleet), "--pods", str(pods), "--job-seconds", str(job_seconds),
+                          "--jobs-per-pod", str(jobs_per_pod), "--direct"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    busy = re.search(r"busy fraction ([\d.]+)", out.stdout)
+    executed = re.search(r"pod execution per job \(/history\) median ([\d.]+) s", out.stdout)
+    if out.returncode != 0 or busy is None:
+        raise RuntimeError(f"bench/fleet.py --direct failed ({out.returncode}): {(out.stdout + out.stderr)[-800:]}")
+    return {"pods": pods, "jobs": pods * jobs_per_pod, "job_seconds": job_seconds,
+            "busy_fraction": float(busy.group(1)),
+            "pod_execution_median_s": float(executed.group(1)) if executed else None, "output": out.stdout}
+
+
 def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
     if quick:
         return [
@@ -44,6 +65,7 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
             ("efficiency-4", lambda: efficiency.run(pods=4, job_seconds=0.5, jobs_per_pod=4)),
             ("efficiency-32", lambda: efficiency.run(pods=8, job_seconds=0.5, jobs_per_pod=4)),
             ("efficiency-200", lambda: efficiency.run(pods=12, job_seconds=0.5, jobs_per_pod=4)),
+            ("ceiling-200", lambda: simulator_ceiling(pods=12, job_seconds=0.5, jobs_per_pod=4)),
             ("memory", lambda: memory.run(pods=8, steps=20, step_seconds=1.0)),
             ("profile", lambda: dispatch_profile.run(jobs=10, out_dir=RESULTS / "quick")),
             ("frontdoor", lambda: frontdoor.run(duration=3)),
@@ -54,6 +76,7 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         ("efficiency-4", lambda: efficiency.run(pods=4)),
         ("efficiency-32", lambda: efficiency.run(pods=32)),
         ("efficiency-200", lambda: efficiency.run(pods=200)),
+        ("ceiling-200", lambda: simulator_ceiling(pods=200)),
         ("memory", lambda: memory.run(pods=200)),
         ("profile", lambda: dispatch_profile.run(jobs=40)),
         ("frontdoor", lambda: frontdoor.run(duration=15)),
@@ -91,8 +114,14 @@ def line(name: str, r: dict[str, Any]) -> str:
     if r["status"] != "ok":
         return f"{r['status']}: {r['reason']}"
     reporter = {"overhead": overhead.report, "cpu": cpu.report, "memory": memory.report,
-                "profile": dispatch_profile.report, "frontdoor": frontdoor.report}.get(name.split("-")[0])
+                "profile": dispatch_profile.report, "frontdoor": frontdoor.report,
+                "ceiling": ceiling_report}.get(name.split("-")[0])
     return (reporter or efficiency.report)(r)
+
+
+def ceiling_report(r: dict[str, Any]) -> str:
+    return (f"bench/fleet.py --direct, {r['pods']} pods x {r['jobs'] // r['pods']} jobs, no comfyfleet: busy "
+            f"{r['busy_fraction'] * 100:.1f} %, pod execution per job median {r['pod_execution_median_s']} s")
 
 
 # --- goals -------------------------------------------------------------------------------------------
@@ -239,6 +268,16 @@ def markdown(res: dict[str, Any], notes: str) -> str:
                          "first job per pod min / p50 / max", "control-plane ms CPU/job"]),
             "",
         ]
+        ceiling = r.get("ceiling-200")
+        if ceiling and ceiling.get("status") == "ok":
+            parts += [
+                f"What the machine allows without comfyfleet: `bench/fleet.py --direct` ran the same "
+                f"{ceiling['jobs']} jobs straight on {ceiling['pods']} pods of one simulator process with a minimal "
+                f"client: busy fraction **{ceiling['busy_fraction'] * 100:.1f} %** (pod execution per job median "
+                f"{ceiling['pod_execution_median_s']} s against T = {ceiling['job_seconds']} s: the simulator's "
+                "pods share one GIL).",
+                "",
+            ]
     mem_rows = []
     if "overhead" in ok:
         o = ok["overhead"]
