@@ -9,6 +9,7 @@ between the two signals keeps start-up imports and hand-over out of the picture.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -18,7 +19,7 @@ from pyinstrument import Profiler
 from comfyfleet.cli import main
 
 
-def _install(out: str) -> None:
+def install(out: str) -> None:
     profiler = Profiler(interval=0.0005, async_mode="disabled")
 
     def start(signum: int, frame: Any) -> None:
@@ -28,12 +29,13 @@ def _install(out: str) -> None:
     def stop(signum: int, frame: Any) -> None:
         if profiler.is_running:
             session = profiler.stop()
-            session.save(out)
+            session.save(out + ".partial")
+            os.replace(out + ".partial", out)  # the reader waits for the file: it must appear complete
 
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
 
 
 if __name__ == "__main__":
-    _install(sys.argv[1])
+    install(sys.argv[1])
     main(["dispatcher", *sys.argv[2:]])

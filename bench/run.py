@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import api_profile
 import cpu
 import dispatch_profile
 import efficiency
@@ -69,6 +70,7 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
             ("memory", lambda: memory.run(pods=8, steps=20, step_seconds=1.0)),
             ("profile", lambda: dispatch_profile.run(jobs=10, out_dir=RESULTS / "quick")),
             ("frontdoor", lambda: frontdoor.run(duration=3)),
+            ("apiprofile", lambda: api_profile.run(duration=3, out_dir=RESULTS / "quick")),
         ]
     return [
         ("overhead", lambda: overhead.run(pairs=30)),
@@ -80,13 +82,18 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         ("memory", lambda: memory.run(pods=200)),
         ("profile", lambda: dispatch_profile.run(jobs=40)),
         ("frontdoor", lambda: frontdoor.run(duration=15)),
+        ("apiprofile", lambda: api_profile.run(duration=8)),
     ]
 
 
-def run_all(quick: bool, only: set[str] | None) -> dict[str, Any]:
+def run_all(quick: bool, only: set[str] | None, into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the plan (or the `only` part of it); `into`: a previous run's results that these are added to."""
     started = time.monotonic()
     out: dict[str, Any] = {"machine": machine(), "load_start": loadavg(), "quick": quick,
                            "multi_pod_sim": multi_pod_sim(), "results": {}}
+    if into is not None:
+        out = into
+        out.setdefault("added", []).append({"date": machine()["date"], "load": loadavg(), "only": sorted(only or [])})
     for name, fn in plan(quick):
         if only and name not in only and name.split("-")[0] not in only:
             continue
@@ -105,8 +112,9 @@ def run_all(quick: bool, only: set[str] | None) -> dict[str, Any]:
         result["seconds"] = time.monotonic() - t0
         out["results"][name] = result
         print(f"   {line(name, result)}", flush=True)
-    out["load_end"] = loadavg()
-    out["seconds"] = time.monotonic() - started
+    if into is None:
+        out["load_end"] = loadavg()
+        out["seconds"] = time.monotonic() - started
     return out
 
 
@@ -115,7 +123,7 @@ def line(name: str, r: dict[str, Any]) -> str:
         return f"{r['status']}: {r['reason']}"
     reporter = {"overhead": overhead.report, "cpu": cpu.report, "memory": memory.report,
                 "profile": dispatch_profile.report, "frontdoor": frontdoor.report,
-                "ceiling": ceiling_report}.get(name.split("-")[0])
+                "ceiling": ceiling_report, "apiprofile": api_profile.report}.get(name.split("-")[0])
     return (reporter or efficiency.report)(r)
 
 
@@ -204,14 +212,17 @@ def markdown(res: dict[str, Any], notes: str) -> str:
              else "one process per pod (the multi-pod simulator is not in this checkout)"],
         ], ["run", ""]),
         "",
+        *[f"Added after the run: {', '.join(a['only'])} at {a['date']} (load {a['load']}).\n"
+          for a in res.get("added", [])],
         f"The machine is shared with other work (load average {res['load_start']} at the start on "
         f"{m['nproc']} CPUs), so absolute figures are noisy; the A/B figures alternate their two sides in one run "
         "so that drift hits both.",
         "",
         "## Goals",
         "",
-        table([[g["what"], g["figure"], g["goal"], g["met"], g["by"]] for g in goals(res)],
-              ["what", "figure", "goal", "met", "by how much / why"]),
+        table([[g["what"], g["figure"], g["goal"], g["met"],
+                g["by"] + ("; where the time goes: the profiles and Notes below" if g["met"] == "no" else "")]
+               for g in goals(res)], ["what", "figure", "goal", "met", "by how much / why"]),
         "",
     ]
     if "overhead" in ok:
@@ -364,6 +375,22 @@ def markdown(res: dict[str, Any], notes: str) -> str:
             table([[_f(v, "{:.2f}"), f"`{k}`"] for k, v in p["top_own_ms_per_job"][:12]], ["ms/job", "function"]),
             "",
         ]
+    if "apiprofile" in ok:
+        a = ok["apiprofile"]
+        parts += [
+            "## Profile of the front door (issue 14)",
+            "",
+            f"`comfyfleet api` (1 process) under pyinstrument (`bench/profiled_api.py`) while wrk -t2 -c64 "
+            f"POSTed for {a['duration_s']} s: {a['rps']:.0f} req/s with the profiler on, "
+            f"{a['api_cpu_ms_per_req']:.2f} ms of API CPU per request (profiling included). Event-loop thread only, "
+            "wall clock; the API's blocking Redis calls (`Dispatcher.submit`: RQ enqueue, job record) run in "
+            "threads through `io()` and show here only as the wait in `to_thread`. Full tree: "
+            "[bench/results/profile-api.txt](bench/results/profile-api.txt).",
+            "",
+            table([[_f(v, "{:.0f}"), f"`{k}`"] for k, v in a["top_inclusive_us_per_req"][:30]],
+                  ["µs/request", "function (inclusive)"]),
+            "",
+        ]
     failed = {k: v for k, v in r.items() if v.get("status") != "ok"}
     if failed:
         parts += ["## Not run or failed", ""]
@@ -398,9 +425,15 @@ def main() -> None:
     parser.add_argument("--only", help="comma list: overhead, cpu, efficiency, memory, profile, frontdoor")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--from-json", type=Path, help="run nothing: re-render these results (bench/results/*.json)")
+    parser.add_argument("--add-to", type=Path, help="run --only and add the results to this earlier run's JSON "
+                                                    "(BENCHMARKS.md says what was added when)")
     args = parser.parse_args()
     if args.from_json:
         res = json.loads(args.from_json.read_text())
+    elif args.add_to:
+        res = run_all(args.quick, set(args.only.split(",")) if args.only else None,
+                      into=json.loads(args.add_to.read_text()))
+        args.add_to.write_text(json.dumps(res, indent=1, default=str))
     else:
         only = set(args.only.split(",")) if args.only else None
         res = run_all(args.quick, only)
