@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import RESULTS, Unavailable, cpu_seconds, free_port, start_pods, wait_until, workspace
+from common import NO_FAIR_USE_LIMITS, RESULTS, Unavailable, cpu_seconds, free_port, start_pods, wait_until, workspace
 from dispatch_profile import _aggregate
 from frontdoor import BODY, WRK_SCRIPT, ensure_wrk, parse_wrk
 
@@ -42,7 +42,8 @@ def run(duration: int = 8, keep: Path | None = None, out_dir: Path = RESULTS) ->
                               "--appendonly", "no", "--dir", str(tmp)])
         env = {"COMFYFLEET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "COMFYFLEET_AUTH_MODE": "none",
                "COMFYFLEET_COMFYUI_URLS": pods.urls[0], "COMFYFLEET_DATA_DIR": str(tmp / "data"),
-               "COMFYFLEET_LOG_LEVEL": "WARNING", "COMFYFLEET_HOST": "127.0.0.1", "COMFYFLEET_PORT": str(port)}
+               "COMFYFLEET_LOG_LEVEL": "WARNING", "COMFYFLEET_HOST": "127.0.0.1", "COMFYFLEET_PORT": str(port),
+               **NO_FAIR_USE_LIMITS}
         session_path = tmp / "api.pyisession"
         api = procs.spawn("api", [sys.executable, str(Path(__file__).with_name("profiled_api.py")),
                                   str(session_path)], env)

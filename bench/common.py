@@ -243,6 +243,16 @@ class Unavailable(RuntimeError):
     """A benchmark that cannot run in this checkout (says why); run.py reports it as not run."""
 
 
+# Fair-use limits (per-user in-flight jobs, submissions per minute, queue depth) are checked as in production
+# but set so high they never trip: every benchmark submits as one user, far beyond what one user may.
+NO_FAIR_USE_LIMITS = {
+    "COMFYFLEET_MAX_JOBS_IN_FLIGHT_PER_USER": "1000000000",
+    "COMFYFLEET_MAX_SUBMISSIONS_PER_MINUTE_PER_USER": "1000000000",
+    "COMFYFLEET_MAX_QUEUE_DEPTH": "1000000000",
+    "COMFYFLEET_MAX_QUEUE_DEPTH_PER_POOL": "1000000000",
+}
+
+
 # --- the stack ---------------------------------------------------------------------------------------
 @dataclass
 class Stack:
@@ -277,6 +287,7 @@ class Stack:
             # told otherwise (`comfyfleet up` uses 1 s, which with 200 pods is 200 probes a second).
             **({"COMFYFLEET_HEALTH_INTERVAL_SECONDS": str(health_interval)} if health_interval else {}),
             "COMFYFLEET_LOG_LEVEL": "WARNING",
+            **NO_FAIR_USE_LIMITS,
             **(extra_env or {}),
         }
         self.api_url = f"http://127.0.0.1:{api_port}"

@@ -26,7 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import REPO, Procs, Unavailable, cpu_seconds, free_port, median, rss_mib, start_pods, wait_until, workspace
+from common import (
+    NO_FAIR_USE_LIMITS,
+    REPO,
+    Procs,
+    Unavailable,
+    cpu_seconds,
+    free_port,
+    median,
+    rss_mib,
+    start_pods,
+    wait_until,
+    workspace,
+)
 
 EXPRESS_SRC = REPO / "bench" / "express"
 BODY = '{"template": "weightless"}'
@@ -115,7 +127,7 @@ def one_run(kind: str, processes: int, procs: Procs, tmp: Path, app: Path, sim_u
     if kind == "comfyfleet":
         env = {"COMFYFLEET_REDIS_URL": redis_url + "/0", "COMFYFLEET_AUTH_MODE": "none",
                "COMFYFLEET_COMFYUI_URLS": sim_url, "COMFYFLEET_DATA_DIR": str(tmp / "data"),
-               "COMFYFLEET_LOG_LEVEL": "WARNING", "COMFYFLEET_HEALTH_INTERVAL_SECONDS": "2"}
+               "COMFYFLEET_LOG_LEVEL": "WARNING", "COMFYFLEET_HEALTH_INTERVAL_SECONDS": "2", **NO_FAIR_USE_LIMITS}
         server = procs.spawn(f"api{processes}", [sys.executable, "-m", "comfyfleet", "api", "--host", "127.0.0.1",
                                                  "--port", str(port), "--workers", str(processes)], env)
 
