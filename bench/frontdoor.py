@@ -102,6 +102,18 @@ def parse_wrk(text: str) -> dict[str, Any]:
             "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0}
 
 
+def redis_calls(port: int) -> dict[str, int]:
+    """Commands Redis has executed so far, per command (INFO commandstats), to count commands per request."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "info", "commandstats"], capture_output=True, text=True,
+                         timeout=30).stdout
+    return {name: int(n) for name, n in re.findall(r"cmdstat_([\w|]+):calls=(\d+)", out)}
+
+
+def result_requests(wrk_output: str) -> int:
+    m = re.search(r"(\d+) requests in", wrk_output)
+    return int(m.group(1)) if m else 0
+
+
 class RssSampler(threading.Thread):
     def __init__(self, pid: int):
         super().__init__(daemon=True)
@@ -156,6 +168,7 @@ def one_run(kind: str, processes: int, procs: Procs, tmp: Path, app: Path, sim_u
     subprocess.run([wrk, "-t2", f"-c{connections}", "-d2s", "-s", str(script), f"{url}/api/comfyui/generate"],
                    capture_output=True, timeout=120)
     sampler = RssSampler(server.pid)
+    calls0 = redis_calls(redis_port)
     cpu0, redis_cpu0 = cpu_seconds(server.pid), cpu_seconds(redis.pid)
     sampler.start()
     out = subprocess.run([wrk, "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
@@ -163,12 +176,20 @@ def one_run(kind: str, processes: int, procs: Procs, tmp: Path, app: Path, sim_u
     sampler.stop_flag.set()
     sampler.join()
     cpu, redis_cpu = cpu_seconds(server.pid) - cpu0, cpu_seconds(redis.pid) - redis_cpu0
+    calls1 = redis_calls(redis_port)
+    per_cmd = {k: (v - calls0.get(k, 0)) / max(1, result_requests(out.stdout)) for k, v in calls1.items()}
+    per_cmd["info"] = per_cmd.get("info", 0.0) - 1 / max(1, result_requests(out.stdout))  # the INFO itself
+    calls = sum(per_cmd.values())
     result = parse_wrk(out.stdout)
     procs.stop_one(server)
     procs.stop_one(redis)
     return {"kind": kind, "processes": processes, **result, "idle_rss_mib": idle_rss, "load_rss_mib": sampler.peak,
             "cpu_ms_per_req": cpu / max(1, result["requests"]) * 1000,
-            "redis_cpu_ms_per_req": redis_cpu / max(1, result["requests"]) * 1000}
+            "redis_cpu_ms_per_req": redis_cpu / max(1, result["requests"]) * 1000,
+            # background traffic (health monitor, Bull's timers, event hub) is counted too: small at these rates
+            "redis_cmds_per_req": calls,
+            "redis_top_cmds_per_req": dict(sorted(((k, round(v, 2)) for k, v in per_cmd.items() if v >= 0.05),
+                                                  key=lambda kv: -kv[1])[:12])}
 
 
 def run(duration: int = 15, rounds: int = 1, processes: tuple[int, ...] = (1, 2), connections: int = 64,

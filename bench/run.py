@@ -329,7 +329,8 @@ def markdown(res: dict[str, Any], notes: str) -> str:
     if "frontdoor" in ok:
         fd = ok["frontdoor"]
         rows = [[x["kind"], x["processes"], _f(x["rps"], "{:.0f}"), _f(x["p50_ms"]), _f(x["p99_ms"]),
-                 _f(x["cpu_ms_per_req"], "{:.2f}"), _f(x["redis_cpu_ms_per_req"], "{:.2f}"), x["requests"],
+                 _f(x["cpu_ms_per_req"], "{:.2f}"), _f(x["redis_cpu_ms_per_req"], "{:.2f}"),
+                 _f(x.get("redis_cmds_per_req"), "{:.1f}"), x["requests"],
                  x["non_2xx"], x["socket_errors"]] for x in fd["runs"]]
         parts += [
             "## Front door vs Express 5 + Bull 4 (issue 14)",
@@ -342,7 +343,14 @@ def markdown(res: dict[str, Any], notes: str) -> str:
             "and limits, a Bull queue per priority), node cluster for 2. Runs in the order listed.",
             "",
             table(rows, ["server", "processes", "req/s", "p50 ms", "p99 ms", "server ms CPU/req",
-                         "Redis ms CPU/req", "requests", "non-2xx", "socket errors"]),
+                         "Redis ms CPU/req", "Redis commands/req", "requests", "non-2xx", "socket errors"]),
+            "",
+            "Redis commands per request by command (INFO commandstats over the measured 15 s; background "
+            "traffic included), first run of each:",
+            "",
+            *[f"- {x['kind']} x{x['processes']}: " + ", ".join(f"{k} {v}" for k, v in
+                                                             x.get("redis_top_cmds_per_req", {}).items())
+              for x in fd["runs"] if x["processes"] == 1],
             "",
         ]
     if "profile" in ok:
