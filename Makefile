@@ -61,8 +61,12 @@ fmt: install
 sync-crds:  ## copy crds/ (the source of truth) into the chart
 	scripts/sync-crds
 
-bench: install
-	$(PY) bench/dispatch_overhead.py
+bench: install $(VENV)/.bench-installed  ## every benchmark (bench/run.py, < 15 min on 2 cores); rewrites BENCHMARKS.md
+	$(PY) bench/run.py
+
+$(VENV)/.bench-installed: pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
 
 clean:
 	rm -rf .data outputs

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from comfyfleet.local import LocalStack
 from comfyfleet.observability.logs import setup_logging
 from comfyfleet.settings import LocalSettings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -23,15 +28,32 @@ def _logging(level: str = "INFO") -> None:
 def cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from comfyfleet.settings import ApiSettings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("api_workers", args.workers))
+                 if v is not None}
+    settings = ApiSettings(**overrides)  # validated once here, before any worker starts
+    setup_logging("api", settings)
+    # Each uvicorn worker builds its app (and its logging) from the environment through an import-string
+    # factory, so workers can be spawned; the flags reach them as the settings they override. uvloop +
+    # httptools: faster than the plain asyncio loop and h11, and with several workers the plain loop loses
+    # TCP_NODELAY (uvicorn #3149). log_config=None: uvicorn's lines go through our handler (JSON or text).
+    os.environ.update({"COMFYFLEET_HOST": settings.host, "COMFYFLEET_PORT": str(settings.port),
+                       "COMFYFLEET_API_WORKERS": str(settings.api_workers)})
+    uvicorn.run("comfyfleet.cli:api_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.api_workers, loop="uvloop", http="httptools",
+                log_level=settings.log_level.lower(), access_log=False, log_config=None)
+
+
+def api_app() -> FastAPI:
+    """The uvicorn factory of `comfyfleet api`: settings from the environment, logging set up in this process
+    (a spawned worker starts with none)."""
     from comfyfleet.api.app import create_app
     from comfyfleet.settings import ApiSettings
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = ApiSettings(**overrides)
+    settings = ApiSettings()
     setup_logging("api", settings)
-    # log_config=None: uvicorn's lines go through our handler (JSON or text), not uvicorn's own formatters.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                access_log=False, log_config=None)
+    return create_app(settings)
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> None:
@@ -210,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="run the REST API")
     api.add_argument("--host")
     api.add_argument("--port", type=int)
+    api.add_argument("--workers", type=int, help="uvicorn worker processes (default 1; COMFYFLEET_API_WORKERS)")
     api.set_defaults(func=cmd_api)
     for name, text in (("dispatcher", "run a dispatcher (drives up to --max-in-flight jobs on many endpoints)"),
                        ("worker", "deprecated name of `dispatcher`")):

@@ -305,6 +305,11 @@ class ApiSettings(PoolSettings, DispatchSettings):
     # Per-user-per-day GPU-second totals are kept this long.
     usage_retention_days: int = Field(400, ge=1)
 
+    # ---- bench: API worker processes ----
+    # `comfyfleet api` worker processes (uvicorn --workers; uvloop + httptools). One process tops out at about
+    # one core of request handling; bench/frontdoor.py measures 1 and 2. Each worker runs its own health monitor.
+    api_workers: int = Field(1, ge=1, le=64)
+
     @model_validator(mode="after")
     def _check_auth(self) -> ApiSettings:
         if self.auth_mode == "none" and not _is_loopback(self.host):
