@@ -32,7 +32,7 @@ from comfyfleet.dispatch.registry import Endpoint, Registry
 from comfyfleet.jobs.model import Job, JobState, OutputFile, utcnow
 from comfyfleet.jobs.progress import ProgressTracker
 from comfyfleet.jobs.states import can_transition, transition
-from comfyfleet.jobs.workflow import rename_input_images
+from comfyfleet.jobs.workflow import isolate_outputs, rename_input_images
 from comfyfleet.observability import hooks
 from comfyfleet.settings import DispatchSettings
 from comfyfleet.store.jobrepo import JobNotFound, JobRepo, StateChanged
@@ -156,7 +156,7 @@ class JobRun:
         if job.cancel_requested or self.cancelled.is_set():
             return Ending(EndKind.CANCELLED, "cancelled before it started")
         link = self.ctx.link_for(self.endpoint)
-        workflow = await self._upload_inputs(link.client, job)
+        workflow = isolate_outputs(await self._upload_inputs(link.client, job), job.id)
         self._progress = ProgressWriter(self, ProgressTracker(total_nodes=len(job.workflow)))
         resume = self.adopted or job.attempts > 1
         run = asyncio.create_task(link.client.run(

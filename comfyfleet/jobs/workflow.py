@@ -226,3 +226,25 @@ def rename_input_images(workflow: Workflow, names: dict[str, str]) -> Workflow:
             if isinstance(image, str) and image in names:
                 node["inputs"]["image"] = names[image]
     return wf
+
+
+def job_output_folder(job_id: str) -> str:
+    """The pod-side output subfolder of one job (also the name the pod's cleanup route accepts)."""
+    return f"comfyfleet-{job_id}"
+
+
+def isolate_outputs(workflow: Workflow, job_id: str) -> Workflow:
+    """Save this job's files into its own output subfolder on the pod (pure, returns a copy).
+
+    Every literal `filename_prefix` becomes `comfyfleet-<job>/<prefix>`, so the saving nodes' inputs differ
+    from any earlier job's: ComfyUI runs them again (upstream nodes still come from its cache) and writes new
+    files, which the pod may delete once they are stored, instead of answering a repeated graph with the file
+    names of an earlier job whose files are gone. File names themselves are unchanged.
+    """
+    wf: Workflow = copy.deepcopy(workflow)
+    folder = job_output_folder(job_id)
+    for node in wf.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
+            inputs["filename_prefix"] = f"{folder}/{inputs['filename_prefix'].lstrip('/')}"
+    return wf

@@ -329,6 +329,8 @@ async def post_cleanup(request: web.Request) -> web.Response:
         if path.is_file():
             path.unlink()
             deleted.append(str(path.relative_to(out_root)))
+            if _JOB_FOLDER.match(path.parent.name) and not any(path.parent.iterdir()):
+                path.parent.rmdir()  # the job's own output folder, now empty
     return web.json_response({"deleted": deleted})
 
 

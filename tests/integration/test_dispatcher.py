@@ -241,7 +241,7 @@ def test_pods_stay_clean_once_outputs_are_stored(sim_factory, stack_factory, tmp
         done = stack.wait_state(stack.generate(body).json()["jobId"], timeout=60)
         assert done["state"] == "succeeded", done["error"]
         uploads = list(sim.input_dir.glob("comfyfleet-*"))
-        outputs = list(sim.output_dir.glob("clean_*.png"))
+        outputs = list(sim.output_dir.rglob("clean_*.png"))
         history = json.loads(_get(f"{sim.url}/history"))
         assert done["jobId"] not in history, "the prompt left the pod's history"
         if keeps:
@@ -319,3 +319,16 @@ def test_network_faults_between_dispatcher_and_pod(sim_factory, stack_factory):
         assert done["state"] == "succeeded" and done["attempts"] == 2, done["error"]
     finally:
         proxy.stop()
+
+
+def test_the_same_graph_twice_on_one_pod_stores_both_outputs(sim_factory, stack_factory):
+    """ComfyUI answers a repeated graph from its cache; each job saves into its own output folder on the pod,
+    so the second job's outputs exist even though the first job's were deleted once stored."""
+    sim = sim_factory()  # caching on, as ComfyUI runs by default
+    stack = stack_factory([sim.url], workers=1)
+    stack.wait_workers_ready(1)
+    firsts = [stack.wait_state(stack.generate({"template": "weightless"}).json()["jobId"], timeout=60)
+              for _ in range(2)]
+    assert [f["state"] for f in firsts] == ["succeeded", "succeeded"], [f["error"] for f in firsts]
+    assert all(f["outputs"] for f in firsts) and all(f["attempts"] == 1 for f in firsts)
+    assert not list(sim.output_dir.rglob("*.png")), "both jobs' files were deleted from the pod once stored"

@@ -49,4 +49,7 @@ async def cleanup(request: web.Request) -> web.Response:
         if os.path.isfile(path):
             os.remove(path)
             deleted.append(os.path.relpath(path, folder_paths.get_output_directory()))
+            parent = os.path.dirname(path)
+            if JOB_FOLDER.match(os.path.basename(parent)) and not os.listdir(parent):
+                os.rmdir(parent)  # the job's own output folder, now empty
     return web.json_response({"deleted": deleted})

@@ -107,3 +107,17 @@ def test_workflow_hash_keeps_the_canonical_form_of_stored_hashes():
     # Compact separators, sorted keys, UTF-8 as is: the form Storage metadata and Firestore records hold.
     graph = {"3": {"class_type": "KSampler", "inputs": {"seed": 42, "text": "café"}}}
     assert workflow_hash(graph) == "a2fdce4253393777a6633462ab19161d96b6b40704ed5862e026c36fc3642c15"
+
+
+def test_isolate_outputs_puts_each_jobs_files_in_its_own_folder():
+    from comfyfleet.jobs.workflow import isolate_outputs
+
+    wf = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "txt2img", "images": ["8", 0]}},
+          "10": {"class_type": "SaveAnimatedWEBP", "inputs": {"filename_prefix": "/anim/a", "fps": 6}},
+          "11": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+          "12": {"class_type": "SaveImage", "inputs": {"filename_prefix": ["5", 0]}}}
+    out = isolate_outputs(wf, "j1")
+    assert out["9"]["inputs"]["filename_prefix"] == "comfyfleet-j1/txt2img"
+    assert out["10"]["inputs"]["filename_prefix"] == "comfyfleet-j1/anim/a"
+    assert out["11"] == wf["11"] and out["12"] == wf["12"], "no prefix, or a linked one: unchanged"
+    assert wf["9"]["inputs"]["filename_prefix"] == "txt2img", "the job's own graph is not changed"
