@@ -79,10 +79,10 @@ after(async () => {
   if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
 });
 
-async function submit(token, steps) {
+async function submit(token, steps, extra = {}) {
   const res = await fetch(`${API}/api/comfyui/generate`, {
     method: "POST", headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
-    body: JSON.stringify({ template: "txt2img", params: { seed: 99, steps, prompt: "a red fox" } }),
+    body: JSON.stringify({ template: "txt2img", params: { seed: 99, steps, prompt: "a red fox" }, ...extra }),
   });
   const text = await res.text();
   assert.equal(res.status, 202, text);
@@ -121,6 +121,18 @@ test("the dashboard shows the pods, a job's live progress and then its thumbnail
     return img && img.complete && img.naturalWidth > 0;
   }, card);
   await page.screenshot({ path: join(ARTIFACTS, "dashboard-thumbnail.png"), fullPage: true });
+
+  // The usage panel: the signed-in user's GPU-seconds per UTC day, with the finished job counted today.
+  const me = await page.locator("#owner").textContent();
+  const mine = `#usage table.usage[data-user="${me}"]`;
+  await page.waitForFunction((sel) => Number(document.querySelector(sel)?.dataset.total) > 0, mine,
+    { timeout: 30_000 });
+  assert.equal(await page.locator(`${mine} tbody tr`).count(), 7, "one row per day of the last 7 UTC days");
+  const today = page.locator(`${mine} tbody tr`).last();
+  assert.match(await today.locator("td").nth(1).textContent(), /^[0-9.]+ GPU-s$/);
+  assert.ok(Number(await today.getAttribute("data-gpu-seconds")) > 0, "today's row shows the job's GPU time");
+  assert.match(await page.locator(`${mine} .total`).textContent(), /^[0-9.]*[1-9][0-9.]* GPU-s$/, "a non-zero total");
+  await page.screenshot({ path: join(ARTIFACTS, "dashboard-usage.png"), fullPage: true });
   assert.ok(streams.some((u) => u.includes(job.jobId) && u.includes("token=")), "progress came over the job's stream");
   assert.ok(streams.every((u) => !u.includes(TOKENS.admin)), "the bearer token never goes in a URL");
   assert.equal(await page.locator("#clean").isVisible(), true, "admins see the admin controls");
@@ -141,7 +153,21 @@ test("an admin cancels a running job and adds then withdraws an endpoint from th
   await page.click("#add-endpoint button[type=submit]");
   const row = `tr[data-pod="url:http://127.0.0.1:9"]`;
   await page.waitForSelector(row);
+  // A job for that pool waits (its only endpoint is unreachable): the pool's row in the queue table says so.
+  const waiting = await submit(TOKENS.admin, 4, { pool: "spare" });
+  const poolRow = page.locator(`#queue-pools tr[data-pool="spare"]`);
+  await page.waitForSelector(`#queue-pools tr[data-pool="spare"][data-waiting="1"]`, { timeout: 30_000 });
+  assert.equal(await poolRow.locator("td.waiting").textContent(), "1");
+  assert.match(await poolRow.locator("td.oldest").textContent(), /^\d+ (s|min \d+ s)$/);
+  // The admin picks a user for the history view: that user's usage panel appears beside their own.
+  await page.fill("#history-user", "alice");
+  await page.click("#history button[type=submit]");
+  await page.waitForSelector(`#usage table.usage[data-user="alice"] caption`);
+  assert.match(await page.locator(`#usage table.usage[data-user="alice"] caption`).textContent(), /selected user/);
   await page.screenshot({ path: join(ARTIFACTS, "dashboard-admin.png"), fullPage: true });
+  await fetch(`${API}/api/comfyui/job/${waiting.jobId}`, { method: "DELETE",
+    headers: { Authorization: `Bearer ${TOKENS.admin}` } });
+  await page.waitForSelector(`#queue-pools tr[data-pool="spare"][data-waiting="0"]`, { timeout: 30_000 });
   await page.click(`${row} button:has-text("Withdraw")`);
   await page.waitForSelector(row, { state: "detached" });
   await page.waitForFunction((n) => document.querySelectorAll("#pods tbody tr[data-pod]").length === n, PODS);
@@ -158,6 +184,12 @@ test("admin controls are hidden from users and refused by the API", async () => 
   const status = await page.evaluate(async (token) => (await fetch("/api/queue/clean", {
     method: "POST", headers: { Authorization: `Bearer ${token}` } })).status, TOKENS.alice);
   assert.equal(status, 403);
+  // Own usage only: one panel, and the API refuses another user's.
+  await page.waitForSelector(`#usage table.usage[data-user="alice"]`);
+  assert.equal(await page.locator("#usage table.usage").count(), 1);
+  const other = await page.evaluate(async (token) => (await fetch("/api/comfyui/usage?user=admin", {
+    headers: { Authorization: `Bearer ${token}` } })).status, TOKENS.alice);
+  assert.equal(other, 403);
   await page.screenshot({ path: join(ARTIFACTS, "dashboard-user.png"), fullPage: true });
   await page.close();
 });

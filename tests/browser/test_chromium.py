@@ -33,6 +33,6 @@ def test_dashboard_and_foreign_origin_page_in_chromium(ts_client_dir: Path, arti
     run = subprocess.run(["node", "--test", "--test-reporter=spec", str(Path(__file__).with_name("e2e.test.mjs"))],
                          env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, f"{run.stdout[-8000:]}\n{run.stderr[-3000:]}"
-    for shot in ("dashboard-pods", "dashboard-progress", "dashboard-thumbnail", "dashboard-admin", "dashboard-user",
-                 "foreign-origin"):
+    for shot in ("dashboard-pods", "dashboard-progress", "dashboard-thumbnail", "dashboard-usage", "dashboard-admin",
+                 "dashboard-user", "foreign-origin"):
         assert (artifacts / f"{shot}.png").stat().st_size > 1000, shot

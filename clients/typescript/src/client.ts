@@ -6,7 +6,7 @@
  * checkBackendStatus, getWorkerStats, getQueueStats; plus cancelJob, getJobHistory, verifyLora and
  * followJob (progress over WebSocket or Server-Sent Events, falling back to polling).
  */
-import type { components } from "./schema.js";
+import type { components, operations } from "./schema.js";
 
 type Schemas = components["schemas"];
 export type Job = Schemas["JobPublic"];
@@ -19,6 +19,9 @@ export type QueueStats = Schemas["QueueStatsPublic"];
 export type VerifyLoraResult = Schemas["VerifyLoraPublic"];
 export type HealthDetailed = Schemas["HealthDetailedPublic"];
 export type Output = Schemas["OutputPublic"];
+export type Usage = Schemas["UsagePublic"];
+export type UsageDay = Schemas["UsageDay"];
+type UsageQuery = NonNullable<operations["usage_api_comfyui_usage_get"]["parameters"]["query"]>;
 
 /** A job event as both streams send it: its id (resume point), name and the job after the change. */
 export interface JobEvent {
@@ -194,6 +197,15 @@ export class ComfyFleetClient {
 
   getQueueStats(): Promise<QueueStats> {
     return this.request<QueueStats>("GET", "/api/queue/stats");
+  }
+
+  /** GPU-seconds per UTC day (oldest first) for the last `days` days (API default 7); admins may name a user. */
+  getUsage(opts: UsageQuery = {}): Promise<Usage> {
+    const q = new URLSearchParams();
+    if (opts.days != null) q.set("days", String(opts.days));
+    if (opts.user) q.set("user", opts.user);
+    const qs = q.toString();
+    return this.request<Usage>("GET", `/api/comfyui/usage${qs ? `?${qs}` : ""}`);
   }
 
   verifyLora(loras: string[], pool?: string): Promise<VerifyLoraResult> {
@@ -449,5 +461,6 @@ export const getWorkerStats = () => client().getWorkerStats();
 export const getQueueStats = () => client().getQueueStats();
 export const cancelJob = (jobId: string) => client().cancelJob(jobId);
 export const getJobHistory = (opts?: Parameters<ComfyFleetClient["getJobHistory"]>[0]) => client().getJobHistory(opts);
+export const getUsage = (opts?: Parameters<ComfyFleetClient["getUsage"]>[0]) => client().getUsage(opts);
 export const verifyLora = (loras: string[], pool?: string) => client().verifyLora(loras, pool);
 export const followJob = (job: Job | string, opts?: FollowOptions) => client().followJob(job, opts);

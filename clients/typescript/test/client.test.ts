@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import {
   ComfyFleetClient, ComfyFleetError, ComfyUIDisabledError, JobFailedError, configure, checkBackendStatus,
-  generateWithComfyUI, getQueueStats, getWorkerStats, parseSseFrame, type JobEvent,
+  generateWithComfyUI, getQueueStats, getUsage, getWorkerStats, parseSseFrame, type JobEvent,
 } from "../src/client.js";
 import { API, TOKENS, clientFor, expectOrderedWithoutRepeats, txt2img } from "./env.js";
 
@@ -80,6 +80,26 @@ describe("the old client's functions, against a real API", () => {
     await expect(alice.addWorker("http://127.0.0.1:9")).rejects.toMatchObject({ status: 403 });
     await expect(clientFor("admin").getJobHistory({ user: "alice" })).resolves.toHaveProperty("jobs");
     await expect(alice.getJobHistory({ user: "bob" })).rejects.toBeInstanceOf(ComfyFleetError);
+  });
+
+  it("getUsage counts a finished job's GPU-seconds today; only admins read another user's", async () => {
+    const bob = clientFor("bob");
+    const before = await bob.getUsage();
+    expect(before.user).toBe("bob");
+    expect(before.days).toHaveLength(7); // the API's default: the last 7 UTC days, oldest first
+    const job = await bob.generateWithComfyUI(txt2img(8, 6), { transport: "poll" });
+    expect(job.state).toBe("succeeded");
+    const after = await bob.getUsage({ days: 2 });
+    expect(after.days.map((d) => d.date)).toEqual([...after.days.map((d) => d.date)].sort());
+    const today = after.days.at(-1)!;
+    expect(today.gpuSeconds).toBeGreaterThan(before.days.at(-1)!.gpuSeconds);
+    expect(today.attempts).toBeGreaterThan(before.days.at(-1)!.attempts);
+    expect(after.totalGpuSeconds).toBeGreaterThanOrEqual(today.gpuSeconds);
+    const asAdmin = await clientFor("admin").getUsage({ user: "bob", days: 2 });
+    expect(asAdmin).toMatchObject({ user: "bob", days: after.days });
+    await expect(clientFor("alice").getUsage({ user: "bob" })).rejects.toMatchObject({ status: 403 });
+    await expect(getUsage({ days: 1 })).resolves.toMatchObject({ user: "alice" });
+    await expect(bob.getUsage({ days: 0 })).rejects.toMatchObject({ status: 422 });
   });
 
   it("verifyLora says which LoRAs exist", async () => {

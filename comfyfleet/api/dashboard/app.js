@@ -9,6 +9,7 @@
 
 const API = ""; // same origin as the dashboard
 const REFRESH_MS = 3000;
+const USAGE_DAYS = 7;
 const MAX_LIVE_STREAMS = 5; // below the API's per-user stream cap, leaving room for other tabs
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 
@@ -53,6 +54,15 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+// 0 → "0 s", 75 → "1 min 15 s", 7300 → "2 h 1 min".
+function duration(seconds) {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+const gpuSeconds = (s) => `${s.toFixed(1)} GPU-s`;
+
 const gib = (bytes) => (typeof bytes === "number" ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : "—");
 
 // ---- pods and queue ----
@@ -88,6 +98,51 @@ function renderQueue(q) {
   $("#queue").replaceChildren(...items);
   $("#by-priority").textContent = Object.entries(q.byPriority).filter(([, n]) => n > 0)
     .map(([p, n]) => `p${p}: ${n}`).join(" · ") || "none waiting";
+  // byPool has every known pool (0 when none waits) plus "any"; sorted with the busiest first.
+  const oldest = q.oldestAgeSeconds ?? {};
+  const rows = Object.entries(q.byPool ?? {}).sort(([a, x], [b, y]) => y - x || a.localeCompare(b))
+    .map(([pool, n]) => el("tr", { dataset: { pool, waiting: String(n) } },
+      el("td", {}, pool),
+      el("td", { className: "waiting" }, n),
+      el("td", { className: "oldest" }, n > 0 ? duration(oldest[pool] ?? 0) : "—")));
+  $("#queue-pools tbody").replaceChildren(...rows);
+}
+
+// ---- usage: GPU-seconds per UTC day (the signed-in user, and for admins the user picked for the history) ----
+
+function usagePanel(u, label) {
+  const max = Math.max(...u.days.map((d) => d.gpuSeconds), 0);
+  return el("table", { className: "usage", dataset: { user: u.user, total: String(u.totalGpuSeconds) } },
+    el("caption", {}, el("strong", {}, u.user), label ? ` (${label})` : "", " · total ",
+      el("span", { className: "total" }, gpuSeconds(u.totalGpuSeconds))),
+    el("thead", {}, el("tr", {}, el("th", {}, "Day (UTC)"), el("th", {}, "GPU-seconds"), el("th", {}, "Runs"),
+      el("th", {}))),
+    el("tbody", {}, ...u.days.map((d) => el("tr", { dataset: { date: d.date, gpuSeconds: String(d.gpuSeconds) } },
+      el("td", {}, d.date), el("td", {}, gpuSeconds(d.gpuSeconds)), el("td", {}, d.attempts),
+      el("td", { className: "spark" }, el("div", { style: `width:${max > 0 ? (100 * d.gpuSeconds) / max : 0}%` })))),
+    ));
+}
+
+async function fetchUsage() {
+  // Own usage; admins also see the user picked in the history view (the API refuses that to others).
+  const users = [null];
+  if (state.me.admin && state.historyUser && state.historyUser !== state.me.owner) users.push(state.historyUser);
+  try {
+    return await Promise.all(users.map((u) =>
+      api("GET", `/api/comfyui/usage?days=${USAGE_DAYS}${u ? `&user=${encodeURIComponent(u)}` : ""}`)));
+  } catch (err) {
+    if (err.status === 404) return null; // an API without usage accounting: the panel says so
+    throw err;
+  }
+}
+
+function renderUsage(panels) {
+  $("#usage-days").textContent = String(USAGE_DAYS);
+  if (!panels) {
+    $("#usage").textContent = "usage is not recorded by this server";
+    return;
+  }
+  $("#usage").replaceChildren(...panels.map((u, i) => usagePanel(u, i === 0 ? "you" : "selected user")));
 }
 
 async function adminAction(fn) {
@@ -175,12 +230,14 @@ async function refresh() {
   if (!state.me) return;
   try {
     const user = state.historyUser ? `&user=${encodeURIComponent(state.historyUser)}` : "";
-    const [workers, queue, jobs] = await Promise.all([
+    const [workers, queue, jobs, usage] = await Promise.all([
       api("GET", "/api/comfyui/workers"), api("GET", "/api/queue/stats"), api("GET", `/api/comfyui/jobs?limit=24${user}`),
+      fetchUsage(),
     ]);
     renderPods(workers);
     renderQueue(queue);
     renderJobs(jobs);
+    renderUsage(usage);
     document.body.dataset.loaded = "true";
   } catch (err) {
     showError(err);
