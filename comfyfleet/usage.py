@@ -110,19 +110,22 @@ class UsageBook:
         return {text(k): float(v) for k, v in self.conn.hgetall(self.totals_key).items()}
 
 
-async def record_run_usage(client: ComfyClient, repo: JobRepo, job_id: str) -> float:
+async def record_run_usage(client: ComfyClient, repo: JobRepo, job_id: str,
+                           messages: list[tuple[str, dict[str, Any]]] | None = None) -> float:
     """Runner hook, called once a run ended on its pod (finished, failed, interrupted, timed out).
 
-    Reads the prompt's history from the pod and adds its GPU time to the job and the owner's day.
-    Call it before the pod's history entry is deleted. Never raises for pod or Redis trouble: accounting must
-    not fail a job. Returns the seconds counted.
+    Adds the prompt's GPU time (its /history status messages: `messages` when the run already read them, else
+    read from the pod now) to the job and the owner's day. Call it before the pod's history entry is deleted.
+    Never raises for pod or Redis trouble: accounting must not fail a job. Returns the seconds counted.
     """
     conn, keys = repo.conn, repo.keys
     try:
-        entry = await client.history(job_id)
-        if entry is None:
-            return 0.0
-        window = execution_window(entry.messages)
+        if not messages:
+            entry = await client.history(job_id)
+            if entry is None:
+                return 0.0
+            messages = entry.messages
+        window = execution_window(messages)
         if window is None:
             return 0.0
         job = await asyncio.to_thread(repo.require, job_id)

@@ -112,6 +112,9 @@ class RunResult:
     cached_nodes: list[str] = field(default_factory=list)
     interrupted: ExecutionInterrupted | None = None
     submitted: SubmitResult | None = None  # None when run(resume=True) attached to an existing prompt
+    # The /history status messages (execution_start ... with the pod's own timestamps); empty when the result
+    # was built from websocket events alone.
+    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,7 @@ class HistoryEntry:
             cached_nodes=self.cached_nodes,
             interrupted=self.interrupted,
             submitted=submitted,
+            messages=list(self.messages),
         )
 
 

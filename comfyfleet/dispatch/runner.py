@@ -101,6 +101,7 @@ class JobRun:
         self.job: Job | None = None
         self.held_prompt = False
         self._progress: ProgressWriter | None = None
+        self._cleanup: tuple[Link, Job, RunResult] | None = None
         self.obs: hooks.Attempt | None = None
 
     async def durable(self, fn: Callable[..., T], *args: Any) -> T:
@@ -147,7 +148,10 @@ class JobRun:
             if not isinstance(exc, ComfyError):
                 log.exception("job %s: unexpected error", self.job_id)
             ending = ending_of_error(exc, self.endpoint.url if self.endpoint else "")
-        return await self._settle(ending)
+        settled = await self._settle(ending)
+        if self._cleanup is not None:
+            await self._clean_pod(*self._cleanup)
+        return settled
 
     # --- the attempt ------------------------------------------------------------------------------
     async def _attempt(self, job: Job) -> Ending:
@@ -162,6 +166,7 @@ class JobRun:
         run = asyncio.create_task(link.client.run(
             workflow, job.id, self._progress.on_event, silence_timeout=self.ctx.settings.silence_timeout_seconds,
             resume=resume, hub=link.hub), name=f"prompt {job.id}")
+        result: RunResult | None = None
         try:
             result = await self._wait(run, link.client, job)
         finally:
@@ -170,14 +175,15 @@ class JobRun:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await run
             await self._progress.flush()
-            await record_run_usage(link.client, self.ctx.repo, job.id)  # HOOK(reliability): GPU-seconds
+            # HOOK(reliability): GPU-seconds, from the history the run already read (else read it now)
+            await record_run_usage(link.client, self.ctx.repo, job.id, result.messages if result else None)
         hooks.note_prompt_finished(self.obs)  # HOOK(observability)
         ending = ending_of_result(result)
         if ending.kind is EndKind.SUCCEEDED:
             outputs = await self._store_outputs(link.client, job, result)
             hooks.note_outputs_stored(self.obs)  # HOOK(observability)
             self.job = job.model_copy(update={"outputs": outputs})
-            await self._clean_pod(link, job, result)
+            self._cleanup = (link, job, result)  # once the job is settled: the client need not wait for it
         elif ending.kind is EndKind.OUT_OF_MEMORY:
             with contextlib.suppress(ComfyError):
                 await link.client.free(unload_models=True, free_memory=True)
