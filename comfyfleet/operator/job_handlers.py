@@ -20,6 +20,7 @@ import kopf
 import redis
 
 from comfyfleet.jobs.states import InvalidTransition
+from comfyfleet.observability.logs import bind_job
 from comfyfleet.operator.job_spec import InvalidJobSpec, build_job, owner_for, parse_spec
 from comfyfleet.operator.job_status import invalid_spec_status, is_terminal, lost_job_status, status_for_job
 from comfyfleet.operator.models import namespace_of
@@ -46,6 +47,7 @@ async def generationjob_create(
         patch.status.update(invalid_spec_status(str(exc), now=time.time(), generation=generation))
         kopf.warn(body, reason="InvalidSpec", message=str(exc))
         raise kopf.PermanentError(str(exc)) from None
+    bind_job(job)  # job_id, pool, user on every line this handler logs (JSON logs)
     try:
         job, created = await asyncio.to_thread(rt.dispatcher.submit, job)
     except redis.RedisError as exc:
@@ -72,6 +74,8 @@ async def generationjob_sync(
         raise kopf.TemporaryError(f"could not read job {job_id}: {exc}",
                                   delay=rt.settings.job_sync_interval_seconds) from exc
     now, generation = time.time(), meta.get("generation")
+    if job is not None:
+        bind_job(job)
     if job is None:
         new = lost_job_status(job_id, now=now, previous=status, generation=generation)
     else:
@@ -105,6 +109,7 @@ async def generationjob_delete(
     except redis.RedisError as exc:
         raise kopf.TemporaryError(f"could not cancel: {exc}",
                                   delay=rt.settings.job_sync_interval_seconds) from exc
+    bind_job(job)
     logger.info("cancelled job %s (%s)", job.id, job.state.value)
 
 
