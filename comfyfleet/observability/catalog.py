@@ -29,7 +29,7 @@ def exported_families() -> dict[str, str]:
         for metric in registry.collect():
             families[metric.name] = metric.type
     for metric in [*fleet_families().values(), *_engine_families(), *_webhook_families(), *_firestore_families(),
-                   *_stream_families()]:
+                   *_stream_families(), *_usage_families()]:
         families[metric.name] = metric.type
     return families
 
@@ -66,6 +66,15 @@ def _webhook_families() -> list[Metric]:
 
     empty = SimpleNamespace(hgetall=lambda key: {}, zcard=lambda key: 0)
     return list(WebhookCollector(empty, Keys()).collect())  # type: ignore[arg-type]
+
+
+def _usage_families() -> list[Metric]:
+    """GPU-seconds per pool (usage.py UsageCollector), from a stand-in book with nothing counted yet."""
+    from types import SimpleNamespace
+
+    from comfyfleet.usage import UsageCollector
+
+    return list(UsageCollector(SimpleNamespace(totals=lambda: {})).collect())  # type: ignore[arg-type]
 
 
 def _stream_families() -> list[Metric]:

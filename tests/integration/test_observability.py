@@ -6,10 +6,14 @@ import json
 import re
 
 import httpx
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.fairuse.pools import declare_pool
 from comfyfleet.jobs.templates import TEMPLATES
 from comfyfleet.observability.catalog import exported_families
+from comfyfleet.settings import DispatchSettings
 from tests.support.procs import free_port, wait_for
 from tests.support.stack import ALICE, auth
 
@@ -60,7 +64,10 @@ def test_metrics_and_logs_during_a_run(sim_factory, stack_factory):
     endpoint_id = stack.wait_workers_ready(1)["workers"][0]["id"]
     wait_for(lambda: httpx.get(dispatch_url, timeout=2).status_code == 200, timeout=20, what="dispatch /metrics")
 
-    # One job waits for a pool nobody serves, then is cancelled in the queue.
+    # One job waits for a pool nobody serves (declared, as the operator declares a pool scaled to zero, so the
+    # API accepts it), then is cancelled in the queue.
+    declare_pool(Dispatcher(redis.Redis.from_url(stack.redis_url),
+                            DispatchSettings(redis_url=stack.redis_url, redis_prefix=stack.prefix)), "nowhere")
     stuck = stack.generate(txt2img(1, pool="nowhere")).json()["jobId"]
     first = stack.generate(txt2img(2, steps=20)).json()["jobId"]
     second = stack.generate(txt2img(3)).json()["jobId"]
@@ -118,6 +125,8 @@ def test_status_and_jobs_commands_read_the_public_api(sim_factory, stack_factory
     endpoint_id = stack.wait_workers_ready(1)["workers"][0]["id"]
     done = stack.generate(txt2img(4)).json()["jobId"]
     stack.wait_state(done, "succeeded")
+    declare_pool(Dispatcher(redis.Redis.from_url(stack.redis_url),
+                            DispatchSettings(redis_url=stack.redis_url, redis_prefix=stack.prefix)), "nowhere")
     stuck = stack.generate(txt2img(5, pool="nowhere")).json()["jobId"]
 
     def cli(*args: str, token: str = ALICE) -> str:
