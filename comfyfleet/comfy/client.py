@@ -280,6 +280,7 @@ class ComfyClient:
         silence_timeout: float = 10.0,
         resume: bool = False,
         hub: WsHub | None = None,
+        on_submitted: Callable[[], None] | None = None,
     ) -> RunResult:
         """Submit prompt (or, with resume, attach to it if the server has it) and wait for its end.
 
@@ -292,8 +293,10 @@ class ComfyClient:
         if hub is not None:
             if hub.client_id != self.client_id:
                 raise ValueError("the hub's clientId must be this client's")
-            return await PromptRun(self, prompt_id, on_event, silence_timeout, hub).execute(prompt, resume=resume)
+            return await PromptRun(self, prompt_id, on_event, silence_timeout, hub, on_submitted).execute(
+                prompt, resume=resume)
         if self._run_lock.locked():
             raise RuntimeError("a run is already in progress on this ComfyClient; use one client per run")
         async with self._run_lock:
-            return await PromptRun(self, prompt_id, on_event, silence_timeout).execute(prompt, resume=resume)
+            return await PromptRun(self, prompt_id, on_event, silence_timeout, None, on_submitted).execute(
+                prompt, resume=resume)

@@ -12,6 +12,7 @@ import inspect
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -59,9 +60,11 @@ class PromptRun:
 
     def __init__(
         self, client: ComfyClient, prompt_id: str, on_event: EventCallback | None, silence_timeout: float,
-        hub: WsHub | None = None,
+        hub: WsHub | None = None, on_submitted: Callable[[], None] | None = None,
     ):
         self.client = client
+        # Told once the prompt is on the server (posted, or found there on resume): its place in the queue is set.
+        self.on_submitted = on_submitted
         # With a hub, events come from the endpoint's shared socket (our clientId); without, from our own.
         self.hub = hub
         self.sub: Subscription | None = None
@@ -88,9 +91,11 @@ class PromptRun:
                 if result is not None:
                     return result
                 if attached:
+                    self._submitted()
                     return await self._watch()
             await self._connect(self.client.client_id)
             self.submitted = await self.client.submit(prompt, self.prompt_id)
+            self._submitted()
             self.prompt_id = self.submitted.prompt_id
             if self.sub is not None and self.sub.prompt_id != self.prompt_id:
                 self.sub.rename(self.prompt_id)
@@ -98,6 +103,10 @@ class PromptRun:
             return await self._watch()
         finally:
             await self._close_ws()
+
+    def _submitted(self) -> None:
+        if self.on_submitted is not None:
+            self.on_submitted()
 
     async def _attach(self) -> tuple[bool, RunResult | None]:
         """With resume: (attached, result) if the server has the prompt queued, running or succeeded, else

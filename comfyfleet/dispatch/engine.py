@@ -121,6 +121,7 @@ class Engine:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.claims: dict[str, Claim] = {}
         self.cancel_events: dict[str, asyncio.Event] = {}
+        self.posted: dict[str, asyncio.Event] = {}  # set once a job's prompt is on its pod
         self.rq_runs: dict[str, RQRun] = {}
         self.holding: set[str] = set()
         self.wake = asyncio.Event()
@@ -401,6 +402,7 @@ class Engine:
             return
         self.claims[claim.job_id] = claim
         self.cancel_events[claim.job_id] = asyncio.Event()
+        self.posted[claim.job_id] = asyncio.Event()
         self.tasks[claim.job_id] = asyncio.create_task(self._drive(claim), name=f"job {claim.job_id}")
 
     async def _drive(self, claim: Claim) -> None:
@@ -414,8 +416,12 @@ class Engine:
             if claim.endpoint_id and endpoint is None:
                 await self.refresh_snapshot(force=True)
                 endpoint = self.endpoints.get(claim.endpoint_id)
+            ahead = next((self.posted[c.job_id] for c in self.claims.values() if c.job_id != job_id
+                          and c.endpoint_id == claim.endpoint_id and not c.prefetched and c.job_id in self.posted),
+                         None) if claim.prefetched else None
             settled = await JobRun(self.ctx, job_id, endpoint, adopted=claim.adopted,
-                                   cancelled=self.cancel_events[job_id], prefetched=claim.prefetched).run()
+                                   cancelled=self.cancel_events[job_id], prefetched=claim.prefetched,
+                                   posted=self.posted[job_id], after=ahead).run()
             if settled.held_prompt and endpoint is not None:
                 await self._hold(endpoint, job_id)
             await self._retrying(f"job {job_id}: RQ bookkeeping", lambda: self._record(settled, rq_run))
@@ -429,6 +435,7 @@ class Engine:
             self.rq_runs.pop(job_id, None)
             self.cancel_events.pop(job_id, None)
             self.claims.pop(job_id, None)
+            self.posted.pop(job_id, None)
             if not handed_over:
                 await self._release(claim)
 

@@ -46,6 +46,8 @@ T = TypeVar("T")
 HOLD_POLL_SECONDS = 1.0
 # ...and give up after this long: the endpoint is marked unhealthy (a probe re-admits it once it is clear).
 HOLD_LIMIT_SECONDS = 1800.0
+# A prefetched job waits at most this long for the job ahead of it to be posted (it normally takes milliseconds).
+POST_ORDER_WAIT_SECONDS = 30.0
 # A settling write that meets a Redis outage is retried, backing off up to 5 s, for this long in all.
 REDIS_RETRY_SECONDS = 300.0
 # Sampler steps are coalesced to at most one write per job per this many seconds (a node's start and its last
@@ -90,8 +92,13 @@ class JobRun:
     """One attempt: `await JobRun(ctx, job_id, endpoint, adopted, cancel).run()`."""
 
     def __init__(self, ctx: RunContext, job_id: str, endpoint: Endpoint | None, *, adopted: bool,
-                 cancelled: asyncio.Event, prefetched: bool = False):
+                 cancelled: asyncio.Event, prefetched: bool = False, posted: asyncio.Event | None = None,
+                 after: asyncio.Event | None = None):
         self.ctx = ctx
+        # Set once this job's prompt is on the pod (or the attempt ended): a job prefetched behind it waits for
+        # it (`after`) before posting, so the pod's queue keeps the order the jobs were claimed in.
+        self.posted = posted or asyncio.Event()
+        self.after = after
         # Queued on the pod behind its running job: the timeout counts from the prompt's own start.
         self.prefetched = prefetched
         self.job_id = job_id
@@ -148,6 +155,7 @@ class JobRun:
             if not isinstance(exc, ComfyError):
                 log.exception("job %s: unexpected error", self.job_id)
             ending = ending_of_error(exc, self.endpoint.url if self.endpoint else "")
+        self.posted.set()
         settled = await self._settle(ending)
         if self._cleanup is not None:
             await self._clean_pod(*self._cleanup)
@@ -163,9 +171,12 @@ class JobRun:
         workflow = isolate_outputs(await self._upload_inputs(link.client, job), job.id)
         self._progress = ProgressWriter(self, ProgressTracker(total_nodes=len(job.workflow)))
         resume = self.adopted or job.attempts > 1
+        if self.after is not None and not self.after.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.after.wait(), timeout=POST_ORDER_WAIT_SECONDS)
         run = asyncio.create_task(link.client.run(
             workflow, job.id, self._progress.on_event, silence_timeout=self.ctx.settings.silence_timeout_seconds,
-            resume=resume, hub=link.hub), name=f"prompt {job.id}")
+            resume=resume, hub=link.hub, on_submitted=self.posted.set), name=f"prompt {job.id}")
         result: RunResult | None = None
         try:
             result = await self._wait(run, link.client, job)
