@@ -204,7 +204,11 @@ def test_fifty_pods_in_one_simulator_process_run_fifty_jobs_at_once(tmp_path: Pa
 
     fleet = start_sim_fleet(tmp_path / "fleet", 50, step_seconds=0.25)
     try:
-        stack = stack_factory(fleet.urls, workers=1, env={"COMFYFLEET_HEALTH_INTERVAL_SECONDS": "1"})
+        # One process hosts all 50 pods: on a loaded machine its answers to probes slow down while every pod
+        # runs, so probes are patient here (a slow probe is not a dead pod).
+        stack = stack_factory(fleet.urls, workers=1, env={"COMFYFLEET_HEALTH_INTERVAL_SECONDS": "2",
+                                                          "COMFYFLEET_PROBE_TIMEOUT_SECONDS": "15",
+                                                          "COMFYFLEET_UNHEALTHY_AFTER_FAILURES": "5"})
         stack.wait_workers_ready(50, timeout=90)
         # 30 s jobs: all 50 are still running when the last one is submitted, even on a loaded machine.
         ids = [stack.generate(txt2img(600 + i, steps=120)).json()["jobId"] for i in range(50)]
