@@ -346,14 +346,19 @@ class JobRun:
             return Settled(written, decision, held_prompt=self.held_prompt)
 
     async def mark_running(self) -> None:
-        job = self.job
-        if job is None or job.state is JobState.RUNNING or not can_transition(job.state, JobState.RUNNING):
-            return
-        try:
-            self.job = await self.durable(self.ctx.repo.write, job, transition(job, JobState.RUNNING))
-        except (StateChanged, JobNotFound):
-            fresh = await self.durable(self.ctx.repo.get, self.job_id)
-            if fresh is not None:
+        for _ in range(3):  # another writer may have changed the record meanwhile: re-read and try again
+            job = self.job
+            if job is None or job.state is JobState.RUNNING or not can_transition(job.state, JobState.RUNNING):
+                return
+            try:
+                self.job = await self.durable(self.ctx.repo.write, job, transition(job, JobState.RUNNING))
+                return
+            except JobNotFound:
+                return
+            except StateChanged:
+                fresh = await self.durable(self.ctx.repo.get, self.job_id)
+                if fresh is None:
+                    return
                 self.job = fresh
                 if fresh.cancel_requested:
                     self.cancelled.set()

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 JOB_FIELDS: tuple[str, ...] = tuple(Job.model_fields)
 NEEDS_FIELD = "needs"
+# Fields that more than one writer changes and that only ever hold encode_fields() output, so a write checks
+# them against what its writer read: the runner (new deliveries queued with a state change) and the webhook
+# deliverer (delivery results) both rewrite the whole delivery list.
+GUARDED_FIELDS = frozenset({"webhook_deliveries"})
 # The fields a claim pass reads for each queued job (never the workflow).
 COMPACT_FIELDS = ("state", "pool", "owner", "priority", NEEDS_FIELD, "endpoint", "timeout_seconds")
 
@@ -49,15 +53,23 @@ if ARGV[4] == '1' then redis.call('SADD', KEYS[6], ARGV[1]) end
 return ARGV[1]
 """
 
-# Write changed fields only if the state is still the one the writer saw (compare-and-set on `state`).
-# KEYS: job, stats, dirty. ARGV: expected state JSON ('' = any), ttl (0 = none), count terminal (0/1),
-# mark dirty (0/1), new state value (for the stats counter), job id, then field/value pairs.
-# Returns 1 written, 0 state moved meanwhile, -1 no such job.
+# Write changed fields only if the state is still the one the writer saw (compare-and-set on `state`), and
+# every guarded field the writer changes still holds what the writer read (no lost update of a field two
+# writers change, e.g. webhook deliveries). KEYS: job, stats, dirty. ARGV: expected state JSON ('' = any),
+# ttl (0 = none), count terminal (0/1), mark dirty (0/1), new state value (for the stats counter), job id,
+# number of guards n, n (field, expected value) pairs, then field/value pairs.
+# Returns 1 written, 0 state or a guarded field moved meanwhile, -1 no such job.
 _CAS = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return -1 end
 if ARGV[1] ~= '' and cur ~= ARGV[1] then return 0 end
-if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+local n = tonumber(ARGV[7])
+for i = 0, n - 1 do
+  local now = redis.call('HGET', KEYS[1], ARGV[8 + 2 * i]) or ''
+  if now ~= ARGV[9 + 2 * i] then return 0 end
+end
+local first = 8 + 2 * n
+if #ARGV >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first)) end
 if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[5], 1) end
 if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[6]) end
@@ -255,8 +267,9 @@ class JobRepo:
         fields = encode_fields(after, names)
         terminal = after.state.is_terminal
         counted = terminal and not before.state.is_terminal
+        guards = encode_fields(before, [n for n in names if n in GUARDED_FIELDS])
         result = self._write(after.id, fields, expect=before.state, terminal=terminal,
-                             new_state=after.state if counted else None, dirty=event == "state")
+                             new_state=after.state if counted else None, dirty=event == "state", guards=guards)
         if result == 0:
             raise StateChanged(after.id)
         if result < 0:
@@ -273,7 +286,8 @@ class JobRepo:
             pipe.execute()
 
     def _write(self, job_id: str, fields: dict[str, str], *, expect: JobState | None, terminal: bool,
-               new_state: JobState | None, dirty: bool = True, only_if_live: bool = False) -> int:
+               new_state: JobState | None, dirty: bool = True, only_if_live: bool = False,
+               guards: dict[str, str] | None = None) -> int:
         if only_if_live:
             # Quarantine: write unless the record is already final.
             current = self.conn.hget(self.keys.job(job_id), "state")
@@ -288,7 +302,10 @@ class JobRepo:
         else:
             expect_arg = json.dumps(expect.value) if expect is not None else ""
         args: list[Any] = [expect_arg, self.finished_ttl if terminal else 0, 1 if new_state else 0,
-                           int(dirty and self.track_dirty), new_state.value if new_state else "", job_id]
+                           int(dirty and self.track_dirty), new_state.value if new_state else "", job_id,
+                           len(guards or {})]
+        for k, v in (guards or {}).items():
+            args += [k, v]
         for k, v in fields.items():
             args += [k, v]
         return int(self._cas(keys=[self.keys.job(job_id), self.keys.stats, self.keys.dirty], args=args))

@@ -253,3 +253,24 @@ def test_an_idle_pod_is_preferred_over_a_prefetch_slot(dispatcher):
     dispatcher.submit(second)
     [c] = dispatcher.scheduler.claim_batch(1, owner="d1")
     assert (c.job_id, c.endpoint_id, c.prefetched) == (second.id, "b", False)
+
+
+def test_a_field_two_writers_change_is_never_lost(dispatcher):
+    """The runner and the webhook deliverer both rewrite a job's delivery list: a write made from a stale read
+    of it is refused (and retried from a fresh read by update()), never silently dropping the other's change."""
+    import pytest
+
+    from comfyfleet.jobs.model import WebhookDelivery
+    from comfyfleet.store.jobrepo import StateChanged
+
+    j = job()
+    dispatcher.submit(j)
+    stale = dispatcher.repo.get(j.id)
+    started = WebhookDelivery(id="msg_1_started", event="job.started")
+    dispatcher.repo.update(j.id, lambda x: x.model_copy(update={"webhook_deliveries": [started]}))
+    delivered = started.model_copy(update={"state": "delivered", "attempts": 1})
+    with pytest.raises(StateChanged):
+        dispatcher.repo.write(stale, stale.model_copy(update={"webhook_deliveries": [delivered]}))
+    fresh = dispatcher.repo.get(j.id)
+    dispatcher.repo.write(fresh, fresh.model_copy(update={"webhook_deliveries": [delivered]}))
+    assert dispatcher.repo.get(j.id).webhook_deliveries == [delivered]
