@@ -28,6 +28,29 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT_S = 2.0
 
 
+async def open_socket(url: str, timeout: float) -> tuple[ClientConnection, str | bytes]:
+    """Connect a ComfyUI websocket and read its first frame (the hello, once the server registered our clientId).
+
+    HTTP 502/503/504 and network errors are ComfyUnavailable, any other refusal a ComfyProtocolError.
+    """
+    try:
+        ws = await connect(url, open_timeout=timeout, close_timeout=CLOSE_TIMEOUT_S, max_size=MAX_FRAME_BYTES)
+    except InvalidStatus as exc:
+        code = exc.response.status_code
+        if code in (502, 503, 504):
+            raise ComfyUnavailable(f"websocket {url}: HTTP {code}") from exc
+        raise ComfyProtocolError(f"websocket {url} refused with HTTP {code}", status_code=code) from exc
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        raise ComfyUnavailable(f"websocket {url}: {exc!r}") from exc
+    try:
+        async with asyncio.timeout(timeout):
+            first = await ws.recv()
+    except (ConnectionClosed, TimeoutError) as exc:
+        await ws.close()
+        raise ComfyUnavailable(f"websocket {url} gave no hello frame: {exc!r}") from exc
+    return ws, first
+
+
 @dataclass(frozen=True)
 class SocketClosed:
     """Delivered to every subscriber when the shared socket drops."""
@@ -91,22 +114,7 @@ class WsHub:
             self._reader = asyncio.create_task(self._read(ws), name=f"ws-reader {self.ws_url}")
 
     async def _open(self) -> ClientConnection:
-        try:
-            ws = await connect(self.ws_url, open_timeout=self.open_timeout, close_timeout=CLOSE_TIMEOUT_S,
-                               max_size=MAX_FRAME_BYTES)
-        except InvalidStatus as exc:
-            code = exc.response.status_code
-            if code in (502, 503, 504):
-                raise ComfyUnavailable(f"websocket {self.ws_url}: HTTP {code}") from exc
-            raise ComfyProtocolError(f"websocket {self.ws_url} refused with HTTP {code}", status_code=code) from exc
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise ComfyUnavailable(f"websocket {self.ws_url}: {exc!r}") from exc
-        try:
-            async with asyncio.timeout(self.open_timeout):
-                first = await ws.recv()
-        except (ConnectionClosed, TimeoutError) as exc:
-            await ws.close()
-            raise ComfyUnavailable(f"websocket {self.ws_url} gave no hello frame: {exc!r}") from exc
+        ws, first = await open_socket(self.ws_url, self.open_timeout)
         hello = parse_frame(first)
         if isinstance(hello, Status) and hello.sid not in (None, self.client_id):
             log.warning("websocket %s answered with sid %r", self.ws_url, hello.sid)

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
-from comfyfleet.comfy.errors import ComfyPromptLost, ComfyProtocolError, ComfyUnavailable
-from comfyfleet.comfy.hub import SocketClosed, Subscription, WsHub
+from comfyfleet.comfy.errors import ComfyPromptLost, ComfyUnavailable
+from comfyfleet.comfy.hub import SocketClosed, Subscription, WsHub, open_socket
 from comfyfleet.comfy.messages import (
     ComfyEvent,
     Executed,
@@ -286,24 +286,8 @@ class PromptRun:
             self.ws_client_id = client_id
             return
         url = self.client.ws_url(client_id)
-        try:
-            ws = await connect(
-                url, open_timeout=self.client.timeout, close_timeout=CLOSE_TIMEOUT_S, max_size=MAX_FRAME_BYTES
-            )
-        except InvalidStatus as exc:
-            code = exc.response.status_code
-            if code in (502, 503, 504):
-                raise ComfyUnavailable(f"websocket {url}: HTTP {code}") from exc
-            raise ComfyProtocolError(f"websocket {url} refused with HTTP {code}", status_code=code) from exc
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise ComfyUnavailable(f"websocket {url}: {exc!r}") from exc
+        ws, first = await open_socket(url, self.client.timeout)
         self.ws, self.ws_client_id = ws, client_id
-        try:
-            async with asyncio.timeout(self.client.timeout):
-                first = await ws.recv()
-        except (ConnectionClosed, TimeoutError) as exc:
-            await self._close_ws()
-            raise ComfyUnavailable(f"websocket {url} gave no hello frame: {exc!r}") from exc
         hello = parse_frame(first)
         if not isinstance(hello, Status):
             self._backlog.append(first)
