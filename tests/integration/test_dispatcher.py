@@ -245,14 +245,18 @@ def test_pods_stay_clean_once_outputs_are_stored(sim_factory, stack_factory, tmp
         stack.wait_workers_ready(1)
         done = stack.wait_state(stack.generate(body).json()["jobId"], timeout=60)
         assert done["state"] == "succeeded", done["error"]
-        uploads = list(sim.input_dir.glob("comfyfleet-*"))
-        outputs = list(sim.output_dir.rglob("clean_*.png"))
-        history = json.loads(_get(f"{sim.url}/history"))
-        assert done["jobId"] not in history, "the prompt left the pod's history"
+        # the pod is cleaned once the job is settled (the client does not wait for it): poll, do not race it
+        wait_until(lambda: done["jobId"] not in json.loads(_get(f"{sim.url}/history")), timeout=10,
+                   what="the prompt left the pod's history")
+
+        def pod_files() -> tuple[list[Path], list[Path]]:
+            return list(sim.input_dir.glob("comfyfleet-*")), list(sim.output_dir.rglob("clean_*.png"))
+
         if keeps:
+            uploads, outputs = pod_files()
             assert uploads and outputs, "a pod without the cleanup route keeps its files"
         else:
-            assert not uploads and not outputs, "uploads and outputs deleted once stored"
+            wait_until(lambda: pod_files() == ([], []), timeout=10, what="uploads and outputs deleted once stored")
         stack.stop()
 
 
@@ -336,4 +340,5 @@ def test_the_same_graph_twice_on_one_pod_stores_both_outputs(sim_factory, stack_
               for _ in range(2)]
     assert [f["state"] for f in firsts] == ["succeeded", "succeeded"], [f["error"] for f in firsts]
     assert all(f["outputs"] for f in firsts) and all(f["attempts"] == 1 for f in firsts)
-    assert not list(sim.output_dir.rglob("*.png")), "both jobs' files were deleted from the pod once stored"
+    wait_until(lambda: not list(sim.output_dir.rglob("*.png")), timeout=10,
+               what="both jobs' files deleted from the pod once stored (after each job settled)")
