@@ -1,19 +1,27 @@
-"""Async client for one ComfyUI server: HTTP endpoints here, the websocket run loop in run.py."""
+"""Async client for one ComfyUI server: HTTP endpoints here, the websocket run loop in run.py.
+
+HTTP goes through aiohttp (one pooled session per client, kept alive): the dispatcher makes five requests per
+job to its pod, and aiohttp's C parser costs a fraction of httpx's pure-Python stack per request
+(BENCHMARKS.md, profile of the dispatch path).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
+import mimetypes
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import certifi
-import httpx
 
 from comfyfleet.comfy.errors import ComfyProtocolError, ComfyUnavailable
 from comfyfleet.comfy.hub import WsHub
@@ -43,24 +51,35 @@ _GATEWAY_STATUSES = {502, 503, 504}
 
 @functools.cache
 def tls_context() -> ssl.SSLContext:
-    """One verifying TLS context per process (httpx's own default, certifi's CAs): building one costs 20-50 ms,
-    and a client is made for every run and every health probe."""
+    """One verifying TLS context per process (certifi's CAs): building one costs 20-50 ms, and a client is made
+    for every health probe."""
     return ssl.create_default_context(cafile=certifi.where())
 
 
 def warm_up() -> None:
-    """Do once what every client would otherwise pay on first use in a fresh process: the TLS context and the
-    lazily imported transport (httpcore) and run loop. RQ workers call it before forking work horses."""
-    import mimetypes
-
-    import anyio
-    import httpcore  # noqa: F401 - httpx imports it lazily when the first client is built (~70 ms)
-
+    """Do once what every client would otherwise pay on first use in a fresh process: the TLS context, the
+    mime types table and the lazily imported run loop."""
     import comfyfleet.comfy.run  # noqa: F401 - imported lazily by ComfyClient.run()
 
     tls_context()
     mimetypes.init()
-    anyio.run(anyio.sleep, 0)  # loads anyio's asyncio backend (~30 ms), which httpcore picks at first request
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """One HTTP answer, read whole (ComfyUI's answers are small JSON documents or one image)."""
+
+    method: str
+    path: str
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 class ComfyClient:
@@ -88,8 +107,7 @@ class ComfyClient:
         self.timeout = timeout
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_backoff = reconnect_backoff
-        # No Origin header is ever sent: ComfyUI's origin middleware answers 403 to a foreign one.
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, verify=tls_context())
+        self._http: aiohttp.ClientSession | None = None  # made on first use, inside the running loop
         self._run_lock = asyncio.Lock()
 
     async def __aenter__(self) -> ComfyClient:
@@ -101,7 +119,17 @@ class ComfyClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            # No Origin header is ever sent: ComfyUI's origin middleware answers 403 to a foreign one.
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=tls_context(), limit=0, ttl_dns_cache=60),
+                timeout=aiohttp.ClientTimeout(total=self.timeout), trust_env=False)
+        return self._http
 
     def ws_url(self, client_id: str | None = None) -> str:
         """ws(s)://host[:port][/prefix]/ws?clientId=<client_id>."""
@@ -112,32 +140,33 @@ class ComfyClient:
 
     # -- HTTP plumbing ---------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> HttpAnswer:
         try:
-            resp = await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:  # refused, reset, DNS, timeouts, dropped connection
+            async with self._session().request(method, self.base_url + path, allow_redirects=False,
+                                               **kwargs) as resp:
+                answer = HttpAnswer(method, path, resp.status, await resp.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:  # refused, reset, DNS, timeouts, dropped connection
             raise ComfyUnavailable(f"{method} {self.base_url}{path}: {exc!r}") from exc
-        if resp.status_code in _GATEWAY_STATUSES:
-            raise ComfyUnavailable(f"{method} {self.base_url}{path}: HTTP {resp.status_code}")
-        return resp
+        if answer.status_code in _GATEWAY_STATUSES:
+            raise ComfyUnavailable(f"{method} {self.base_url}{path}: HTTP {answer.status_code}")
+        return answer
 
     @staticmethod
-    def _unexpected(resp: httpx.Response) -> ComfyProtocolError:
+    def _unexpected(resp: HttpAnswer) -> ComfyProtocolError:
         hint = " (Origin check?)" if resp.status_code == 403 else ""
         return ComfyProtocolError(
-            f"{resp.request.method} {resp.request.url.path} answered HTTP {resp.status_code}{hint}: "
-            f"{resp.text[:200]!r}",
+            f"{resp.method} {resp.path.split('?')[0]} answered HTTP {resp.status_code}{hint}: {resp.text[:200]!r}",
             status_code=resp.status_code,
             body=resp.text,
         )
 
     @staticmethod
-    def _json(resp: httpx.Response) -> Any:
+    def _json(resp: HttpAnswer) -> Any:
         try:
             return resp.json()
         except ValueError as exc:
             raise ComfyProtocolError(
-                f"{resp.request.url.path} answered non-JSON: {resp.text[:200]!r}",
+                f"{resp.path.split('?')[0]} answered non-JSON: {resp.text[:200]!r}",
                 status_code=resp.status_code,
                 body=resp.text,
             ) from exc
@@ -209,8 +238,12 @@ class ComfyClient:
         self, data: bytes, filename: str, *, subfolder: str = "", overwrite: bool = False
     ) -> UploadedImage:
         """POST /upload/image into the input folder; the answer may rename the file."""
-        form = {"type": "input", "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
-        resp = await self._request("POST", "/upload/image", data=form, files={"image": (filename, data)})
+        form = aiohttp.FormData()
+        for name, value in (("type", "input"), ("subfolder", subfolder), ("overwrite", str(overwrite).lower())):
+            form.add_field(name, value)
+        form.add_field("image", data, filename=filename,
+                       content_type=mimetypes.guess_type(filename)[0] or "application/octet-stream")
+        resp = await self._request("POST", "/upload/image", data=form)
         if resp.status_code != 200:
             raise self._unexpected(resp)
         body = self._json(resp)
