@@ -225,6 +225,11 @@ def test_fifty_pods_in_one_simulator_process_run_fifty_jobs_at_once(tmp_path: Pa
         fleet.stop()
 
 
+def _pod_files(sim) -> tuple[list[Path], list[Path]]:
+    """A simulated pod's job upload folders and the test's output files."""
+    return list(sim.input_dir.glob("comfyfleet-*")), list(sim.output_dir.rglob("clean_*.png"))
+
+
 def test_pods_stay_clean_once_outputs_are_stored(sim_factory, stack_factory, tmp_path: Path):
     from PIL import Image
 
@@ -246,17 +251,14 @@ def test_pods_stay_clean_once_outputs_are_stored(sim_factory, stack_factory, tmp
         done = stack.wait_state(stack.generate(body).json()["jobId"], timeout=60)
         assert done["state"] == "succeeded", done["error"]
         # the pod is cleaned once the job is settled (the client does not wait for it): poll, do not race it
-        wait_until(lambda: done["jobId"] not in json.loads(_get(f"{sim.url}/history")), timeout=10,
+        wait_until(lambda s=sim, j=done["jobId"]: j not in json.loads(_get(f"{s.url}/history")), timeout=10,
                    what="the prompt left the pod's history")
-
-        def pod_files() -> tuple[list[Path], list[Path]]:
-            return list(sim.input_dir.glob("comfyfleet-*")), list(sim.output_dir.rglob("clean_*.png"))
-
         if keeps:
-            uploads, outputs = pod_files()
+            uploads, outputs = _pod_files(sim)
             assert uploads and outputs, "a pod without the cleanup route keeps its files"
         else:
-            wait_until(lambda: pod_files() == ([], []), timeout=10, what="uploads and outputs deleted once stored")
+            wait_until(lambda s=sim: _pod_files(s) == ([], []), timeout=10,
+                       what="uploads and outputs deleted once stored")
         stack.stop()
 
 
