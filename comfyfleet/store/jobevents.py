@@ -1,8 +1,8 @@
 """The job event transport: every change to a job record, in order, with an id a stream can resume from.
 
-Writer (JobRepo, inside its Redis writes): `add_event(pipe, keys, job, event)` queues one small Lua call
-that XADDs the event to the job's capped Redis Stream `{prefix}:events:{job_id}` and PUBLISHes
-`<job_id> <stream id> <event> <json>` on ONE channel per install, `{prefix}:jobevents`.
+Writer (JobRepo, inside the Lua script of each write: EMIT_LUA) XADDs the event to the job's capped Redis
+Stream `{prefix}:events:{job_id}` and PUBLISHes `<job_id> <stream id> <event> <json>` on ONE channel per
+install, `{prefix}:jobevents`.
 
 Readers (SSE, WebSocket, the sync endpoint): `EventHub`, one per process, holds the process's only
 pub/sub connection and fans messages out to local `JobFeed`s by job id. A feed resumes after a given
@@ -38,13 +38,20 @@ STREAM_TTL_SECONDS = 3600
 # A feed's queue: past this many undelivered events the reader is too slow and re-reads from the stream.
 FEED_QUEUE_SIZE = 1000
 
-# XADD + EXPIRE + PUBLISH in one round trip, so the published message carries the id the stream assigned.
-_ADD_EVENT = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[3], 'job', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. id .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
-return id
+# XADD + EXPIRE + PUBLISH, so the published message carries the id the stream assigned. A Lua function that the
+# job record's own scripts (store/jobrepo.py) call after their write, so a change and its event are one round
+# trip and one atomic step; ADD_EVENT is the same on its own.
+EMIT_LUA = """
+local function emit(stream, maxlen, ttl, event, payload, chan, job_id)
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event, 'job', payload)
+  redis.call('EXPIRE', stream, ttl)
+  redis.call('PUBLISH', chan, job_id .. ' ' .. id .. ' ' .. event .. ' ' .. payload)
+  return id
+end
 """
+# The six values event_args() gives, as ARGV[first .. first + 5] of a script.
+EVENT_ARGC = 6
+ADD_EVENT = EMIT_LUA + "return emit(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])\n"
 
 
 def channel(keys: Keys) -> str:
@@ -66,12 +73,16 @@ def parse_job(payload: str | bytes) -> Job:
     return Job.model_validate({**data, "workflow": {}})
 
 
-def add_event(pipe: redis.client.Pipeline, keys: Keys, job: Job, event: str) -> None:
-    """Queue the commands that record and announce one job event on a (sync) pipeline."""
+def event_args(keys: Keys, job: Job, event: str) -> list[str | int]:
+    """The arguments of EMIT_LUA's emit() for one event of a job (its stream is stream_key(keys, job.id))."""
     if " " in event:
         raise ValueError(f"event names have no spaces: {event!r}")
-    pipe.eval(_ADD_EVENT, 1, stream_key(keys, job.id), STREAM_MAXLEN, STREAM_TTL_SECONDS, event, job_payload(job),
-              channel(keys), job.id)
+    return [STREAM_MAXLEN, STREAM_TTL_SECONDS, event, job_payload(job), channel(keys), job.id]
+
+
+def add_event(conn: redis.Redis, keys: Keys, job: Job, event: str) -> None:
+    """Record and announce one job event on its own (JobRepo's writes emit theirs inside their own script)."""
+    conn.register_script(ADD_EVENT)(keys=[stream_key(keys, job.id)], args=event_args(keys, job, event))
 
 
 # ---- pure parts: event ids and messages ----

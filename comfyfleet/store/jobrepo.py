@@ -55,24 +55,34 @@ return ARGV[1]
 
 # Write changed fields only if the state is still the one the writer saw (compare-and-set on `state`), and
 # every guarded field the writer changes still holds what the writer read (no lost update of a field two
-# writers change, e.g. webhook deliveries). KEYS: job, stats, dirty. ARGV: expected state JSON ('' = any),
-# ttl (0 = none), count terminal (0/1), mark dirty (0/1), new state value (for the stats counter), job id,
-# number of guards n, n (field, expected value) pairs, then field/value pairs.
+# writers change, e.g. webhook deliveries); then emit the job event, in the same step. KEYS: job, stats, dirty,
+# event stream. ARGV: expected state JSON ('' = any), ttl (0 = none), count terminal (0/1), mark dirty (0/1),
+# new state value (for the stats counter), job id, number of guards n, the event's 6 arguments
+# (jobevents.event_args), n (field, expected value) pairs, then field/value pairs.
 # Returns 1 written, 0 state or a guarded field moved meanwhile, -1 no such job.
-_CAS = """
+_CAS = jobevents.EMIT_LUA + """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return -1 end
 if ARGV[1] ~= '' and cur ~= ARGV[1] then return 0 end
 local n = tonumber(ARGV[7])
 for i = 0, n - 1 do
-  local now = redis.call('HGET', KEYS[1], ARGV[8 + 2 * i]) or ''
-  if now ~= ARGV[9 + 2 * i] then return 0 end
+  local now = redis.call('HGET', KEYS[1], ARGV[14 + 2 * i]) or ''
+  if now ~= ARGV[15 + 2 * i] then return 0 end
 end
-local first = 8 + 2 * n
+local first = 14 + 2 * n
 if #ARGV >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first)) end
 if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[5], 1) end
 if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[6]) end
+emit(KEYS[4], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+return 1
+"""
+
+# A progress tick: the progress field and its event. KEYS: job, event stream. ARGV: the event's 6 arguments,
+# then the progress JSON.
+_PROGRESS = jobevents.EMIT_LUA + """
+redis.call('HSET', KEYS[1], 'progress', ARGV[7])
+emit(KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 return 1
 """
 
@@ -160,6 +170,8 @@ class JobRepo:
         self.track_dirty = track_dirty
         self._create = conn.register_script(_CREATE)
         self._cas = conn.register_script(_CAS)
+        self._progress = conn.register_script(_PROGRESS)
+        self._event = conn.register_script(jobevents.ADD_EVENT)
 
     # --- create -----------------------------------------------------------------------------------
     def create(self, job: Job) -> tuple[Job, bool]:
@@ -234,8 +246,8 @@ class JobRepo:
         """Persist a record that cannot be read as failed (only if it was not final), once; log it loudly."""
         fields = {"state": json.dumps(JobState.FAILED.value), "error": json.dumps(job.error.model_dump(mode="json"))
                   if job.error else "null"}
-        written = self._write(job.id, fields, expect=None, terminal=True, new_state=JobState.FAILED,
-                              only_if_live=True)
+        written = self._write(job, fields, expect=None, terminal=True, new_state=JobState.FAILED,
+                              only_if_live=True)  # its event tells followers the job failed
         if written:
             log.error("job %s: stored record is unreadable; marked failed: %s", job.id,
                       job.error.message if job.error else "")
@@ -268,26 +280,26 @@ class JobRepo:
         terminal = after.state.is_terminal
         counted = terminal and not before.state.is_terminal
         guards = encode_fields(before, [n for n in names if n in GUARDED_FIELDS])
-        result = self._write(after.id, fields, expect=before.state, terminal=terminal,
-                             new_state=after.state if counted else None, dirty=event == "state", guards=guards)
+        result = self._write(after, fields, expect=before.state, terminal=terminal,
+                             new_state=after.state if counted else None, dirty=event == "state", guards=guards,
+                             event=event)
         if result == 0:
             raise StateChanged(after.id)
         if result < 0:
             raise JobNotFound(after.id)
-        self.publish(after, event)
         return after
 
     def set_progress(self, job: Job) -> None:
         """Write only the progress of a running job (no state check: a late tick on a finished job is harmless
-        to its state) and publish it."""
-        with self.conn.pipeline(transaction=False) as pipe:
-            pipe.hset(self.keys.job(job.id), "progress", json.dumps(job.progress.model_dump(mode="json")))
-            jobevents.add_event(pipe, self.keys, job, "progress")
-            pipe.execute()
+        to its state) and publish it, in one script call."""
+        progress = json.dumps(job.progress.model_dump(mode="json"), separators=(",", ":"))
+        self._progress(keys=[self.keys.job(job.id), jobevents.stream_key(self.keys, job.id)],
+                       args=[*jobevents.event_args(self.keys, job, "progress"), progress])
 
-    def _write(self, job_id: str, fields: dict[str, str], *, expect: JobState | None, terminal: bool,
+    def _write(self, job: Job, fields: dict[str, str], *, expect: JobState | None, terminal: bool,
                new_state: JobState | None, dirty: bool = True, only_if_live: bool = False,
-               guards: dict[str, str] | None = None) -> int:
+               guards: dict[str, str] | None = None, event: str = "state") -> int:
+        job_id = job.id
         if only_if_live:
             # Quarantine: write unless the record is already final.
             current = self.conn.hget(self.keys.job(job_id), "state")
@@ -303,18 +315,17 @@ class JobRepo:
             expect_arg = json.dumps(expect.value) if expect is not None else ""
         args: list[Any] = [expect_arg, self.finished_ttl if terminal else 0, 1 if new_state else 0,
                            int(dirty and self.track_dirty), new_state.value if new_state else "", job_id,
-                           len(guards or {})]
+                           len(guards or {}), *jobevents.event_args(self.keys, job, event)]
         for k, v in (guards or {}).items():
             args += [k, v]
         for k, v in fields.items():
             args += [k, v]
-        return int(self._cas(keys=[self.keys.job(job_id), self.keys.stats, self.keys.dirty], args=args))
+        return int(self._cas(keys=[self.keys.job(job_id), self.keys.stats, self.keys.dirty,
+                                   jobevents.stream_key(self.keys, job_id)], args=args))
 
     def publish(self, job: Job, event: str) -> None:
         """Publish one job event (store/jobevents.py) without writing the record."""
-        with self.conn.pipeline(transaction=False) as pipe:
-            jobevents.add_event(pipe, self.keys, job, event)
-            pipe.execute()
+        self._event(keys=[jobevents.stream_key(self.keys, job.id)], args=jobevents.event_args(self.keys, job, event))
 
     # --- indexes ----------------------------------------------------------------------------------
     def owner_job_ids(self, owner: str, limit: int, before: float | None = None) -> list[str]:

@@ -24,9 +24,7 @@ def keys() -> Keys:
 
 
 def write(conn: redis.Redis, keys: Keys, job: Job, event: str = "progress") -> None:
-    with conn.pipeline() as pipe:
-        add_event(pipe, keys, job, event)
-        pipe.execute()
+    add_event(conn, keys, job, event)
 
 
 def job_at(value: int, state: JobState = JobState.RUNNING) -> Job:
