@@ -24,7 +24,7 @@ from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.errors import ComfyError
 from comfyfleet.fairuse import text
 from comfyfleet.keys import Keys
-from comfyfleet.store.jobrepo import JobNotFound, JobRepo
+from comfyfleet.store.jobrepo import JobRepo
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,36 @@ def day_of(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, UTC).date().isoformat()
 
 
+# Count one attempt of a job: the attempt's seconds set once (HSETNX: a second call for the same attempt counts
+# nothing), added to the job record's gpu_seconds (rounded to ms like every other figure), to the owner's day
+# and to the pool's total (the pool of the pod that ran it, else the job's, else "default"). One script, so the
+# dispatcher pays one round trip per job for accounting. KEYS: job record, attempts, day, totals.
+# ARGV: seconds, retention, pod key prefix. Record fields are JSON (store/jobrepo.py).
+USAGE_LUA = """
+local f = redis.call('HMGET', KEYS[1], 'owner', 'attempts', 'endpoint', 'pool', 'gpu_seconds')
+if not f[1] then return -1 end
+local ok, owner = pcall(cjson.decode, f[1])
+if not ok or type(owner) ~= 'string' then return -1 end
+local attempt = math.max(tonumber(f[2]) or 1, 1)
+if redis.call('HSETNX', KEYS[2], tostring(attempt), ARGV[1]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local total = (tonumber(f[5]) or 0) + tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 'gpu_seconds', string.format('%.3f', total))
+local pool = false
+local okE, endpoint = pcall(cjson.decode, f[3] or 'null')
+if okE and type(endpoint) == 'string' then pool = redis.call('HGET', ARGV[3] .. endpoint, 'pool') end
+if not pool then
+  local okP, named = pcall(cjson.decode, f[4] or 'null')
+  pool = (okP and type(named) == 'string') and named or 'default'
+end
+redis.call('HINCRBYFLOAT', KEYS[3], owner, ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'attempts:' .. owner, 1)
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('HINCRBYFLOAT', KEYS[4], pool, ARGV[1])
+return 1
+"""
+
+
 class UsageBook:
     """Per-user-per-day GPU-seconds in Redis: one hash per day, owner -> seconds (and owner -> attempts)."""
 
@@ -66,6 +96,7 @@ class UsageBook:
         self.conn = conn
         self.keys = keys
         self.retention = int(timedelta(days=retention_days).total_seconds())
+        self._record = conn.register_script(USAGE_LUA)
 
     def day_key(self, day: str) -> str:
         return f"{self.keys.prefix}:usage:day:{day}"
@@ -77,24 +108,11 @@ class UsageBook:
     def totals_key(self) -> str:
         return f"{self.keys.prefix}:usage:total"
 
-    def record(self, *, job_id: str, attempt: int, owner: str, pool: str, seconds: float, day: str,
-               repo: JobRepo) -> bool:
-        """Count one attempt once; returns False when it was already counted."""
-        if not self.conn.hsetnx(self.attempts_key(job_id), str(attempt), seconds):
-            return False
-        self.conn.expire(self.attempts_key(job_id), self.retention)
-        try:
-            repo.update(job_id, lambda j: j.model_copy(update={"gpu_seconds": round(j.gpu_seconds + seconds, 3)}),
-                        event="progress")
-        except JobNotFound:
-            log.warning("usage of job %s: the record is gone; counted for %s only", job_id, owner)
-        with self.conn.pipeline() as pipe:
-            pipe.hincrbyfloat(self.day_key(day), owner, seconds)
-            pipe.hincrby(self.day_key(day), f"attempts:{owner}", 1)
-            pipe.expire(self.day_key(day), self.retention)
-            pipe.hincrbyfloat(self.totals_key, pool, seconds)
-            pipe.execute()
-        return True
+    def record(self, *, job_id: str, seconds: float, day: str, job_key: str, pod_key_prefix: str) -> int:
+        """Count the job's current attempt once, in one atomic step (USAGE_LUA): 1 counted, 0 already counted,
+        -1 the job record is gone or unreadable."""
+        return int(self._record(keys=[job_key, self.attempts_key(job_id), self.day_key(day), self.totals_key],
+                                args=[seconds, self.retention, pod_key_prefix]))
 
     def days(self, owner: str, last: date, count: int) -> list[dict[str, Any]]:
         """The owner's usage for `count` days ending at `last`, oldest first."""
@@ -128,16 +146,14 @@ async def record_run_usage(client: ComfyClient, repo: JobRepo, job_id: str,
         window = execution_window(messages)
         if window is None:
             return 0.0
-        job = await asyncio.to_thread(repo.require, job_id)
-        pool = (await asyncio.to_thread(conn.hget, keys.pod(job.endpoint), "pool") if job.endpoint else None)
         seconds = round(window[1] - window[0], 3)
         book = UsageBook(conn, keys)
-        counted = await asyncio.to_thread(
-            lambda: book.record(job_id=job_id, attempt=max(job.attempts, 1), owner=job.owner,
-                                pool=text(pool) if pool else (job.pool or "default"), seconds=seconds,
-                                day=day_of(window[1]), repo=repo))
-        return seconds if counted else 0.0
-    except (ComfyError, OSError, redis.RedisError, JobNotFound) as exc:
+        counted = await asyncio.to_thread(book.record, job_id=job_id, seconds=seconds, day=day_of(window[1]),
+                                          job_key=keys.job(job_id), pod_key_prefix=keys.pod(""))
+        if counted < 0:
+            log.warning("job %s: usage not recorded: the job record is gone or unreadable", job_id)
+        return seconds if counted > 0 else 0.0
+    except (ComfyError, OSError, redis.RedisError) as exc:
         log.warning("job %s: usage not recorded: %s", job_id, exc)
         return 0.0
 

@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.hub import WsHub
 from comfyfleet.dispatch.probe import ProbeServer
-from comfyfleet.dispatch.registry import Endpoint, to_candidate
+from comfyfleet.dispatch.registry import RELEASE_LUA, Endpoint, to_candidate
 from comfyfleet.dispatch.rqworker import RQRun, make_scheduler, make_worker
 from comfyfleet.dispatch.runner import JobRun, RunContext, Settled, wait_prompt_gone
 from comfyfleet.dispatch.scheduler import Claim
@@ -69,6 +69,18 @@ for i = 3, #ARGV do
   end
 end
 return lost
+"""
+
+# A job's end in this process, in one step: out of the in-flight set, its claim forgotten, its lease freed (if it
+# had an endpoint) and the dispatchers woken. KEYS: inflight, owner, claim, lease, next lease. ARGV: job id,
+# wake channel, 1 if it had an endpoint.
+_FINISH = RELEASE_LUA + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+if ARGV[3] == '1' then release(KEYS[4], KEYS[5], ARGV[1]) end
+redis.call('PUBLISH', ARGV[2], '1')
+return 1
 """
 
 
@@ -133,6 +145,7 @@ class Engine:
         self.worker = make_worker(queue_names, self.conn, self.name, settings.job_monitoring_interval_seconds)
         self.rq_scheduler = make_scheduler(queue_names, self.conn, self.name)
         self._renew_inflight = self.conn.register_script(_RENEW_INFLIGHT)
+        self._finish = self.conn.register_script(_FINISH)
         self.last_loop_tick = time.monotonic()
         self.last_maintenance = time.monotonic()
         self.started = False
@@ -482,15 +495,13 @@ class Engine:
         log.error("%s: gave up after repeated Redis errors", what)
 
     async def _release(self, claim: Claim) -> None:
+        endpoint = claim.endpoint_id or ""
+        keys = [self.keys.inflight, self.keys.inflight_owner, self.keys.claim(claim.job_id),
+                self.keys.lease(endpoint), self.keys.lease_next(endpoint)]
+        args = [claim.job_id, self.keys.wake, 1 if claim.endpoint_id else 0]
+
         def release() -> None:
-            with self.conn.pipeline(transaction=False) as pipe:
-                pipe.zrem(self.keys.inflight, claim.job_id)
-                pipe.hdel(self.keys.inflight_owner, claim.job_id)
-                pipe.delete(self.keys.claim(claim.job_id))
-                pipe.execute()
-            if claim.endpoint_id:
-                self.d.registry.release_lease(claim.endpoint_id, claim.job_id)
-            self.d.scheduler.wake()
+            self._finish(keys=keys, args=args)
 
         backoff = Backoff()
         for _ in range(20):

@@ -16,15 +16,20 @@ from comfyfleet.keys import Keys, as_text
 # Compare-and-delete / compare-and-extend, so a dispatcher never frees or renews a lease it no longer holds.
 # KEYS: the endpoint's lease, its next (prefetch) lease. Freeing the running job's lease promotes the prefetched
 # job's lease in the same step, so a prefetched job is always the next to run and never a third one is queued.
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  redis.call('del', KEYS[1])
-  if redis.call('exists', KEYS[2]) == 1 then redis.call('rename', KEYS[2], KEYS[1]) end
-  return 1
+# Free a job's lease (running, or prefetched on `nxt`); a prefetched job moves up. A Lua function, so the
+# dispatcher's end-of-job script (dispatch/engine.py) releases in the same step as its other bookkeeping.
+RELEASE_LUA = """
+local function release(lease, nxt, job)
+  if redis.call('get', lease) == job then
+    redis.call('del', lease)
+    if redis.call('exists', nxt) == 1 then redis.call('rename', nxt, lease) end
+    return 1
+  end
+  if redis.call('get', nxt) == job then return redis.call('del', nxt) end
+  return 0
 end
-if redis.call('get', KEYS[2]) == ARGV[1] then return redis.call('del', KEYS[2]) end
-return 0
 """
+_RELEASE = RELEASE_LUA + "return release(KEYS[1], KEYS[2], ARGV[1])\n"
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
     "else return 0 end"
@@ -106,6 +111,7 @@ class Registry:
         self.conn = conn
         self.keys = keys
         self._renew_many = conn.register_script(_RENEW_MANY)
+        self._release = conn.register_script(_RELEASE)
 
     # --- membership -------------------------------------------------------------------------------
     def upsert(self, endpoint_id: str, url: str, pool: str = "default", source: str = "static",
@@ -199,8 +205,8 @@ class Registry:
 
     def release_lease(self, endpoint_id: str, job_id: str) -> bool:
         """Free job_id's lease on the endpoint (running or prefetched); a prefetched job moves up."""
-        return bool(self.conn.eval(_RELEASE, 2, self.keys.lease(endpoint_id), self.keys.lease_next(endpoint_id),
-                                   job_id))
+        return bool(self._release(keys=[self.keys.lease(endpoint_id), self.keys.lease_next(endpoint_id)],
+                                  args=[job_id]))
 
     def next_leases(self, endpoint_ids: list[str]) -> dict[str, str]:
         """Jobs committed ahead on endpoints with prefetch (endpoint id -> job id)."""

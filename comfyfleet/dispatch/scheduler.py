@@ -175,19 +175,29 @@ class Scheduler:
     def _plan(self, slots: int, cands: list[Candidate]) -> _Pass:
         plan = _Pass()
         names = self.keys.queue_names()
-        for priority, queue_name in zip(PRIORITIES, names, strict=True):
-            self._scan_queue(priority, queue_name, slots, cands, plan)
+        with self.conn.pipeline(transaction=False) as pipe:  # every queue's first page in one round trip
+            for queue_name in names:
+                pipe.lrange(self.queue_key(queue_name), 0, _PAGE - 1)
+            first_pages: list[list[Any]] = pipe.execute()
+        for priority, queue_name, first in zip(PRIORITIES, names, first_pages, strict=True):
+            if not first:
+                continue
+            self._scan_queue(priority, queue_name, slots, cands, plan, [as_text(i) for i in first])
             if len(plan.claims) >= slots or not any(c.healthy and not c.busy for c in cands):
                 break
         return plan
 
-    def _scan_queue(self, priority: int, queue_name: str, slots: int, cands: list[Candidate], plan: _Pass) -> None:
+    def _scan_queue(self, priority: int, queue_name: str, slots: int, cands: list[Candidate], plan: _Pass,
+                    first_page: list[str]) -> None:
         queue_key = self.queue_key(queue_name)
         blocked: set[tuple[str | None, frozenset[str], frozenset[str]]] = set()
         window_left = self.window
         start = 0
+        page: list[str] | None = first_page
         while start < _SCAN_LIMIT:
-            ids = [as_text(i) for i in self.conn.lrange(queue_key, start, start + _PAGE - 1)]
+            ids = page if page is not None else [as_text(i) for i in self.conn.lrange(queue_key, start,
+                                                                                       start + _PAGE - 1)]
+            page = None
             if not ids:
                 return
             start += len(ids)
