@@ -14,8 +14,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+import aiohttp
 
 from comfyfleet.comfy.errors import ComfyProtocolError, ComfyUnavailable
 from comfyfleet.comfy.messages import ComfyEvent, Status, parse_frame
@@ -28,30 +27,66 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT_S = 2.0
 
 
-async def open_socket(url: str, timeout: float) -> tuple[ClientConnection, str | bytes]:
+class SocketDropped(Exception):
+    """The websocket closed (by the server, the network or us); the message says how."""
+
+
+class ComfySocket:
+    """One open ComfyUI websocket. aiohttp's frame reader is compiled: a dispatcher reads every event of every
+    prompt it runs, and a pure-Python reader was its largest cost per event."""
+
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse):
+        self._session = session
+        self._ws = ws
+
+    async def recv(self) -> str | bytes:
+        """The next text or binary frame; SocketDropped once the socket is closed."""
+        msg = await self._ws.receive()
+        if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            data: str | bytes = msg.data
+            return data
+        if msg.type is aiohttp.WSMsgType.ERROR:
+            raise SocketDropped(f"websocket error: {msg.data!r}")
+        raise SocketDropped(f"closed (code {self._ws.close_code}{f', {msg.extra}' if msg.extra else ''})")
+
+    async def close(self) -> None:
+        try:
+            await self._ws.close()
+        finally:
+            await self._session.close()
+
+
+async def open_socket(url: str, timeout: float) -> tuple[ComfySocket, str | bytes]:
     """Connect a ComfyUI websocket and read its first frame (the hello, once the server registered our clientId).
 
     HTTP 502/503/504 and network errors are ComfyUnavailable, any other refusal a ComfyProtocolError.
     """
+    from comfyfleet.comfy.client import tls_context  # the client module imports this one
+
+    # No permessage-deflate: ComfyUI's frames are small JSON (and binary previews that do not compress), and
+    # inflating every frame costs CPU on a LAN where bytes are cheap.
+    session = aiohttp.ClientSession(trust_env=False)
     try:
-        # No permessage-deflate: ComfyUI's frames are small JSON (and binary previews that do not compress), and
-        # inflating every frame was the dispatcher's largest cost per event on a LAN where bytes are cheap.
-        ws = await connect(url, open_timeout=timeout, close_timeout=CLOSE_TIMEOUT_S, max_size=MAX_FRAME_BYTES,
-                           compression=None)
-    except InvalidStatus as exc:
-        code = exc.response.status_code
+        ws = await session.ws_connect(
+            url, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S), compress=0,
+            max_msg_size=MAX_FRAME_BYTES, ssl=tls_context(), autoping=True, autoclose=True)
+    except aiohttp.WSServerHandshakeError as exc:
+        await session.close()
+        code = exc.status
         if code in (502, 503, 504):
             raise ComfyUnavailable(f"websocket {url}: HTTP {code}") from exc
         raise ComfyProtocolError(f"websocket {url} refused with HTTP {code}", status_code=code) from exc
-    except (OSError, TimeoutError, InvalidHandshake) as exc:
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        await session.close()
         raise ComfyUnavailable(f"websocket {url}: {exc!r}") from exc
+    socket = ComfySocket(session, ws)
     try:
         async with asyncio.timeout(timeout):
-            first = await ws.recv()
-    except (ConnectionClosed, TimeoutError) as exc:
-        await ws.close()
+            first = await socket.recv()
+    except (SocketDropped, TimeoutError) as exc:
+        await socket.close()
         raise ComfyUnavailable(f"websocket {url} gave no hello frame: {exc!r}") from exc
-    return ws, first
+    return socket, first
 
 
 @dataclass(frozen=True)
@@ -92,7 +127,7 @@ class WsHub:
         self.client_id = client_id
         self.open_timeout = open_timeout
         self.subscribers: dict[str, Subscription] = {}
-        self._ws: ClientConnection | None = None
+        self._ws: ComfySocket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
 
@@ -116,7 +151,7 @@ class WsHub:
             self._ws = ws
             self._reader = asyncio.create_task(self._read(ws), name=f"ws-reader {self.ws_url}")
 
-    async def _open(self) -> ClientConnection:
+    async def _open(self) -> ComfySocket:
         ws, first = await open_socket(self.ws_url, self.open_timeout)
         hello = parse_frame(first)
         if isinstance(hello, Status) and hello.sid not in (None, self.client_id):
@@ -125,12 +160,12 @@ class WsHub:
             self._route(hello)
         return ws
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _read(self, ws: ComfySocket) -> None:
         reason = "closed"
         try:
-            async for frame in ws:
-                self._route(parse_frame(frame))
-        except ConnectionClosed as exc:
+            while True:
+                self._route(parse_frame(await ws.recv()))
+        except SocketDropped as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - a bad frame must not leave subscribers waiting forever
             log.exception("websocket %s: reader failed", self.ws_url)

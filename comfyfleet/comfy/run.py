@@ -16,11 +16,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
-
 from comfyfleet.comfy.errors import ComfyPromptLost, ComfyUnavailable
-from comfyfleet.comfy.hub import SocketClosed, Subscription, WsHub, open_socket
+from comfyfleet.comfy.hub import ComfySocket, SocketClosed, SocketDropped, Subscription, WsHub, open_socket
 from comfyfleet.comfy.messages import (
     ComfyEvent,
     Executed,
@@ -71,7 +68,7 @@ class PromptRun:
         self.prompt_id = prompt_id
         self.on_event = on_event
         self.silence_timeout = silence_timeout
-        self.ws: ClientConnection | None = None
+        self.ws: ComfySocket | None = None
         self.ws_client_id = client.client_id
         self.poll_only = False
         self.submitted: SubmitResult | None = None
@@ -156,7 +153,7 @@ class PromptRun:
                     return result
                 self.last_check = time.monotonic()
                 continue
-            except (ConnectionClosed, _Dropped) as exc:
+            except (SocketDropped, _Dropped) as exc:
                 log.warning(
                     "websocket to %s closed during prompt %s: %s", self.client.base_url, self.prompt_id, exc
                 )
