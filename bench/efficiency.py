@@ -42,7 +42,7 @@ from comfyfleet.jobs.templates import render_template
 
 
 def run(pods: int = 4, job_seconds: float = 1.0, steps: int = 10, jobs_per_pod: int = 10, dispatchers: int = 2,
-        keep: Path | None = None) -> dict[str, Any]:
+        keep: Path | None = None, prefetch: int = 0) -> dict[str, Any]:
     step_seconds = job_seconds / steps
     with workspace(f"fleet{pods}", keep) as (tmp, procs):
         fleet = start_pods(procs, tmp, pods, step_seconds)
@@ -50,7 +50,9 @@ def run(pods: int = 4, job_seconds: float = 1.0, steps: int = 10, jobs_per_pod: 
             # distinct seeds: a repeated graph would be served from ComfyUI's output cache in no time
             direct_s = min(direct(raw, fleet.urls[0], render_template(
                 "txt2img", GenerateParams(**txt2img(800_000 + i, steps)["params"]))) for i in range(3))
-        stack = Stack(procs, tmp, fleet.urls).start(dispatchers=dispatchers)
+        # prefetch 1: each pod gets its next prompt queued while it runs one (a pool's `prefetch: 1`; default 0)
+        stack = Stack(procs, tmp, fleet.urls).start(dispatchers=dispatchers,
+                                                    extra_env={"COMFYFLEET_COMFYUI_PREFETCH": str(prefetch)})
         stack.wait_ready()
         warm_t0, warm_ids = asyncio.run(submit_many(stack.api_url, [txt2img(900_000 + i, steps) for i in range(pods)]))
         wait_finished(stack.api_url, pods, procs, timeout=120 + pods)
@@ -83,7 +85,7 @@ def run(pods: int = 4, job_seconds: float = 1.0, steps: int = 10, jobs_per_pod: 
     ideal = jobs_per_pod * job_seconds
     control = sum(v for k, v in cpu.items() if k != "sim")
     return {
-        "pods": pods, "jobs": total, "job_seconds": job_seconds, "dispatchers": dispatchers,
+        "pods": pods, "jobs": total, "job_seconds": job_seconds, "dispatchers": dispatchers, "prefetch": prefetch,
         "multi_pod_sim": len(fleet.pids) == 1 and pods > 1, "states": states, "submit_s": submitted,
         "makespan_s": makespan, "ideal_s": ideal, "busy_fraction": ideal / makespan, "direct_job_s": direct_s,
         "busy_fraction_vs_direct": jobs_per_pod * direct_s / makespan,
@@ -98,7 +100,8 @@ def run(pods: int = 4, job_seconds: float = 1.0, steps: int = 10, jobs_per_pod: 
 def report(r: dict[str, Any]) -> str:
     f = r["first_start_s"]
     first = f"first job per pod after {f['min']:.2f}/{f['p50']:.2f}/{f['max']:.2f} s (min/p50/max)" if f["min"] else ""
-    return (f"N={r['pods']}: {r['jobs']} jobs x T={r['job_seconds']:.1f} s, {r['dispatchers']} dispatchers: makespan "
+    return (f"N={r['pods']}: {r['jobs']} jobs x T={r['job_seconds']:.1f} s, {r['dispatchers']} dispatchers, "
+            f"prefetch {r.get('prefetch', 0)}: makespan "
             f"{r['makespan_s']:.2f} s vs ideal {r['ideal_s']:.1f} s -> busy {r['busy_fraction'] * 100:.1f} % "
             f"(goal >= 98 %; {r['busy_fraction_vs_direct'] * 100:.1f} % of the direct client's "
             f"{r['direct_job_s']:.2f} s per job); "
@@ -113,9 +116,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--jobs-per-pod", type=int, default=10)
     parser.add_argument("--dispatchers", type=int, default=2)
+    parser.add_argument("--prefetch", type=int, choices=(0, 1), default=0)
     parser.add_argument("--keep", type=Path)
     args = parser.parse_args()
-    r = run(args.pods, args.job_seconds, args.steps, args.jobs_per_pod, args.dispatchers, args.keep)
+    r = run(args.pods, args.job_seconds, args.steps, args.jobs_per_pod, args.dispatchers, args.keep, args.prefetch)
     print(report(r))
     print(json.dumps(r, indent=1))
 
