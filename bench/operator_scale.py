@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -30,13 +31,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.k8s: the control plane harness
 
-from common import cpu_seconds, loadavg, median, pct, rss_mib  # noqa: E402
+from common import REPO, Unavailable, cpu_seconds, loadavg, median, pct, rss_mib  # noqa: E402
 from kubernetes.client import CoreV1Api, CustomObjectsApi  # noqa: E402
 
 from comfyfleet.operator.job_spec import owner_for  # noqa: E402
 from comfyfleet.operator.models import GROUP, JOB_PLURAL, VERSION, WORKER_PLURAL  # noqa: E402
 from tests.k8s.conftest import NOBODY_IDENTITY, OPERATOR_IDENTITY  # noqa: E402
-from tests.k8s.envtest import ControlPlane, find_binaries  # noqa: E402
+from tests.k8s.envtest import BIN_DIR_ENV, BINARIES_SCRIPT, ControlPlane, find_binaries  # noqa: E402
 from tests.k8s.operator_harness import OperatorFleet, txt2img_job, worker_manifest  # noqa: E402
 
 POLL_SECONDS = 0.25
@@ -46,6 +47,16 @@ POOL = "scale"
 # The CRD's defaults, spelled out: what a pool applied without a probe section gets.
 PRODUCTION_PROBE = {"intervalSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3}
 SCALE_TIMEOUT_SECONDS = 300
+# Where scripts/k8s-binaries caches what it builds (its default; COMFYFLEET_CACHE_DIR moves it).
+K8S_CACHE = Path(os.environ.get("COMFYFLEET_CACHE_DIR") or Path.home() / ".cache" / "comfyfleet") / "bin"
+
+
+def control_plane_binaries() -> Path:
+    """etcd, kube-apiserver and kubectl, when built already; a cold build (~11 min) is not started from a benchmark."""
+    if not os.environ.get(BIN_DIR_ENV) and not any(K8S_CACHE.glob("k8s-*-etcd-*")):
+        raise Unavailable(f"the k8s test binaries are not built: run {BINARIES_SCRIPT.relative_to(REPO)} once "
+                          "(~11 min on 2 cores), as for the k8s tests")
+    return find_binaries()
 
 
 class Sampler:
@@ -149,7 +160,7 @@ def job_latencies(fleet: OperatorFleet, custom: CustomObjectsApi, namespace: str
 
 def run(replicas: int = 200, jobs: int = 50, probe_interval: float = 5.0, keep: Path | None = None) -> dict[str, Any]:
     plane = ControlPlane(extra_identities={"operator": OPERATOR_IDENTITY, "nobody": NOBODY_IDENTITY},
-                         bin_dir=find_binaries())
+                         bin_dir=control_plane_binaries())
     plane.start()
     env = {"COMFYFLEET_PROBE_INTERVAL_SECONDS": str(probe_interval), "COMFYFLEET_LOG_LEVEL": "INFO"}
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
