@@ -15,6 +15,7 @@ loopback address per pod), so the stand-in is not what is measured. Then:
 Prints the figures; asserts nothing about speed.
 
     python bench/operator_scale.py [--replicas 200] [--jobs 50] [--probe-interval 5]
+    python bench/operator_scale.py --profile bench/results/profile-operator.txt   # pyinstrument, scale-up + jobs
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -158,7 +160,10 @@ def job_latencies(fleet: OperatorFleet, custom: CustomObjectsApi, namespace: str
     return {"jobs": jobs, "to_redis": stats(to_redis), "to_status": stats(to_status), "operator": sampler.result()}
 
 
-def run(replicas: int = 200, jobs: int = 50, probe_interval: float = 5.0, keep: Path | None = None) -> dict[str, Any]:
+def run(replicas: int = 200, jobs: int = 50, probe_interval: float = 5.0, keep: Path | None = None,
+        profile: Path | None = None) -> dict[str, Any]:
+    """The whole benchmark; profile: also sample the operator with pyinstrument from the apply to the last
+    GenerationJob (bench/profiled_operator.py) and write the tree there (the figures then include its cost)."""
     plane = ControlPlane(extra_identities={"operator": OPERATOR_IDENTITY, "nobody": NOBODY_IDENTITY},
                          bin_dir=control_plane_binaries())
     plane.start()
@@ -168,7 +173,11 @@ def run(replicas: int = 200, jobs: int = 50, probe_interval: float = 5.0, keep: 
     try:
         with tempfile.TemporaryDirectory(prefix="operator-scale-") as tmp:
             workdir = keep or Path(tmp)
-            fleet = OperatorFleet(plane, workdir, workers=0, env=env, pods_per_process=replicas)
+            session = workdir / "operator.pyisession"
+            command = ([sys.executable, str(Path(__file__).with_name("profiled_operator.py")), str(session)]
+                       if profile else None)
+            fleet = OperatorFleet(plane, workdir, workers=0, env=env, pods_per_process=replicas,
+                                  operator_command=command)
             api = plane.api_client("admin")
             core, custom = CoreV1Api(api), CustomObjectsApi(api)
             try:
@@ -176,10 +185,15 @@ def run(replicas: int = 200, jobs: int = 50, probe_interval: float = 5.0, keep: 
                 pid = fleet.operator.pid
                 core.create_namespace({"metadata": {"name": namespace}})
                 idle = steady(pid, 3.0)
+                if profile:
+                    os.kill(pid, signal.SIGUSR1)
                 scale = scale_up(fleet, core, custom, namespace, replicas, pid)
                 load["after_scale_up"] = loadavg()
                 rest = steady(pid, STEADY_SECONDS)
                 latency = job_latencies(fleet, custom, namespace, jobs, pid)
+                if profile:
+                    os.kill(pid, signal.SIGUSR2)
+                    save_profile(session, profile)
                 kubelet_errors = list(fleet.kubelet.errors) if fleet.kubelet else []
                 sim_processes = len(fleet.kubelet.hosts) if fleet.kubelet else 0
             finally:
@@ -191,6 +205,22 @@ def run(replicas: int = 200, jobs: int = 50, probe_interval: float = 5.0, keep: 
     return {"replicas": replicas, "probe_interval_s": probe_interval, "sim_processes": sim_processes,
             "idle": idle, "scale_up": scale, "steady": rest, "generationjobs": latency, "load": load,
             "kubelet_errors": kubelet_errors[-5:]}
+
+
+def save_profile(session_path: Path, out: Path, timeout: float = 60) -> None:
+    """Wait for the operator to write its pyinstrument session, then render it as text to out."""
+    from pyinstrument.renderers import ConsoleRenderer
+    from pyinstrument.session import Session
+
+    deadline = time.monotonic() + timeout
+    while not session_path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the operator wrote no profile to {session_path}")
+        time.sleep(0.2)
+    text = ConsoleRenderer(unicode=False, color=False, show_all=False, short_mode=False).render(
+        Session.load(str(session_path)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
 
 
 def report(r: dict[str, Any]) -> str:
@@ -211,8 +241,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--probe-interval", type=float, default=5.0, help="the operator's timer, seconds")
     parser.add_argument("--keep", type=Path, help="keep logs (operator, simulator) in this folder")
+    parser.add_argument("--profile", type=Path, help="write a pyinstrument tree of the operator here")
     args = parser.parse_args()
-    r = run(args.replicas, args.jobs, args.probe_interval, args.keep)
+    r = run(args.replicas, args.jobs, args.probe_interval, args.keep, args.profile)
     print(report(r))
     print(json.dumps(r, indent=1))
 

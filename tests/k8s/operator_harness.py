@@ -356,7 +356,8 @@ class OperatorFleet:
     """Redis + CRDs + chart RBAC + the operator (as its ServiceAccount) + RQ workers + the kubelet."""
 
     def __init__(self, plane: ControlPlane, workdir: Path, workers: int = 2, step_seconds: float = SIM_STEP_SECONDS,
-                 env: dict[str, str] | None = None, pods_per_process: int | None = None):
+                 env: dict[str, str] | None = None, pods_per_process: int | None = None,
+                 operator_command: list[str] | None = None):
         self.plane = plane
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -377,6 +378,8 @@ class OperatorFleet:
         self.conn = redis.Redis.from_url(self.redis.url)
         self.dispatcher = Dispatcher(self.conn, DispatchSettings(redis_url=self.redis.url, redis_prefix=self.prefix))
         self.operator: ManagedProcess | None = None
+        # The operator's command line: `python -m comfyfleet operator` unless a benchmark wraps it (a profiler).
+        self.operator_command = operator_command or python_module("comfyfleet", "operator")
         self.operator_runs = 0
         self.rq_workers: list[ManagedProcess] = []
         self.kubelet: SimKubelet | None = None
@@ -409,7 +412,7 @@ class OperatorFleet:
 
     def start_operator(self) -> None:
         self.operator_runs += 1
-        self.operator = ManagedProcess(python_module("comfyfleet", "operator"), env=self.env,
+        self.operator = ManagedProcess(self.operator_command, env=self.env,
                                        log_path=self.workdir / f"operator-{self.operator_runs}.log")
         wait_for(self._healthy, timeout=60, interval=0.2, what=f"operator /healthz\n{self.operator_log()}")
 
