@@ -1,9 +1,9 @@
 """Operator scale: a ComfyUIWorker of REPLICAS pods -> every pod registered for dispatch, on the test control plane.
 
 Starts the k8s tier's real etcd + kube-apiserver, Redis and `comfyfleet operator` (as the chart's
-ServiceAccount, production probe interval 5 s, the CRD's default probe settings), no dispatch processes
-(jobs only queue), and the kubelet stand-in with every simulated pod hosted by one simulator process (one
-loopback address per pod), so the stand-in is not what is measured. Then:
+ServiceAccount; production probe interval 5 s and status refresh 2 s, the CRD's default probe settings), no
+dispatch processes (jobs only queue), and the kubelet stand-in with every simulated pod hosted by one simulator
+process (one loopback address per pod), so the stand-in is not what is measured. Then:
 
 1. applies a ComfyUIWorker of REPLICAS replicas and times, from the apply, the moment all its pods exist,
    all are Ready (written by the kubelet stand-in) and all are registered and healthy in the dispatch
@@ -167,7 +167,10 @@ def run(replicas: int = 200, jobs: int = 50, probe_interval: float = 5.0, keep: 
     plane = ControlPlane(extra_identities={"operator": OPERATOR_IDENTITY, "nobody": NOBODY_IDENTITY},
                          bin_dir=control_plane_binaries())
     plane.start()
-    env = {"COMFYFLEET_PROBE_INTERVAL_SECONDS": str(probe_interval), "COMFYFLEET_LOG_LEVEL": "INFO"}
+    # Production loops, not the k8s tests' fast ones (OPERATOR_ENV): probes every probe_interval, a queued
+    # GenerationJob's status refreshed every 2 s (the settings' default).
+    env = {"COMFYFLEET_PROBE_INTERVAL_SECONDS": str(probe_interval), "COMFYFLEET_JOB_SYNC_INTERVAL_SECONDS": "2",
+           "COMFYFLEET_LOG_LEVEL": "INFO"}
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     load = {"start": loadavg()}
     try:
