@@ -149,7 +149,6 @@ class ScaleUpReaction:
         return created
 
 
-
 def _spec_or_none(body: Mapping[str, Any]) -> ComfyUIWorkerSpec | None:
     """The pool's spec, or None when invalid (the event handlers report that; nothing to scale)."""
     try:

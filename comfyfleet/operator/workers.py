@@ -57,7 +57,7 @@ from comfyfleet.operator.pods import (
 )
 from comfyfleet.operator.publish import PoolPublisher
 from comfyfleet.operator.runtime import Runtime
-from comfyfleet.operator.scaling import ScaleDecision, decide_scale, worker_status
+from comfyfleet.operator.scaling import ScaleDecision, decide_scale, slow_start_batches, worker_status
 
 log = logging.getLogger(__name__)
 
@@ -266,17 +266,14 @@ async def create_pods(rt: Runtime, body: Mapping[str, Any], spec: ComfyUIWorkerS
     calls: the first error is raised after its batch ends, and the next pass carries on from what exists.
     """
     created: list[str] = []
-    batch = 1
-    while len(created) < count:
-        results = await asyncio.gather(*(_create_pod(rt, body, spec) for _ in range(min(batch, count - len(created)))),
-                                       return_exceptions=True)
+    for size in slow_start_batches(count, CREATE_BATCH_MAX):
+        results = await asyncio.gather(*(_create_pod(rt, body, spec) for _ in range(size)), return_exceptions=True)
         created += [r for r in results if isinstance(r, str)]
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
         if None in results:  # no free random name in CREATE_ATTEMPTS tries: leave it to the next pass
             break
-        batch = min(batch * 2, CREATE_BATCH_MAX)
     return created
 
 
