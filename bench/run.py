@@ -3,10 +3,12 @@
 Runs, in this order (each is also a script of its own with small-parameter flags, see its --help):
 overhead.py (A/B trivial graph, comfyfleet vs direct), cpu.py (control-plane CPU per job), efficiency.py
 (busy fraction at N = 4, 32, 200 pods), memory.py (dispatcher RSS with 200 jobs in flight),
-dispatch_profile.py (pyinstrument of the dispatch path) and frontdoor.py (comfyfleet vs Express + Bull
-under wrk). Nothing here asserts speed: figures are compared with the goals of issues 8 and 14 and
-reported. A benchmark that cannot run in this checkout (a missing tool, the multi-pod simulator not there
-yet) is reported as not run with the reason; one that fails is reported with its error, and the rest go on.
+dispatch_profile.py (pyinstrument of the dispatch path), frontdoor.py (comfyfleet vs Express + Bull
+under wrk) and operator_scale.py (a ComfyUIWorker of 200 pods on the k8s tier's real kube-apiserver:
+time to all registered, operator RSS and CPU, GenerationJob -> queued). Nothing here asserts speed:
+figures are compared with the goals of issues 8 and 14 and reported. A benchmark that cannot run in this
+checkout (a missing tool, the multi-pod simulator not there yet) is reported as not run with the reason;
+one that fails is reported with its error, and the rest go on.
 
     python bench/run.py                      # everything, ~10-15 min on 2 cores; rewrites BENCHMARKS.md
     python bench/run.py --quick --no-write   # small parameters, a couple of minutes, nothing rewritten
@@ -32,6 +34,7 @@ import dispatch_profile
 import efficiency
 import frontdoor
 import memory
+import operator_scale
 import overhead
 from common import REPO, RESULTS, Unavailable, loadavg, machine, multi_pod_sim
 
@@ -71,6 +74,7 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
             ("profile", lambda: dispatch_profile.run(jobs=10, out_dir=RESULTS / "quick")),
             ("frontdoor", lambda: frontdoor.run(duration=3)),
             ("apiprofile", lambda: api_profile.run(duration=3, out_dir=RESULTS / "quick")),
+            ("operator", lambda: operator_scale.run(replicas=30, jobs=10)),
         ]
     return [
         ("overhead", lambda: overhead.run(pairs=30)),
@@ -83,6 +87,7 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         ("profile", lambda: dispatch_profile.run(jobs=40)),
         ("frontdoor", lambda: frontdoor.run(duration=15)),
         ("apiprofile", lambda: api_profile.run(duration=8)),
+        ("operator", lambda: operator_scale.run(replicas=200, jobs=50)),
     ]
 
 
@@ -123,7 +128,8 @@ def line(name: str, r: dict[str, Any]) -> str:
         return f"{r['status']}: {r['reason']}"
     reporter = {"overhead": overhead.report, "cpu": cpu.report, "memory": memory.report,
                 "profile": dispatch_profile.report, "frontdoor": frontdoor.report,
-                "ceiling": ceiling_report, "apiprofile": api_profile.report}.get(name.split("-")[0])
+                "ceiling": ceiling_report, "apiprofile": api_profile.report,
+                "operator": operator_scale.report}.get(name.split("-")[0])
     return (reporter or efficiency.report)(r)
 
 
@@ -167,6 +173,10 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
         add(label, r, lambda r: r["busy_fraction"] * 100, "{:.1f}", 98.0, True, " %")
     add("total dispatcher RSS with all pods' jobs in flight (200 in the full run)", get("memory"),
         lambda r: r["busy_mib"]["dispatchers"] * 2**20 / 1e6, "{:.0f}", 300.0, False, " MB")
+    op = get("operator")
+    add(f"operator: ComfyUIWorker of {op['replicas'] if op and op.get('status') == 'ok' else 200} pods, apply -> "
+        "all registered for dispatch", op, lambda r: r["scale_up"]["seconds"]["registered"], "{:.1f}", 30.0, False,
+        " s")
     fd = get("frontdoor")
     for n in ("1", "2"):
         if fd and fd.get("status") == "ok" and n in fd["summary"]:
@@ -315,13 +325,21 @@ def markdown(res: dict[str, Any], notes: str) -> str:
                      else f"Express + Bull, {x['processes']} process(es)")
             mem_rows.append([label, _f(x["idle_rss_mib"], "{:.0f}"), _f(x["load_rss_mib"], "{:.0f}"),
                              f"wrk, {ok['frontdoor']['connections']} connections (peak)"])
+    if "operator" in ok:
+        op = ok["operator"]
+        under = max(op["scale_up"]["operator"]["peak_rss_mib"], op["steady"]["peak_rss_mib"],
+                    op["generationjobs"]["operator"]["peak_rss_mib"])
+        mem_rows.append(["operator (1 process)", _f(op["idle"]["rss_mib"], "{:.0f}"), _f(under, "{:.0f}"),
+                         f"a ComfyUIWorker of {op['replicas']} pods coming up and probed every "
+                         f"{op['probe_interval_s']:g} s, then {op['generationjobs']['jobs']} GenerationJobs (peak; "
+                         "idle: no pools)"])
     if mem_rows:
         parts += [
             "## Memory (issues 8 and 14): RSS in MiB",
             "",
             "RSS of each process tree from /proc (uvicorn's supervisor and workers, node's cluster primary and "
-            "workers counted together; shared pages count once per process). The operator is not measured here: "
-            "it needs a Kubernetes API server (see the k8s test tier).",
+            "workers counted together; shared pages count once per process). The operator's row comes from the "
+            "operator benchmark below (the k8s tier's real kube-apiserver).",
             "",
             table(mem_rows, ["process", "idle", "under load", "load"]),
             "",
@@ -399,6 +417,8 @@ def markdown(res: dict[str, Any], notes: str) -> str:
                   ["µs/request", "function (inclusive)"]),
             "",
         ]
+    if "operator" in ok:
+        parts += operator_section(ok["operator"])
     failed = {k: v for k, v in r.items() if v.get("status") != "ok"}
     if failed:
         parts += ["## Not run or failed", ""]
@@ -406,6 +426,42 @@ def markdown(res: dict[str, Any], notes: str) -> str:
         parts.append("")
     parts += ["## Notes", "", NOTES_BEGIN, notes.strip() or "(none yet)", NOTES_END, ""]
     return "\n".join(parts)
+
+
+def operator_section(op: dict[str, Any]) -> list[str]:
+    """The operator scale table (issue 14)."""
+    s, up, rest, gj = (op["scale_up"]["seconds"], op["scale_up"]["operator"], op["steady"], op["generationjobs"])
+    n = op["replicas"]
+    return [
+        "## Operator scale (issue 14)",
+        "",
+        f"`bench/operator_scale.py` on the k8s tier's real etcd + kube-apiserver: `comfyfleet operator` as the chart's "
+        f"ServiceAccount, probe interval {op['probe_interval_s']:g} s (the production default), the CRD's default "
+        "probe settings, no dispatch processes (jobs only queue). The kubelet stand-in (tests/k8s/operator_harness.py) "
+        f"hosts the {n} simulated pods in {op['sim_processes']} simulator process(es), one loopback address each, and "
+        "writes their Ready status 4 at a time. Times from the create call of a ComfyUIWorker of "
+        f"{n} replicas; polled every {operator_scale.POLL_SECONDS} s. Load average {op['load']['start']} at the "
+        f"start, {op['load']['end']} at the end.",
+        "",
+        table([[f"all {n} pods created", _f(s["created"], "{:.1f} s")],
+               [f"all {n} pods Ready (kubelet stand-in)", _f(s["ready"], "{:.1f} s")],
+               [f"**all {n} pods registered for dispatch (Redis, healthy)**", f"**{_f(s['registered'], '{:.1f} s')}**"],
+               ["operator CPU during the scale-up", f"{up['cpu_s']:.1f} s ({up['cpu_percent']:.0f} % of a core)"],
+               ["operator RSS: idle (no pools) / peak during the scale-up",
+                f"{op['idle']['rss_mib']:.0f} / {up['peak_rss_mib']:.0f} MiB"],
+               [f"operator CPU at rest with {n} pods (probes every {op['probe_interval_s']:g} s)",
+                f"{rest['cpu_percent']:.1f} % of a core over {rest['wall_s']:.0f} s"],
+               [f"GenerationJob applied -> job queued in Redis, p50 / p90 / max of {gj['jobs']}",
+                f"{gj['to_redis']['p50_ms']:.0f} / {gj['to_redis']['p90_ms']:.0f} / {gj['to_redis']['max_ms']:.0f} ms"],
+               ["GenerationJob applied -> `status.phase: Queued`, p50 / p90 / max",
+                f"{gj['to_status']['p50_ms']:.0f} / {gj['to_status']['p90_ms']:.0f} / "
+                f"{gj['to_status']['max_ms']:.0f} ms"]],
+              ["", ""]),
+        "",
+        "Counts over time (seconds after the apply: pods, Ready, registered): "
+        + ", ".join(f"{t:g}: {c}/{rd}/{rg}" for t, c, rd, rg in op["scale_up"]["timeline"]) + ".",
+        "",
+    ]
 
 
 def kept_notes(path: Path) -> str:
@@ -430,7 +486,8 @@ def print_table(res: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small parameters (a couple of minutes)")
-    parser.add_argument("--only", help="comma list: overhead, cpu, efficiency, memory, profile, frontdoor")
+    parser.add_argument("--only", help="comma list: overhead, cpu, efficiency, ceiling, memory, profile, frontdoor, "
+                                       "apiprofile, operator")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--from-json", type=Path, help="run nothing: re-render these results (bench/results/*.json)")
     parser.add_argument("--add-to", type=Path, help="run --only and add the results to this earlier run's JSON "

@@ -17,7 +17,8 @@ import kopf
 import redis
 
 from comfyfleet.observability.logs import setup_logging
-from comfyfleet.operator import job_handlers, reaction, workers
+from comfyfleet.operator import job_handlers, reaction, registration, workers
+from comfyfleet.operator.builders import LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
 from comfyfleet.operator.models import GROUP, JOB_PLURAL, VERSION, WORKER_PLURAL
 from comfyfleet.operator.runtime import Runtime
 from comfyfleet.settings import OperatorSettings
@@ -32,6 +33,9 @@ LIVENESS_PATH = "/healthz"
 WATCH_SERVER_TIMEOUT_SECONDS = 300
 WATCH_CLIENT_TIMEOUT_SECONDS = WATCH_SERVER_TIMEOUT_SECONDS + 30
 WATCH_CONNECT_TIMEOUT_SECONDS = 30
+# The worker pods, the only pods the operator watches (server-side: kopf asks the API for these only).
+WORKER_POD_LABELS = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "worker"}
+PODS = ("", "v1", "pods")
 # A reconcile pass takes well under a second (probes time out after spec.probe.timeoutSeconds).
 CANCELLATION_POLLING_SECONDS = 1.0
 
@@ -57,6 +61,8 @@ def build_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     kopf_settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_SECONDS
     kopf_settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_SECONDS
     kopf_settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT_SECONDS
+    # The pod watch (registration.py) needs only the pools' pods, not every pod of the cluster.
+    kopf_settings.watching.label_selectors[PODS] = ",".join(f"{k}={v}" for k, v in sorted(WORKER_POD_LABELS.items()))
     return kopf_settings
 
 
@@ -82,6 +88,10 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     kopf.timer(*job, id="generationjob_sync", interval=sync, backoff=sync, when=job_handlers.job_in_flight,
                registry=registry)(job_handlers.generationjob_sync)
 
+    # Pods turning Ready (or going away) are published (withdrawn) at once, between timer ticks.
+    on.event(*PODS, id="worker_pod_event", labels=WORKER_POD_LABELS, registry=registry)(registration.worker_pod_event)
+    on.startup(id="pod_registration", registry=registry)(registration.registration_startup)
+
     on.login(id="login", registry=registry)(kopf.login_via_client)
     on.probe(id="redis", registry=registry)(probe_redis)
     # Autoscaled pools also scale up on queue wake-ups, between timer ticks (operator/reaction.py).
@@ -101,16 +111,25 @@ async def probe_redis(memo: kopf.Memo, **_: Any) -> bool:
 
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     await reaction.stop_reaction(memo)
+    await registration.stop_registration(memo)
     memo.runtime.close()
 
 
+# kopf's success line of the pod watch's handler, logged for every event of every worker pod.
+POD_EVENT_SUCCESS = "Handler 'worker_pod_event' succeeded."
+
+
 class QuietTimerSuccess(logging.Filter):
-    """Drop kopf's "Timer '...' succeeded." lines: the pool timer runs every probe interval per pool,
-    so they would drown everything else; failures and everything the handlers log still show."""
+    """Drop kopf's "Timer '...' succeeded." lines (the pool timer runs every probe interval per pool)
+    and the pod watch handler's success lines (one per pod event), so they do not drown everything
+    else; failures and everything the handlers log still show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
         message = record.getMessage()
-        return not (record.levelno == logging.INFO and message.startswith("Timer ") and message.endswith(" succeeded."))
+        timer = message.startswith("Timer ") and message.endswith(" succeeded.")
+        return not (timer or message == POD_EVENT_SUCCESS)
 
 
 def configure_logging(settings: OperatorSettings) -> None:

@@ -29,14 +29,14 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from comfyfleet.operator.builders import build_worker_pod, pod_name_for, selector_for
+from comfyfleet.operator.builders import selector_for
 from comfyfleet.operator.k8s import KubeError
 from comfyfleet.operator.models import ComfyUIWorkerSpec
 from comfyfleet.operator.pods import endpoint_id_for, observe_pod, owned_by, queue_depth
 from comfyfleet.operator.publish import PoolPublisher
 from comfyfleet.operator.runtime import Runtime
 from comfyfleet.operator.scale_up import scale_up_decision, wake_views, worth_a_look
-from comfyfleet.operator.workers import CREATE_ATTEMPTS
+from comfyfleet.operator.workers import create_pods
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class ScaleUpReaction:
             decision = scale_up_decision(spec, queue_depth(queued, name), wake_views(pods, busy), time.time())
             if not decision.create:
                 return []
-            created = await self._create(body, spec, decision.create)
+            created = await create_pods(self.rt, body, spec, decision.create)
         if created:
             self.rt.metrics.count_actions(namespace, name, created=len(created), removed=0, replaced=0)
             log.info("pool %s/%s: created %s; %s", namespace, name, ", ".join(created), decision.reason)
@@ -146,19 +146,6 @@ class ScaleUpReaction:
                 await self.rt.kube.post_event(body, "ScaledUp", f"created {', '.join(created)}; {decision.reason}")
             except KubeError as exc:
                 log.warning("pool %s/%s: could not post the ScaledUp event: %s", namespace, name, exc)
-        return created
-
-    async def _create(self, body: Mapping[str, Any], spec: ComfyUIWorkerSpec, count: int) -> list[str]:
-        """Create count pods (a random name that clashes is retried, as in the timer pass)."""
-        meta = body["metadata"]
-        created: list[str] = []
-        for _ in range(count):
-            for _attempt in range(CREATE_ATTEMPTS):
-                pod_name = pod_name_for(meta["name"])
-                pod = build_worker_pod(meta["name"], meta["namespace"], spec, pod_name, meta["uid"])
-                if await self.rt.kube.create_owned(pod):
-                    created.append(pod_name)
-                    break
         return created
 
 

@@ -316,3 +316,16 @@ def worker_status(
     elif previous.get("lastScaleTime"):
         status["lastScaleTime"] = previous["lastScaleTime"]
     return status
+
+
+def slow_start_batches(count: int, largest: int) -> list[int]:
+    """Sizes of the batches that create count pods: 1, 2, 4, … doubling up to largest, as Kubernetes'
+    ReplicaSet controller does ("slow start"), so a create the API refuses fails a small batch, not count calls."""
+    if largest < 1:
+        raise ValueError(f"largest must be at least 1, not {largest}")
+    sizes: list[int] = []
+    size = 1
+    while sum(sizes) < count:
+        sizes.append(min(size, largest, count - sum(sizes)))
+        size *= 2
+    return sizes

@@ -25,6 +25,7 @@ import kopf
 import redis
 from pydantic import ValidationError
 
+from comfyfleet.dispatch.registry import Endpoint
 from comfyfleet.fairuse.pools import declare_pool
 from comfyfleet.operator.builders import (
     build_headless_service,
@@ -56,12 +57,19 @@ from comfyfleet.operator.pods import (
 )
 from comfyfleet.operator.publish import PoolPublisher
 from comfyfleet.operator.runtime import Runtime
-from comfyfleet.operator.scaling import ScaleDecision, decide_scale, worker_status
+from comfyfleet.operator.scaling import ScaleDecision, decide_scale, slow_start_batches, worker_status
 
 log = logging.getLogger(__name__)
 
 # A random pod name can clash with one that exists (or just went away); a few tries always suffice.
 CREATE_ATTEMPTS = 5
+# Most pods created at once (the slow-start batches double up to this): each create is a blocking API call
+# in a worker thread, and the event loop's thread pool (a handful of threads) is shared with every Redis
+# call of the operator; more at once would only queue there, in front of the GenerationJob handlers.
+CREATE_BATCH_MAX = 16
+# Most pods probed at once: a probe round over hundreds of pods runs in waves of this many, so other
+# handlers (a GenerationJob being queued) wait behind a wave, not behind every pod's requests.
+PROBE_CONCURRENCY = 32
 
 
 class InvalidWorkerSpec(ValueError):
@@ -194,15 +202,7 @@ async def _sync_registry(
     pods: list[ObservedPod],
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Publish serving pods, withdraw the rest, probe; return (pod -> health, pod -> leased job)."""
-    serving = {endpoint_id_for(namespace, p.name): endpoint_url(p.ip, p.port) for p in pods if p.serving and p.ip}
-    known = await asyncio.to_thread(publisher.published)
-    stale = stale_endpoints(known, serving)
-    if stale:
-        await asyncio.to_thread(publisher.withdraw, stale)
-    endpoints = await asyncio.to_thread(publisher.publish, serving, known, spec.prefetch)
-    monitor = rt.monitor_for(uid, spec.probe)
-    await asyncio.gather(*(monitor.probe(e) for e in endpoints.values()))
-    fresh = await asyncio.to_thread(publisher.refresh, list(endpoints))
+    fresh = await publish_and_probe(rt, publisher, spec, uid, namespace, pods)
     ids = {endpoint_id_for(namespace, p.name): p.name for p in pods}
     leases = await asyncio.to_thread(publisher.leases, list(ids))
     health = {p.name: endpoint_health(fresh.get(endpoint_id_for(namespace, p.name))) for p in pods}
@@ -210,12 +210,35 @@ async def _sync_registry(
     return health, jobs
 
 
+async def publish_and_probe(
+    rt: Runtime, publisher: PoolPublisher, spec: ComfyUIWorkerSpec, uid: str, namespace: str,
+    pods: list[ObservedPod], only_unhealthy: bool = False,
+) -> dict[str, Endpoint]:
+    """Publish serving pods, withdraw the rest, probe them (only_unhealthy: only the ones not yet healthy,
+    as the pod watch does between timer ticks); return the pool's published endpoints after the probes."""
+    serving = {endpoint_id_for(namespace, p.name): endpoint_url(p.ip, p.port) for p in pods if p.serving and p.ip}
+    known = await asyncio.to_thread(publisher.published)
+    stale = stale_endpoints(known, serving)
+    if stale:
+        await asyncio.to_thread(publisher.withdraw, stale)
+    endpoints = await asyncio.to_thread(publisher.publish, serving, known, spec.prefetch)
+    monitor = rt.monitor_for(uid, spec.probe)
+    wave = asyncio.Semaphore(PROBE_CONCURRENCY)
+
+    async def probe(endpoint: Endpoint) -> None:
+        async with wave:
+            await monitor.probe(endpoint)
+
+    await asyncio.gather(*(probe(e) for e in endpoints.values() if not (only_unhealthy and e.healthy)))
+    return await asyncio.to_thread(publisher.refresh, list(endpoints))
+
+
 async def _apply(
     rt: Runtime, body: kopf.Body, spec: ComfyUIWorkerSpec, publisher: PoolPublisher, decision: ScaleDecision
 ) -> tuple[list[str], list[str]]:
     """Delete replaced and removed pods, create missing ones; return (deleted names, created names)."""
     meta = body["metadata"]
-    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    name, namespace = meta["name"], meta["namespace"]
     deleted: list[str] = []
     for pod in decision.replace:
         await asyncio.to_thread(publisher.withdraw, [endpoint_id_for(namespace, pod)])
@@ -227,17 +250,41 @@ async def _apply(
         if await asyncio.to_thread(publisher.withdraw_if_idle, endpoint_id_for(namespace, pod)):
             await rt.kube.delete_pod(namespace, pod)
             deleted.append(pod)
-    created: list[str] = []
-    for _ in range(decision.create):
-        for _attempt in range(CREATE_ATTEMPTS):
-            pod_name = pod_name_for(name)
-            if await rt.kube.create_owned(build_worker_pod(name, namespace, spec, pod_name, uid)):
-                created.append(pod_name)
-                break
+    created = await create_pods(rt, body, spec, decision.create)
     replaced = len(decision.replace)
     rt.metrics.count_actions(namespace, name, created=max(0, len(created) - replaced),
                              removed=len(deleted) - replaced, replaced=replaced)
     return deleted, created
+
+
+async def create_pods(rt: Runtime, body: Mapping[str, Any], spec: ComfyUIWorkerSpec, count: int) -> list[str]:
+    """Create count pods of the pool; return their names.
+
+    In slow-start batches, as Kubernetes' ReplicaSet controller creates pods: 1, 2, 4, … at once, at most
+    CREATE_BATCH_MAX. A pool of hundreds comes up in a couple of seconds instead of one API round trip
+    after another, and a create the API refuses (quota, admission) fails a small batch, not hundreds of
+    calls: the first error is raised after its batch ends, and the next pass carries on from what exists.
+    """
+    created: list[str] = []
+    for size in slow_start_batches(count, CREATE_BATCH_MAX):
+        results = await asyncio.gather(*(_create_pod(rt, body, spec) for _ in range(size)), return_exceptions=True)
+        created += [r for r in results if isinstance(r, str)]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        if None in results:  # no free random name in CREATE_ATTEMPTS tries: leave it to the next pass
+            break
+    return created
+
+
+async def _create_pod(rt: Runtime, body: Mapping[str, Any], spec: ComfyUIWorkerSpec) -> str | None:
+    """Create one pod under a fresh random name (a name that exists already is retried); its name, or None."""
+    meta = body["metadata"]
+    for _attempt in range(CREATE_ATTEMPTS):
+        pod_name = pod_name_for(meta["name"])
+        if await rt.kube.create_owned(build_worker_pod(meta["name"], meta["namespace"], spec, pod_name, meta["uid"])):
+            return pod_name
+    return None
 
 
 async def _dispatch_capacity(publisher: PoolPublisher, now: float) -> CapacityVerdict:

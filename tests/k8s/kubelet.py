@@ -3,7 +3,8 @@
 The test control plane has no kubelet, scheduler or controller-manager, so a pod the operator
 creates stays Pending until a test marks it. Each simulated pod gets its own loopback address
 (`loopback_ip(n)`, port 8188 for the ComfyUI simulator): Linux routes all of 127.0.0.0/8 to lo,
-so a simulator bound to 127.0.0.N is reachable at the podIP the operator reads.
+so a simulator bound to 127.0.0.N is reachable at the podIP the operator reads. Many pods hosted by
+one simulator process take a block of addresses elsewhere in 127.0.0.0/8 (`loopback_block`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,21 @@ def loopback_ip(n: int) -> str:
     if not 1 <= n <= 254:
         raise ValueError(f"pod number {n} is outside 1..254")
     return f"127.0.0.{n}"
+
+
+def loopback_block(count: int, second: int, third: int) -> list[str]:
+    """count addresses from 127.second.third.1 on, 1..254 of each /24 and then the next third octet.
+
+    127.0.0.x is left to `loopback_ip`, so a block never collides with a one-process-per-pod simulator.
+    """
+    if count < 1:
+        raise ValueError(f"a block holds at least one address, not {count}")
+    if not 0 <= second <= 255 or not 0 <= third <= 255 or (second, third) == (0, 0):
+        raise ValueError(f"127.{second}.{third}.0/24 is not a block (127.0.0.0/24 is loopback_ip's)")
+    last = third + (count - 1) // 254
+    if last > 255:
+        raise ValueError(f"{count} addresses from 127.{second}.{third}.1 run past 127.{second}.255.254")
+    return [f"127.{second}.{third + i // 254}.{i % 254 + 1}" for i in range(count)]
 
 
 def _now() -> str:

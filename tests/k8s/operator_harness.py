@@ -10,7 +10,9 @@ nothing else); two RQ dispatch workers on the same Redis; and `SimKubelet`, whic
 ComfyUI simulator on its own loopback address 127.0.0.N port 8188 and marks the pod Running/Ready
 with podIP 127.0.0.N once the simulator answers; it stops the simulator when the pod goes away.
 Tests inject failures through it: `fail_pod` (the container crashed: sim killed, pod phase Failed)
-and `kill_sim` (ComfyUI stops answering while the kubelet still reports the pod Ready).
+and `kill_sim` (ComfyUI stops answering while the kubelet still reports the pod Ready). For many
+pods (`pods_per_process`), one simulator process hosts them all, each on its own loopback address;
+fault injection then needs the one-process-per-pod default.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +39,10 @@ from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.jobs.model import Job
 from comfyfleet.settings import DispatchSettings
 from tests.k8s.envtest import ControlPlane
-from tests.k8s.kubelet import COMFY_PORT, loopback_ip, mark_pod_failed, mark_pod_ready
+from tests.k8s.kubelet import COMFY_PORT, loopback_block, loopback_ip, mark_pod_failed, mark_pod_ready
 from tests.support.procs import REPO_ROOT, ManagedProcess, free_port, python_module, wait_for
 from tests.support.redis import RedisServer
-from tests.support.sim import start_sim
+from tests.support.sim import SimFleet, start_sim, start_sim_fleet
 from tests.unit.test_chart import CHART, helm
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ RELEASE_NAMESPACE = "comfyfleet"
 RBAC_TEMPLATE = "templates/operator-rbac.yaml"
 OPERATOR_IDENTITY = "operator"
 POD_SELECTOR = "app.kubernetes.io/managed-by=comfyfleet,app.kubernetes.io/component=worker"
+# Pods marked Ready at once: the kubelets of many nodes each write their own pods' status.
+MARK_READY_THREADS = 4
 # Simulated sampler speed: a 40-step job runs ~2 s, long enough to be seen busy, short for 2 cores.
 SIM_STEP_SECONDS = 0.05
 # Fast loops for tests (production defaults are seconds): the operator probes and autoscales every
@@ -112,26 +117,53 @@ class SimPod:
     name: str
     uid: str
     ip: str
-    proc: ManagedProcess
+    proc: ManagedProcess  # the pod's own simulator, or the process hosting it with others (hosted)
+    hosted: bool = False
     ready: bool = False
+    marking: bool = False  # a Ready write is in flight
     dead: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
-class SimKubelet:
-    """Plays the kubelet for the operator's pods: one ComfyUI simulator per pod on 127.0.0.N:8188."""
+@dataclass
+class SimHost:
+    """A simulator process hosting many pods, one loopback address each; an address serves one pod, once."""
 
-    def __init__(self, plane: ControlPlane, workdir: Path, step_seconds: float = SIM_STEP_SECONDS):
+    fleet: SimFleet
+    unused: list[str]
+
+
+class SimKubelet:
+    """Plays the kubelet for the operator's pods.
+
+    By default each pod gets its own ComfyUI simulator process on 127.0.0.N:8188. With
+    pods_per_process, simulator processes host that many pods each (`comfyfleet sim --hosts`, one
+    loopback address per pod from a `loopback_block`): the first is started here, another whenever
+    every address is taken, so a fleet of hundreds of pods costs a process or two instead of hundreds.
+    A hosted address is given to one pod only (a pod that goes away leaves its address idle: a new
+    pod never sees an old one's queue or history). Pods are marked Ready in parallel, as the
+    kubelets of many nodes would.
+    """
+
+    def __init__(self, plane: ControlPlane, workdir: Path, step_seconds: float = SIM_STEP_SECONDS,
+                 pods_per_process: int | None = None):
         self.api = plane.api_client("admin")
         self.core = CoreV1Api(self.api)
         self.workdir = workdir
         self.step_seconds = step_seconds
+        self.pods_per_process = pods_per_process
         self.pods: dict[tuple[str, str], SimPod] = {}
+        self.hosts: list[SimHost] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         # Start somewhere random in 127.0.0.0/8 so parallel test sessions rarely race for addresses.
         self._next_ip = random.randint(20, 200)
+        self._marker = ThreadPoolExecutor(MARK_READY_THREADS, thread_name_prefix="sim-kubelet-ready")
+        if pods_per_process is not None:
+            if pods_per_process < 1:
+                raise ValueError(f"pods_per_process must be at least 1, not {pods_per_process}")
+            self._start_host()
         self._thread = threading.Thread(target=self._loop, name="sim-kubelet", daemon=True)
         self._thread.start()
 
@@ -146,51 +178,76 @@ class SimKubelet:
                 log.exception("sim kubelet pass failed")
             self._stop.wait(0.1)
 
+    def _list_pods(self) -> list[dict[str, Any]]:
+        # Raw JSON, not the client's model classes: deserialising hundreds of pods ten times a second
+        # would take a core of its own on the machine the operator is measured on.
+        resp: Any = self.core.list_pod_for_all_namespaces(label_selector=POD_SELECTOR, _preload_content=False)
+        return list(json.loads(resp.data).get("items") or [])
+
     def _sync(self) -> None:
-        items = self.core.list_pod_for_all_namespaces(label_selector=POD_SELECTOR).items
+        items = self._list_pods()
         seen: set[tuple[str, str]] = set()
         for pod in items:
-            key = (pod.metadata.namespace, pod.metadata.name)
+            meta, status = pod["metadata"], pod.get("status") or {}
+            key = (meta["namespace"], meta["name"])
             seen.add(key)
             with self._lock:
                 sim = self.pods.get(key)
-                if sim is not None and sim.uid != pod.metadata.uid:
+                if sim is not None and sim.uid != meta["uid"]:
                     self._stop_sim(self.pods.pop(key))
                     sim = None
-                if pod.metadata.deletion_timestamp or pod.status.phase in ("Failed", "Succeeded"):  # type: ignore[operator]
+                if meta.get("deletionTimestamp") or status.get("phase") in ("Failed", "Succeeded"):
                     if sim is not None and not sim.dead:
-                        sim.proc.stop(timeout=2)
-                        sim.dead = True
+                        self._stop_sim(sim)
                     continue
                 if sim is None:
                     self.pods[key] = self._start_sim(pod)
-                elif not sim.ready and not sim.dead:
-                    self._advance(sim)
+                elif not sim.ready and not sim.dead and not sim.marking:
+                    self._advance(sim, pod)
         with self._lock:
             for key in [k for k in self.pods if k not in seen]:
                 self._stop_sim(self.pods.pop(key))
 
-    def _start_sim(self, pod: Any) -> SimPod:
-        ip = self._free_ip()
+    def _start_sim(self, pod: dict[str, Any]) -> SimPod:
+        meta = pod["metadata"]
         port = _container_port(pod)
-        data = self.workdir / "sims" / f"{pod.metadata.namespace}-{pod.metadata.name}"
+        if self.pods_per_process is not None:
+            if port != COMFY_PORT:
+                raise ValueError(f"pod {meta['namespace']}/{meta['name']} listens on {port}; hosted pods use "
+                                 f"{COMFY_PORT}")
+            host = self._host_with_room()
+            ip = host.unused.pop(0)
+            return SimPod(meta["namespace"], meta["name"], meta["uid"], ip, host.fleet.proc, hosted=True)
+        ip = self._free_ip()
+        data = self.workdir / "sims" / f"{meta['namespace']}-{meta['name']}"
         sim = start_sim(data, host=ip, port=port, wait=False, step_seconds=self.step_seconds)
-        return SimPod(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, ip, sim.proc)
+        return SimPod(meta["namespace"], meta["name"], meta["uid"], ip, sim.proc)
 
-    def _advance(self, sim: SimPod) -> None:
+    def _advance(self, sim: SimPod, pod: dict[str, Any]) -> None:
         """A starting sim: mark its pod Ready once it answers; restart it elsewhere if it died."""
         if not sim.proc.alive():
+            if sim.hosted:
+                raise RuntimeError(f"the simulator hosting {sim.namespace}/{sim.name} exited")
             # Most likely the address was taken (another session): try the next one.
-            pod = self.core.read_namespaced_pod(sim.name, sim.namespace)
             self.pods[(sim.namespace, sim.name)] = self._start_sim(pod)
             return
+        if not sim.hosted:  # a hosted pod listens already: its process wrote its URL list
+            try:
+                if not httpx.get(f"http://{sim.ip}:{COMFY_PORT}/system_stats", timeout=0.5).is_success:
+                    return
+            except httpx.HTTPError:
+                return
+        sim.marking = True
+        self._marker.submit(self._mark_ready, sim)
+
+    def _mark_ready(self, sim: SimPod) -> None:
         try:
-            ok = httpx.get(f"http://{sim.ip}:{COMFY_PORT}/system_stats", timeout=0.5).is_success
-        except httpx.HTTPError:
-            return
-        if ok:
             mark_pod_ready(self.core, sim.namespace, sim.name, sim.ip)
             sim.ready = True
+        except Exception as exc:  # noqa: BLE001 - the next pass tries again; tests see self.errors
+            self.errors.append(f"marking {sim.namespace}/{sim.name} ready: {exc!r}")
+        finally:
+            sim.marking = False
 
     def _free_ip(self) -> str:
         for _ in range(250):
@@ -201,9 +258,36 @@ class SimKubelet:
             return ip
         raise RuntimeError("no free loopback address for another simulated pod")
 
+    def _host_with_room(self) -> SimHost:
+        for host in self.hosts:
+            if host.unused:
+                return host
+        return self._start_host()
+
+    def _start_host(self) -> SimHost:
+        """Start a simulator process for pods_per_process pods on a free block of loopback addresses."""
+        assert self.pods_per_process is not None
+        count = self.pods_per_process
+        for attempt in range(5):
+            block = loopback_block(count, random.randint(64, 191), random.randint(0, 255 - (count - 1) // 254))
+            if not all(_port_free(ip, COMFY_PORT) for ip in block):
+                continue  # another session uses part of it
+            data = self.workdir / "sims" / f"host-{len(self.hosts)}-{attempt}"
+            try:
+                fleet = start_sim_fleet(data, 1, hosts=block, port=COMFY_PORT, step_seconds=self.step_seconds,
+                                        data_dir=data / "pods")
+            except TimeoutError as exc:
+                self.errors.append(f"simulator host on {block[0]}..{block[-1]}: {exc}")
+                continue
+            host = SimHost(fleet, list(block))
+            self.hosts.append(host)
+            return host
+        raise RuntimeError(f"no simulator process for {count} pods could start; {self.errors[-1:]}")
+
     @staticmethod
     def _stop_sim(sim: SimPod) -> None:
-        sim.proc.stop(timeout=2)
+        if not sim.hosted:  # a hosted pod's address just stays idle; its process serves others
+            sim.proc.stop(timeout=2)
         sim.dead = True
 
     # -- fault injection and queries ------------------------------------------------------------
@@ -215,7 +299,7 @@ class SimKubelet:
     def fail_pod(self, namespace: str, name: str) -> None:
         """The container crashed for good: kill the sim, set the pod's phase to Failed."""
         with self._lock:
-            sim = self.pods[(namespace, name)]
+            sim = self._own_process(namespace, name, "fail_pod")
             sim.proc.kill()
             sim.dead = True
         mark_pod_failed(self.core, namespace, name, reason="Error", exit_code=137)
@@ -223,24 +307,34 @@ class SimKubelet:
     def kill_sim(self, namespace: str, name: str) -> None:
         """ComfyUI dies but the pod still looks Ready (the kubelet has not noticed): only probes can tell."""
         with self._lock:
-            sim = self.pods[(namespace, name)]
+            sim = self._own_process(namespace, name, "kill_sim")
             sim.proc.kill()
             sim.dead = True
+
+    def _own_process(self, namespace: str, name: str, what: str) -> SimPod:
+        sim = self.pods[(namespace, name)]
+        if sim.hosted:
+            raise RuntimeError(f"{what} kills a pod's own simulator process; {namespace}/{name} shares one with "
+                               "other pods (pods_per_process): use a kubelet with one process per pod")
+        return sim
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self._marker.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for sim in self.pods.values():
-                sim.proc.stop(timeout=2)
+                self._stop_sim(sim)
             self.pods.clear()
+            for host in self.hosts:
+                host.fleet.stop()
         self.api.close()
 
 
-def _container_port(pod: Any) -> int:
-    for container in pod.spec.containers or []:
-        for port in container.ports or []:
-            return int(port.container_port)
+def _container_port(pod: dict[str, Any]) -> int:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            return int(port["containerPort"])
     return COMFY_PORT
 
 
@@ -262,7 +356,8 @@ class OperatorFleet:
     """Redis + CRDs + chart RBAC + the operator (as its ServiceAccount) + RQ workers + the kubelet."""
 
     def __init__(self, plane: ControlPlane, workdir: Path, workers: int = 2, step_seconds: float = SIM_STEP_SECONDS,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, pods_per_process: int | None = None,
+                 operator_command: list[str] | None = None):
         self.plane = plane
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +378,8 @@ class OperatorFleet:
         self.conn = redis.Redis.from_url(self.redis.url)
         self.dispatcher = Dispatcher(self.conn, DispatchSettings(redis_url=self.redis.url, redis_prefix=self.prefix))
         self.operator: ManagedProcess | None = None
+        # The operator's command line: `python -m comfyfleet operator` unless a benchmark wraps it (a profiler).
+        self.operator_command = operator_command or python_module("comfyfleet", "operator")
         self.operator_runs = 0
         self.rq_workers: list[ManagedProcess] = []
         self.kubelet: SimKubelet | None = None
@@ -291,7 +388,7 @@ class OperatorFleet:
             self.start_operator()
             for _ in range(workers):
                 self.start_dispatch("dispatcher")
-            self.kubelet = SimKubelet(plane, workdir, step_seconds=step_seconds)
+            self.kubelet = SimKubelet(plane, workdir, step_seconds=step_seconds, pods_per_process=pods_per_process)
         except BaseException:
             self.stop()
             raise
@@ -315,7 +412,7 @@ class OperatorFleet:
 
     def start_operator(self) -> None:
         self.operator_runs += 1
-        self.operator = ManagedProcess(python_module("comfyfleet", "operator"), env=self.env,
+        self.operator = ManagedProcess(self.operator_command, env=self.env,
                                        log_path=self.workdir / f"operator-{self.operator_runs}.log")
         wait_for(self._healthy, timeout=60, interval=0.2, what=f"operator /healthz\n{self.operator_log()}")
 

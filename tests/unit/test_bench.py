@@ -66,6 +66,7 @@ def test_goal_rows_say_met_missed_and_not_measured():
         "efficiency-200": {"status": "not run", "reason": "needs the multi-pod simulator"},
         "frontdoor": {"status": "ok", "summary": {"1": {"ratio": 1.25, "comfyfleet_p99_ms": 30.0,
                                                         "express_p99_ms": 20.0}}},
+        "operator": {"status": "ok", "replicas": 200, "scale_up": {"seconds": {"registered": 45.0}}},
     }}
     rows = {r["what"]: r for r in goals(res)}
     overhead = rows["dispatch overhead: p50 comfyfleet / direct (trivial graph)"]
@@ -79,5 +80,7 @@ def test_goal_rows_say_met_missed_and_not_measured():
     assert rows["front door req/s vs Express + Bull, 1 process(es)"]["met"] == "yes"
     p99 = rows["front door p99 vs Express + Bull, 1 process(es) (ratio, lower is better)"]
     assert (p99["figure"], p99["met"]) == ("1.50x", "no")
+    scale = rows["operator: ComfyUIWorker of 200 pods, apply -> all registered for dispatch"]
+    assert (scale["figure"], scale["goal"], scale["by"]) == ("45.0 s", "<= 30.0 s", "missed: 50 % above the goal")
     two = rows["front door req/s vs Express + Bull, 2 process(es)"]
     assert (two["figure"], two["by"]) == ("not measured", "not in this run")

@@ -37,7 +37,15 @@ def test_every_handler_is_registered_with_its_id() -> None:
     timers = {h.id: h for h in registry._spawning.get_all_handlers()}
     assert timers["comfyuiworker_reconcile"].interval == 0.5  # type: ignore[attr-defined]  # a TimerHandler
     activities = {h.id for h in registry._activities.get_all_handlers()}
-    assert {"login", "redis"} <= activities
+    assert {"login", "redis", "pod_registration"} <= activities
+    watching = {h.id for h in registry._watching.get_all_handlers()}
+    assert "worker_pod_event" in watching
+
+
+def test_the_pod_watch_asks_the_api_for_worker_pods_only() -> None:
+    settings = main.build_settings(OperatorSettings())
+    selectors = dict(settings.watching.label_selectors.items())
+    assert list(selectors.values()) == ["app.kubernetes.io/component=worker,app.kubernetes.io/managed-by=comfyfleet"]
 
 
 def test_timer_success_lines_are_dropped() -> None:
@@ -49,3 +57,5 @@ def test_timer_success_lines_are_dropped() -> None:
     assert not quiet.filter(record(logging.INFO, "Timer 'comfyuiworker_reconcile' succeeded."))
     assert quiet.filter(record(logging.ERROR, "Timer 'comfyuiworker_reconcile' failed temporarily: x"))
     assert quiet.filter(record(logging.INFO, "Handler 'comfyuiworker_create' succeeded."))
+    assert not quiet.filter(record(logging.INFO, "Handler 'worker_pod_event' succeeded."))  # one per pod event
+    assert quiet.filter(record(logging.ERROR, "Handler 'worker_pod_event' failed with an exception. Will ignore."))

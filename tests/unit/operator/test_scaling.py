@@ -272,3 +272,21 @@ def test_worker_status_keeps_last_scale_time_when_nothing_changes() -> None:
     )
     assert status["lastScaleTime"] == "2024-01-01T00:00:00Z" and status["phase"] == "Ready"
     assert "observedGeneration" not in status
+
+
+@pytest.mark.parametrize(("count", "largest", "sizes"), [
+    (0, 16, []),
+    (1, 16, [1]),
+    (3, 16, [1, 2]),
+    (5, 16, [1, 2, 2]),
+    (200, 16, [1, 2, 4, 8] + [16] * 11 + [9]),
+    (7, 1, [1] * 7),
+])
+def test_pods_are_created_in_slow_start_batches(count: int, largest: int, sizes: list[int]) -> None:
+    assert scaling.slow_start_batches(count, largest) == sizes
+    assert sum(sizes) == count
+
+
+def test_slow_start_needs_a_batch_of_at_least_one() -> None:
+    with pytest.raises(ValueError, match="largest"):
+        scaling.slow_start_batches(5, 0)
