@@ -73,13 +73,13 @@ return lost
 
 # A job's end in this process, in one step: out of the in-flight set, its claim forgotten, its lease freed (if it
 # had an endpoint) and the dispatchers woken. KEYS: inflight, owner, claim, lease, next lease. ARGV: job id,
-# wake channel, 1 if it had an endpoint.
+# wake channel, 1 if it had an endpoint, this dispatcher's name (the wake's payload: it woke itself already).
 _FINISH = RELEASE_LUA + """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 if ARGV[3] == '1' then release(KEYS[4], KEYS[5], ARGV[1]) end
-redis.call('PUBLISH', ARGV[2], '1')
+redis.call('PUBLISH', ARGV[2], ARGV[4])
 return 1
 """
 
@@ -146,6 +146,7 @@ class Engine:
         self.rq_scheduler = make_scheduler(queue_names, self.conn, self.name)
         self._renew_inflight = self.conn.register_script(_RENEW_INFLIGHT)
         self._finish = self.conn.register_script(_FINISH)
+        self._own_wake = self.name.encode()
         self.last_loop_tick = time.monotonic()
         self.last_maintenance = time.monotonic()
         self.started = False
@@ -263,7 +264,8 @@ class Engine:
                         continue
                     channel = message["channel"].decode()
                     if channel == self.keys.wake:
-                        self.wake.set()
+                        if message["data"] != self._own_wake:  # our own end-of-job wake: already set locally
+                            self.wake.set()
                     elif channel == self.keys.cancel:
                         event = self.cancel_events.get(message["data"].decode())
                         if event is not None:
@@ -498,7 +500,7 @@ class Engine:
         endpoint = claim.endpoint_id or ""
         keys = [self.keys.inflight, self.keys.inflight_owner, self.keys.claim(claim.job_id),
                 self.keys.lease(endpoint), self.keys.lease_next(endpoint)]
-        args = [claim.job_id, self.keys.wake, 1 if claim.endpoint_id else 0]
+        args = [claim.job_id, self.keys.wake, 1 if claim.endpoint_id else 0, self.name]
 
         def release() -> None:
             self._finish(keys=keys, args=args)
