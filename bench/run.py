@@ -69,6 +69,7 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
             ("efficiency-4", lambda: efficiency.run(pods=4, job_seconds=0.5, jobs_per_pod=4)),
             ("efficiency-32", lambda: efficiency.run(pods=8, job_seconds=0.5, jobs_per_pod=4)),
             ("efficiency-200", lambda: efficiency.run(pods=12, job_seconds=0.5, jobs_per_pod=4)),
+            ("efficiency-4-prefetch", lambda: efficiency.run(pods=4, job_seconds=0.5, jobs_per_pod=4, prefetch=1)),
             ("ceiling-200", lambda: simulator_ceiling(pods=12, job_seconds=0.5, jobs_per_pod=4)),
             ("memory", lambda: memory.run(pods=8, steps=20, step_seconds=1.0)),
             ("profile", lambda: dispatch_profile.run(jobs=10, out_dir=RESULTS / "quick")),
@@ -82,6 +83,10 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         ("efficiency-4", lambda: efficiency.run(pods=4)),
         ("efficiency-32", lambda: efficiency.run(pods=32)),
         ("efficiency-200", lambda: efficiency.run(pods=200)),
+        # The same with the pools' prefetch: 1 (each pod gets its next prompt while it runs one): not the default,
+        # so not a goal row; shown beside the default rows.
+        ("efficiency-4-prefetch", lambda: efficiency.run(pods=4, prefetch=1)),
+        ("efficiency-32-prefetch", lambda: efficiency.run(pods=32, prefetch=1)),
         ("ceiling-200", lambda: simulator_ceiling(pods=200)),
         ("memory", lambda: memory.run(pods=200)),
         ("profile", lambda: dispatch_profile.run(jobs=40)),
@@ -271,10 +276,12 @@ def markdown(res: dict[str, Any], notes: str) -> str:
         rows = []
         for k, v in eff:
             if v.get("status") != "ok":
-                rows.append([k.split("-")[1], v["status"] + ": " + v.get("reason", "")[:120], "", "", "", "", "", ""])
+                rows.append([k.split("-")[1], "1" if k.endswith("prefetch") else "0",
+                             v["status"] + ": " + v.get("reason", "")[:120], "", "", "", "", "", ""])
                 continue
             f = v["first_start_s"]
-            rows.append([v["pods"], v["jobs"], f"{v['job_seconds']:.1f} s", _f(v["submit_s"], "{:.1f} s"),
+            rows.append([v["pods"], v.get("prefetch", 0), v["jobs"], f"{v['job_seconds']:.1f} s",
+                         _f(v["submit_s"], "{:.1f} s"),
                          _f(v["makespan_s"], "{:.2f} s"), f"**{v['busy_fraction'] * 100:.1f} %**",
                          f"{_f(f['min'], '{:.2f}')} / {_f(f['p50'], '{:.2f}')} / {_f(f['max'], '{:.2f}')} s",
                          _f(v["control_ms_per_job"])])
@@ -283,9 +290,10 @@ def markdown(res: dict[str, Any], notes: str) -> str:
             "",
             "N simulated pods, 10 N txt2img jobs (64x64) of T = 10 steps x 0.1 s each, 2 dispatcher processes, posted "
             "through the API 16 at a time after one warm-up round of N jobs. busy fraction = ideal (10 T) / makespan "
-            "(first submit -> last job finished); submitting is inside the makespan.",
+            "(first submit -> last job finished); submitting is inside the makespan. prefetch: the pools' setting "
+            "(0 by default; 1 queues each pod's next prompt on it while it runs one).",
             "",
-            table(rows, ["N pods", "jobs", "T", "submitting took", "makespan", "busy fraction",
+            table(rows, ["N pods", "prefetch", "jobs", "T", "submitting took", "makespan", "busy fraction",
                          "first job per pod min / p50 / max", "control-plane ms CPU/job"]),
             "",
         ]
