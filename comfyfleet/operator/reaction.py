@@ -34,7 +34,7 @@ from comfyfleet.operator.k8s import KubeError
 from comfyfleet.operator.models import ComfyUIWorkerSpec
 from comfyfleet.operator.pods import endpoint_id_for, observe_pod, owned_by, queue_depth
 from comfyfleet.operator.publish import PoolPublisher
-from comfyfleet.operator.runtime import Runtime
+from comfyfleet.operator.runtime import Runtime, stop_memo_task
 from comfyfleet.operator.scale_up import scale_up_decision, wake_views, worth_a_look
 from comfyfleet.operator.workers import create_pods
 
@@ -177,10 +177,4 @@ async def reaction_startup(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> No
 
 async def stop_reaction(memo: kopf.Memo) -> None:
     """Cancel the reaction task, if one runs, and wait for it to end."""
-    task: asyncio.Task[None] | None = getattr(memo, "reaction_task", None)
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    memo.reaction_task = None
+    await stop_memo_task(memo, "reaction_task")

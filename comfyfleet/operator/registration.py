@@ -19,7 +19,6 @@ pod readiness between ticks. Started by a kopf startup handler, cancelled at cle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -33,7 +32,7 @@ from comfyfleet.operator.models import ComfyUIWorkerSpec
 from comfyfleet.operator.pods import observe_pod, owned_by
 from comfyfleet.operator.publish import PoolPublisher
 from comfyfleet.operator.readiness import PoolRef, ReadinessTracker, pod_signal
-from comfyfleet.operator.runtime import Runtime
+from comfyfleet.operator.runtime import Runtime, stop_memo_task
 from comfyfleet.operator.workers import publish_and_probe
 
 log = logging.getLogger(__name__)
@@ -128,11 +127,5 @@ async def registration_startup(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -
 
 async def stop_registration(memo: kopf.Memo) -> None:
     """Cancel the registration task, if one runs, and wait for it to end."""
-    task: asyncio.Task[None] | None = getattr(memo, "registration_task", None)
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    memo.registration_task = None
+    await stop_memo_task(memo, "registration_task")
     memo.registration = None

@@ -10,7 +10,9 @@ never both see a pod missing and both create one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -67,3 +69,14 @@ class Runtime:
     def close(self) -> None:
         self.kube.close()
         self.dispatcher.conn.close()
+
+
+async def stop_memo_task(memo: Any, name: str) -> None:
+    """Cancel the background task kept on the operator's memo under `name`, if one runs, and wait for its end."""
+    task: asyncio.Task[None] | None = getattr(memo, name, None)
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    setattr(memo, name, None)
