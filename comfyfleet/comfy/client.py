@@ -287,14 +287,15 @@ class ComfyClient:
         """POST /comfyfleet/cleanup: delete a job's upload folder and output files on the pod.
 
         Not a ComfyUI core route: the worker image's `comfyfleet_cleanup` custom node serves it. Returns False
-        when the server does not have it (404: another image), True when the files were removed.
+        when the server does not have it (another image: ComfyUI's static frontend route answers an unknown POST
+        with 405, a proxy in front may say 404), True when the files were removed.
         """
         body: dict[str, Any] = {"outputs": [{"filename": o.filename, "subfolder": o.subfolder, "type": o.type}
                                             for o in outputs]}
         if input_folder:
             body["inputs"] = input_folder
         resp = await self._request("POST", "/comfyfleet/cleanup", json=body)
-        if resp.status_code == 404:
+        if resp.status_code in (404, 405):
             return False
         if resp.status_code != 200:
             raise self._unexpected(resp)

@@ -175,6 +175,8 @@ class WsHub:
                 self._ws = None
             for sub in list(self.subscribers.values()):
                 sub.queue.put_nowait(SocketClosed(reason))
+            with contextlib.suppress(Exception):
+                await ws.close()  # a dropped socket still holds its HTTP session
 
     def _route(self, event: ComfyEvent) -> None:
         pid = event.event_prompt_id

@@ -434,11 +434,12 @@ class Engine:
             ahead = next((self.posted[c.job_id] for c in self.claims.values() if c.job_id != job_id
                           and c.endpoint_id == claim.endpoint_id and not c.prefetched and c.job_id in self.posted),
                          None) if claim.prefetched else None
-            settled = await JobRun(self.ctx, job_id, endpoint, adopted=claim.adopted,
-                                   cancelled=self.cancel_events[job_id], prefetched=claim.prefetched,
-                                   posted=self.posted[job_id], after=ahead).run()
+            job_run = JobRun(self.ctx, job_id, endpoint, adopted=claim.adopted, cancelled=self.cancel_events[job_id],
+                             prefetched=claim.prefetched, posted=self.posted[job_id], after=ahead)
+            settled = await job_run.run()
             if settled.held_prompt and endpoint is not None:
-                await self._hold(endpoint, job_id)
+                if await self._hold(endpoint, job_id):
+                    await job_run.clean_pod()
             await self._retrying(f"job {job_id}: RQ bookkeeping", lambda: self._record(settled, rq_run))
         except asyncio.CancelledError:
             handed_over = True  # shutting down or adopted elsewhere: the job stays in flight for its next owner
@@ -454,14 +455,16 @@ class Engine:
             if not handed_over:
                 await self._release(claim)
 
-    async def _hold(self, endpoint: Endpoint, job_id: str) -> None:
-        """Keep the endpoint leased until ComfyUI has let go of the prompt we gave up on."""
+    async def _hold(self, endpoint: Endpoint, job_id: str) -> bool:
+        """Keep the endpoint leased until ComfyUI has let go of the prompt we gave up on; False if it never did."""
         self.holding.add(endpoint.id)
         try:
             log.info("job %s settled; holding %s until ComfyUI lets go of its prompt", job_id, endpoint.url)
-            if not await wait_prompt_gone(self.link_for(endpoint).client, job_id):
-                await self.io(self.d.registry.mark_unhealthy, endpoint.id,
-                              f"prompt {job_id} was interrupted but never left the pod")
+            if await wait_prompt_gone(self.link_for(endpoint).client, job_id):
+                return True
+            await self.io(self.d.registry.mark_unhealthy, endpoint.id,
+                          f"prompt {job_id} was interrupted but never left the pod")
+            return False
         finally:
             self.holding.discard(endpoint.id)
 

@@ -60,7 +60,7 @@ class Link(Protocol):
 
     client: ComfyClient
     hub: WsHub
-    can_clean: bool  # the pod serves the worker image's cleanup route (False after its first 404)
+    can_clean: bool  # the pod serves the worker image's cleanup route (False after its first 404/405)
 
 
 @dataclass
@@ -108,7 +108,7 @@ class JobRun:
         self.job: Job | None = None
         self.held_prompt = False
         self._progress: ProgressWriter | None = None
-        self._cleanup: tuple[Link, Job, RunResult] | None = None
+        self._cleanup: tuple[Link, Job, RunResult | None] | None = None
         self.obs: hooks.Attempt | None = None
 
     async def durable(self, fn: Callable[..., T], *args: Any) -> T:
@@ -157,8 +157,10 @@ class JobRun:
             ending = ending_of_error(exc, self.endpoint.url if self.endpoint else "")
         self.posted.set()
         settled = await self._settle(ending)
-        if self._cleanup is not None:
-            await self._clean_pod(*self._cleanup)
+        if settled.job is not None and settled.job.state is JobState.QUEUED:
+            self._cleanup = None  # retried: the next attempt reuses the prompt id and upload folder; it cleans up
+        elif not self.held_prompt:  # a held prompt still runs: its dispatcher cleans once ComfyUI let go of it
+            await self.clean_pod()
         return settled
 
     # --- the attempt ------------------------------------------------------------------------------
@@ -185,6 +187,8 @@ class JobRun:
                 run.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await run
+            if self.posted.is_set() or job.inputs:  # whatever the ending: its history entry and uploads go
+                self._cleanup = (link, job, None)
             await self._progress.flush()
             # HOOK(reliability): GPU-seconds, from the history the run already read (else read it now)
             await record_run_usage(link.client, self.ctx.repo, job.id, result.messages if result else None)
@@ -194,24 +198,32 @@ class JobRun:
             outputs = await self._store_outputs(link.client, job, result)
             hooks.note_outputs_stored(self.obs)  # HOOK(observability)
             self.job = job.model_copy(update={"outputs": outputs})
-            self._cleanup = (link, job, result)  # once the job is settled: the client need not wait for it
+            self._cleanup = (link, job, result)  # and its outputs, once the job is settled (no client waits)
         elif ending.kind is EndKind.OUT_OF_MEMORY:
             with contextlib.suppress(ComfyError):
                 await link.client.free(unload_models=True, free_memory=True)
         return ending
 
-    async def _clean_pod(self, link: Link, job: Job, result: RunResult) -> None:
-        """Once outputs are stored: forget the prompt's history entry and delete its uploads and outputs on the
-        pod (the worker image's cleanup route; a pod without it answers 404 once and is not asked again)."""
+    async def clean_pod(self) -> None:
+        """Once the job is settled and ComfyUI is done with its prompt: forget the prompt's history entry (any
+        ending) and delete the job's uploads and, after a success, its stored outputs on the pod (the worker
+        image's cleanup route; a pod without it answers 404/405 once and is not asked again)."""
+        if self._cleanup is None:
+            return
+        link, job, result = self._cleanup
+        self._cleanup = None
         settings = self.ctx.settings
         with contextlib.suppress(ComfyError):
             if settings.delete_pod_history:
-                await link.client.delete_history([result.prompt_id])
+                await link.client.delete_history([job.id])
             if not settings.keep_pod_files and link.can_clean:
-                outputs = [o for o in result.outputs if o.type == "output"]
+                outputs = [o for o in result.outputs if o.type == "output"] if result is not None else []
                 folder = f"comfyfleet-{job.id}" if job.inputs else None
                 if outputs or folder:
                     link.can_clean = await link.client.cleanup_files(folder, outputs)
+                    if not link.can_clean:
+                        log.info("endpoint %s has no /comfyfleet/cleanup route (not the worker image): job "
+                                 "uploads and outputs stay on it", link.client.base_url)
 
     async def _wait(self, run: asyncio.Task[RunResult], client: ComfyClient, job: Job) -> RunResult:
         """The run's result; on cancel or timeout, interrupt the prompt and wait a grace period for it."""
@@ -233,7 +245,9 @@ class JobRun:
                     break
         finally:
             cancel_wait.cancel()
-        why = Ending(EndKind.CANCELLED) if self.cancelled.is_set() else Ending(
+        began = self.job is not None and self.job.started_at is not None  # ComfyUI began executing it
+        why = Ending(EndKind.CANCELLED, "" if began else "cancelled while queued on the pod") \
+            if self.cancelled.is_set() else Ending(
             EndKind.TIMEOUT, f"job exceeded its timeout of {job.timeout_seconds} s")
         log.info("job %s: %s; interrupting it on %s", job.id, why.kind.value, client.base_url)
         try:

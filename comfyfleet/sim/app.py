@@ -19,6 +19,12 @@ from comfyfleet.sim.server import (
 )
 
 
+async def frontend_fallback(request: web.Request) -> web.StreamResponse:
+    if request.method in ("GET", "HEAD"):
+        raise web.HTTPNotFound()
+    raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+
+
 def create_app(models: Models, dirs: DataDirs, faults: Faults, options: ServerOptions | None = None) -> web.Application:
     """The simulator's aiohttp application; the worker thread starts with the app."""
     options = options or ServerOptions()
@@ -34,6 +40,9 @@ def create_app(models: Models, dirs: DataDirs, faults: Faults, options: ServerOp
         app.router.add_route(method, "/api" + path, handler)
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
+    # Last, as ComfyUI's static route for its frontend at "/": an unknown path answers 404 to GET and HEAD and 405
+    # (Allow: GET,HEAD) to any other method, so a POST to a route the server lacks is a 405, not a 404.
+    app.router.add_route("*", "/{tail:.*}", frontend_fallback)
     app.on_startup.append(srv.start)
     app.on_shutdown.append(srv.stop)
     return app

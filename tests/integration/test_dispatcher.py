@@ -244,21 +244,34 @@ def test_pods_stay_clean_once_outputs_are_stored(sim_factory, stack_factory, tmp
         "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "clean", "images": ["2", 0]}},
     }
     body = {"workflow": graph_with_input, "inputImages": {"in.png": data}}
-    clean, plain = sim_factory(), sim_factory(cleanup_route=False)
+    # `plain` acts as a ComfyUI without the worker image's node: a POST to the route answers 405, as real ComfyUI's
+    # static frontend route does; the dispatcher asks once, says so, and keeps the pod's files.
+    clean, plain = sim_factory(step_seconds=0.05), sim_factory(cleanup_route=False)
     for sim, keeps in ((clean, False), (plain, True)):
         stack = stack_factory([sim.url], workers=1)
         stack.wait_workers_ready(1)
-        done = stack.wait_state(stack.generate(body).json()["jobId"], timeout=60)
-        assert done["state"] == "succeeded", done["error"]
-        # the pod is cleaned once the job is settled (the client does not wait for it): poll, do not race it
-        wait_until(lambda s=sim, j=done["jobId"]: j not in json.loads(_get(f"{s.url}/history")), timeout=10,
-                   what="the prompt left the pod's history")
+        for _ in range(2):
+            done = stack.wait_state(stack.generate(body).json()["jobId"], timeout=60)
+            assert done["state"] == "succeeded", done["error"]
+            # the pod is cleaned once the job is settled (the client does not wait for it): poll, do not race it
+            wait_until(lambda s=sim, j=done["jobId"]: j not in json.loads(_get(f"{s.url}/history")), timeout=10,
+                       what="the prompt left the pod's history")
         if keeps:
             uploads, outputs = _pod_files(sim)
-            assert uploads and outputs, "a pod without the cleanup route keeps its files"
+            assert len(uploads) == 2 and len(outputs) == 2, "a pod without the cleanup route keeps its files"
+            wait_until(lambda st=stack: "has no /comfyfleet/cleanup route" in st.logs(), timeout=10)
+            assert stack.logs().count("has no /comfyfleet/cleanup route") == 1, "asked once, not at every job"
         else:
             wait_until(lambda s=sim: _pod_files(s) == ([], []), timeout=10,
                        what="uploads and outputs deleted once stored")
+            # a cancelled job's interrupted prompt and its uploads leave the pod too
+            slow = stack.generate({**txt2img(41, steps=150), "inputImages": {"in.png": data}}).json()["jobId"]
+            stack.wait_state(slow, states="running", timeout=30)
+            assert stack.http.delete(f"/api/comfyui/job/{slow}", headers=auth()).status_code == 200
+            assert stack.wait_state(slow, timeout=30)["state"] == "cancelled"
+            wait_until(lambda s=sim, j=slow: j not in json.loads(_get(f"{s.url}/history"))
+                       and not list(s.input_dir.glob("comfyfleet-*")), timeout=10,
+                       what="the interrupted prompt's history entry and uploads deleted")
         stack.stop()
 
 
