@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -27,32 +28,68 @@ class HealthMonitor:
         self.timeout = timeout
         self.unhealthy_after = unhealthy_after
         self._probes: dict[str, int] = {}
+        # One client (one kept-alive connection) per endpoint: a probe is two small requests, and a new client
+        # per probe cost a TCP connection and a session on both sides, for 200 pods 40 times a second.
+        self._clients: dict[str, ComfyClient] = {}
 
     async def run_forever(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.probe_all()
-            except Exception:  # noqa: BLE001 - a monitor that dies silently would freeze the fleet's health
-                log.exception("health probe round failed")
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self.probe_all()
+                except Exception:  # noqa: BLE001 - a monitor that dies silently would freeze the fleet's health
+                    log.exception("health probe round failed")
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+        finally:
+            await self.close()
 
     async def probe_all(self) -> None:
         endpoints = await asyncio.to_thread(self.registry.endpoints)
+        await self.retain({e.id for e in endpoints})
         await asyncio.gather(*(self.probe(e) for e in endpoints))
+
+    def _client(self, endpoint: Endpoint) -> ComfyClient:
+        client = self._clients.get(endpoint.id)
+        if client is None or client.base_url != endpoint.url.rstrip("/") or client.timeout != self.timeout:
+            if client is not None:
+                self._drop(endpoint.id)
+            client = self._clients[endpoint.id] = ComfyClient(endpoint.url, timeout=self.timeout)
+        return client
+
+    def _drop(self, endpoint_id: str) -> None:
+        client = self._clients.pop(endpoint_id, None)
+        if client is not None:
+            task = asyncio.get_running_loop().create_task(client.close())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # closing is best effort
+
+    async def retain(self, endpoint_ids: set[str]) -> None:
+        """Close the clients of endpoints no longer probed (withdrawn or replaced pods)."""
+        for endpoint_id in [i for i in self._clients if i not in endpoint_ids]:
+            self._drop(endpoint_id)
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.close()
 
     async def probe(self, endpoint: Endpoint) -> bool:
         """One probe: /system_stats and /queue; models and catalog when new or due. True if healthy."""
         count = self._probes.get(endpoint.id, 0)
         refresh = (not endpoint.healthy) or count % CATALOG_REFRESH_EVERY == 0
         try:
-            async with ComfyClient(endpoint.url, timeout=self.timeout) as client:
+            client = self._client(endpoint)
+            try:
                 stats = await client.system_stats()
                 queue = await client.queue()
                 models = catalog = None
                 if refresh:
                     catalog = await client.object_info()
                     models = await client.available_models()
+            except (ComfyError, OSError, ValueError):
+                self._drop(endpoint.id)  # the next probe starts on a fresh connection
+                raise
             foreign = await asyncio.to_thread(self._foreign_prompts, endpoint.id, queue.running + queue.pending)
             if foreign:
                 raise PodBusyElsewhere(foreign)

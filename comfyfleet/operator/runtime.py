@@ -61,10 +61,12 @@ class Runtime:
         monitor.unhealthy_after = probe.failure_threshold
         return monitor
 
-    def forget(self, uid: str) -> None:
-        """Drop a deleted pool's lock and prober."""
+    async def forget(self, uid: str) -> None:
+        """Drop a deleted pool's lock and prober (closing the prober's connections)."""
         self._locks.pop(uid, None)
-        self._monitors.pop(uid, None)
+        monitor = self._monitors.pop(uid, None)
+        if monitor is not None:
+            await monitor.close()
 
     def close(self) -> None:
         self.kube.close()

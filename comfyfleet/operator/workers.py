@@ -134,7 +134,7 @@ async def comfyuiworker_delete(
         raise kopf.TemporaryError(f"cleanup of pool {name} failed: {exc}",
                                   delay=rt.settings.probe_interval_seconds) from exc
     logger.info("pool %s deleted: withdrew %d endpoint(s), deleted %d pod(s)", name, len(withdrawn), len(pods))
-    rt.forget(uid)
+    await rt.forget(uid)
     rt.metrics.forget_pool(ns, name)
 
 
@@ -223,6 +223,7 @@ async def publish_and_probe(
         await asyncio.to_thread(publisher.withdraw, stale)
     endpoints = await asyncio.to_thread(publisher.publish, serving, known, spec.prefetch)
     monitor = rt.monitor_for(uid, spec.probe)
+    await monitor.retain(set(endpoints))
     wave = asyncio.Semaphore(PROBE_CONCURRENCY)
 
     async def probe(endpoint: Endpoint) -> None:
