@@ -105,7 +105,8 @@ class JobRun:
         self.endpoint = endpoint
         self.adopted = adopted
         self.cancelled = cancelled
-        self.job: Job | None = None
+        self.job: Job | None = None  # the stored record as this runner knows it (read, plus its own writes)
+        self.outputs: list[OutputFile] | None = None  # stored outputs of a successful run, not yet on the record
         self.held_prompt = False
         self._progress: ProgressWriter | None = None
         self._cleanup: tuple[Link, Job, RunResult | None] | None = None
@@ -191,13 +192,15 @@ class JobRun:
                 self._cleanup = (link, job, None)
             await self._progress.flush()
             # HOOK(reliability): GPU-seconds, from the history the run already read (else read it now)
-            await record_run_usage(link.client, self.ctx.repo, job.id, result.messages if result else None)
+            counted = await record_run_usage(link.client, self.ctx.repo, job.id, result.messages if result else None)
+            if counted and self.job is not None:  # the record's figure, in the runner's view of it
+                self.job = self.job.model_copy(update={"gpu_seconds": round(self.job.gpu_seconds + counted, 3)})
         hooks.note_prompt_finished(self.obs)  # HOOK(observability)
         ending = ending_of_result(result)
         if ending.kind is EndKind.SUCCEEDED:
             outputs = await self._store_outputs(link.client, job, result)
             hooks.note_outputs_stored(self.obs)  # HOOK(observability)
-            self.job = job.model_copy(update={"outputs": outputs})
+            self.outputs = outputs  # written with the final state
             self._cleanup = (link, job, result)  # and its outputs, once the job is settled (no client waits)
         elif ending.kind is EndKind.OUT_OF_MEMORY:
             with contextlib.suppress(ComfyError):
@@ -323,6 +326,7 @@ class JobRun:
                 return result
             except StorageError as exc:
                 if time.monotonic() + delay > deadline:
+                    self._cleanup = None  # the outputs stay on the pod, with the prompt's history entry
                     raise AttemptEnded(Ending(EndKind.STORAGE, f"{exc} (retried for "
                                               f"{self.ctx.settings.store_retry_seconds:.0f} s)")) from None
                 log.warning("job %s: storing %s failed (%s); retrying in %.1f s", job.id, filename, exc, delay)
@@ -332,18 +336,27 @@ class JobRun:
     # --- settling ---------------------------------------------------------------------------------
     async def _settle(self, ending: Ending) -> Settled:
         """Write the decision for this ending; the stored record may have moved (a cancel flag): re-read once."""
-        outputs = self.job.outputs if self.job is not None and ending.kind is EndKind.SUCCEEDED else None
+        outputs = self.outputs if ending.kind is EndKind.SUCCEEDED else None
+        # First from the runner's own view of the record (self.job: the record as read, plus every change the
+        # runner wrote since), guarded by the stored cancel flag, which only others set; a record that moved
+        # meanwhile is read again.
+        known = self.job
         while True:
-            current = await self.durable(self.ctx.repo.get, self.job_id)
-            if current is None:
-                return Settled(None, held_prompt=self.held_prompt)
+            guard: tuple[str, ...] = ()
+            if known is not None:
+                current, known, guard = known, None, ("cancel_requested",)
+            else:
+                fresh = await self.durable(self.ctx.repo.get, self.job_id)
+                if fresh is None:
+                    return Settled(None, held_prompt=self.held_prompt)
+                current = fresh
             if current.state.is_terminal:
                 return Settled(current, held_prompt=self.held_prompt)
             decision = decide(ending, cancel_requested=current.cancel_requested or self.cancelled.is_set(),
                               attempts=current.attempts, max_attempts=current.max_attempts)
             after = _apply(current, decision, outputs)
             try:
-                written = await self.durable(self.ctx.repo.write, current, after)
+                written = await self.durable(self.ctx.repo.write, current, after, "state", guard)
             except StateChanged:
                 continue
             except JobNotFound:

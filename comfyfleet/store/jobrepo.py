@@ -269,9 +269,10 @@ class JobRepo:
             except StateChanged:
                 continue
 
-    def write(self, before: Job, after: Job, event: str = "state") -> Job:
-        """Write what changed from before to after if the stored state is still before's; raises StateChanged
-        (nothing written) if it moved, JobNotFound if the record is gone."""
+    def write(self, before: Job, after: Job, event: str = "state", guard: Iterable[str] = ()) -> Job:
+        """Write what changed from before to after if the stored state is still before's (and every field named
+        in `guard` still holds before's value); raises StateChanged (nothing written) if it moved, JobNotFound
+        if the record is gone."""
         after = queue_webhooks(self.conn, self.keys, before, after)  # HOOK(integrations): outbox, before the CAS
         names = changed_fields(before, after)
         if not names:
@@ -279,7 +280,7 @@ class JobRepo:
         fields = encode_fields(after, names)
         terminal = after.state.is_terminal
         counted = terminal and not before.state.is_terminal
-        guards = encode_fields(before, [n for n in names if n in GUARDED_FIELDS])
+        guards = encode_fields(before, [n for n in names if n in GUARDED_FIELDS] + list(guard))
         result = self._write(after, fields, expect=before.state, terminal=terminal,
                              new_state=after.state if counted else None, dirty=event == "state", guards=guards,
                              event=event)
