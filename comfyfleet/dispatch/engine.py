@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import socket
@@ -537,6 +538,9 @@ def run(settings: DispatchSettings) -> None:
     from comfyfleet.comfy.client import warm_up
 
     warm_up()
+    # What start-up loaded (modules, settings, clients) lives as long as the process: keep it out of the
+    # collector's full passes, which otherwise walk all of it again and again while jobs run.
+    gc.freeze()
 
     async def main() -> None:
         engine = Engine(settings)
