@@ -17,7 +17,8 @@ from comfyfleet.api.state import AppState
 T = TypeVar("T")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request
     state: AppState = request.app.state.cf
     return state
 
