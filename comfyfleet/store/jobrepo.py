@@ -116,8 +116,25 @@ class StateChanged(Exception):
     """A compare-and-set write found the job in another state than the writer expected."""
 
 
-# json.dumps(value, separators=(",", ":")), less building a new encoder per call (half the cost of a record).
-_json: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
+_ENCODE: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
+_ENCODE_TEXT: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _json(value: Any) -> str:
+    """json.dumps(value, separators=(",", ":")), character for character, at a fraction of its cost for the
+    None / bool / int / text / empty values most fields hold (json.dumps builds an encoder per call)."""
+    kind = type(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str:
+        return _ENCODE_TEXT(value)
+    if (kind is list or kind is dict) and not value:
+        return "[]" if kind is list else "{}"
+    return _ENCODE(value)
 
 
 def encode_fields(job: Job, names: Iterable[str] | None = None) -> dict[str, str]:
