@@ -24,40 +24,40 @@ from rq.job import JobStatus
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 
-from comfyfleet.fairuse.limits import ADMIT_ARGS, ADMIT_LUA, FairUse
+from comfyfleet.fairuse.limits import ADMIT_LUA, FairUse
 from comfyfleet.jobs.model import Job
 from comfyfleet.keys import Keys, as_text
 from comfyfleet.luascript import Arg, LuaScript
-from comfyfleet.store.jobrepo import CREATE_ARGS, CREATE_KEYS, CREATE_LUA, JobRepo
+from comfyfleet.store.jobrepo import CREATE_LUA, JobRepo
 
-# KEYS: create_record's CREATE_KEYS, the RQ job, rq:queues, the RQ queue, then (with fair use) admit's keys.
-# ARGV: create_record's CREATE_ARGS, the RQ job's fields but `data` (one JSON object), its `data`, the wake
-# channel, then (with fair use) admit's ADMIT_ARGS.
+# ARGV: a JSON header {record_keys, record_args (create_record's), rq_job (the RQ job's key), rq_queues
+# (rq:queues), queue (the RQ queue's key), wake (the channel), and with fair use admit_keys, admit_args
+# (admit's)}, the RQ job's fields but `data` (a JSON object), its `data`.
+# Every key travels in the header, not in KEYS: redis-py packs each argument in Python, and 50 of them cost
+# the API more than the rest of the call. Fine on a single Redis (RQ needs one); a cluster would need KEYS.
 # Returns {'created', id}, {'existing', id of the job the idempotency key names}, or admit's refusal.
-SUBMIT = LuaScript(ADMIT_LUA + CREATE_LUA + f"""
-local ck, ca = {CREATE_KEYS}, {CREATE_ARGS}
-local id = ARGV[1]
-local fair = nil
-if #KEYS > ck + 3 then
-  fair = {{unpack(KEYS, ck + 4)}}
-  local refused = admit(fair, {{unpack(ARGV, ca + 4, ca + 3 + {ADMIT_ARGS})}})
+SUBMIT = LuaScript(ADMIT_LUA + CREATE_LUA + """
+local h = cjson.decode(ARGV[1])
+local id = h.record_args[1]
+if h.admit_keys then
+  local refused = admit(h.admit_keys, h.admit_args)
   if refused then return refused end
 end
-local existing = create_record({{unpack(KEYS, 1, ck)}}, {{unpack(ARGV, 1, ca)}})
+local existing = create_record(h.record_keys, h.record_args)
 if existing then
-  if fair then release(fair, id) end
-  return {{'existing', existing}}
+  if h.admit_keys then release(h.admit_keys, id) end
+  return {'existing', existing}
 end
-local flat = {{}}
-for name, value in pairs(cjson.decode(ARGV[ca + 1])) do
+local flat = {}
+for name, value in pairs(cjson.decode(ARGV[2])) do
   flat[#flat + 1] = name
   flat[#flat + 1] = value
 end
-redis.call('HSET', KEYS[ck + 1], 'data', ARGV[ca + 2], unpack(flat))
-redis.call('SADD', KEYS[ck + 2], KEYS[ck + 3])
-redis.call('RPUSH', KEYS[ck + 3], id)
-redis.call('PUBLISH', ARGV[ca + 3], '1')
-return {{'created', id}}
+redis.call('HSET', h.rq_job, 'data', ARGV[3], unpack(flat))
+redis.call('SADD', h.rq_queues, h.queue)
+redis.call('RPUSH', h.queue, id)
+redis.call('PUBLISH', h.wake, '1')
+return {'created', id}
 """)
 
 # Stand-ins in the RQ job of a shape, replaced per job: job ids are UUIDs (no underscore; RQ allows letters,
@@ -139,16 +139,25 @@ class SubmitResult:
 
 def submit_call(job: Job, repo: JobRepo, keys: Keys, shapes: RQJobShapes, fair: FairUse | None,
                 now: float) -> tuple[list[str], list[Arg]]:
-    """SUBMIT's keys and args for this job (fair None: no fair-use admit)."""
+    """SUBMIT's keys (none) and args for this job (fair None: no fair-use admit)."""
     record_keys, record_args = repo.create_call(job)
     fields, data, queue_key = shapes.fields(job)
-    call_keys = [*record_keys, RQJob.key_for(job.id), Queue.redis_queues_keys, queue_key]
-    call_args = [*record_args, json.dumps(fields), data, keys.wake]
+    header: dict[str, object] = {
+        "record_keys": record_keys, "record_args": [_lua_text(a) for a in record_args],
+        "rq_job": RQJob.key_for(job.id), "rq_queues": Queue.redis_queues_keys, "queue": queue_key,
+        "wake": keys.wake,
+    }
     if fair is not None:
         admit_keys, admit_args = fair.admit_call(job, now)
-        call_keys += admit_keys
-        call_args += admit_args
-    return call_keys, call_args
+        header["admit_keys"], header["admit_args"] = admit_keys, [_lua_text(a) for a in admit_args]
+    return [], [json.dumps(header), json.dumps(fields), data]
+
+
+def _lua_text(value: Arg) -> str:
+    """An argument as the text redis-py would send (scripts compare some with strings, e.g. '1')."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value if isinstance(value, str) else repr(value)
 
 
 def parse_result(reply: list[object]) -> SubmitResult:

@@ -96,8 +96,6 @@ local function release(keys, id)
   for i = 1, 3 do redis.call('ZREM', keys[i], id) end
 end
 """
-# Number of admit args (admit_call).
-ADMIT_ARGS = 8
 _ADMIT = LuaScript(ADMIT_LUA + """
 return admit(KEYS, ARGV) or {'ok', ''}
 """)

@@ -66,8 +66,6 @@ local function create_record(keys, args)
   return nil
 end
 """
-# Number of create_record keys and args (JobRepo.create_call).
-CREATE_KEYS, CREATE_ARGS = 7, 12
 _CREATE = LuaScript(CREATE_LUA + """
 return create_record(KEYS, ARGV) or ARGV[1]
 """)
