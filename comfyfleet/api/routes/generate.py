@@ -8,7 +8,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from comfyfleet.api.auth import Principal
 from comfyfleet.api.deps import PrincipalDep, StateDep, io
@@ -220,9 +220,10 @@ def check_image_names(encoded: dict[str, str]) -> None:
 
 @router.post("/generate", response_model=JobPublic, status_code=202,
              responses={200: {"model": JobPublic, "description": "an idempotent repeat: the first job"}})
-async def generate(body: JobCreate, principal: PrincipalDep, state: StateDep, response: Response,
+async def generate(body: JobCreate, principal: PrincipalDep, request: Request, response: Response,
                    idempotency_key: IdempotencyHeader = None) -> JobPublic:
     """Queue a generation and return at once with its jobId (202)."""
+    state: AppState = request.app.state.cf  # not StateDep: each dependency level costs FastAPI time per request
     sub = await prepare(state, body, principal, idempotency_key)
     if sub.existing:
         job, created = sub.job, False
