@@ -14,6 +14,7 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from redis.maint_notifications import MaintNotificationsConfig
 from starlette.middleware.cors import CORSMiddleware
 
 from comfyfleet import __version__
@@ -109,7 +110,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     setup_tracing("api", settings)  # off unless COMFYFLEET_OTLP_ENDPOINT is set
     conn = redis.Redis.from_url(settings.redis_url)
-    aconn = aioredis.Redis.from_url(settings.redis_url)
+    # No maintenance notifications (a Redis Enterprise feature): redis-py 8 turns them on by default ("auto"),
+    # and then its asyncio pool skips the check that replaces a dead pooled connection, so the first command on
+    # each after a Redis restart failed (503 on the next submit).
+    aconn = aioredis.Redis.from_url(settings.redis_url,
+                                    maint_notifications_config=MaintNotificationsConfig(enabled=False))
     dispatcher = Dispatcher(conn, settings)
     state = AppState(
         settings=settings, conn=conn, aconn=aconn, dispatcher=dispatcher,
