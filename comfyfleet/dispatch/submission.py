@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from rq import Queue
 from rq.job import Job as RQJob
-from rq.job import JobStatus
+from rq.job import JobStatus, validate_job_id
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 
@@ -100,6 +100,7 @@ class RQJobShapes:
 
     def fields(self, job: Job) -> tuple[dict[str, str], bytes, str]:
         """(the hash's fields but `data`, `data`, the queue's key) for this job, as enqueue_job writes them."""
+        validate_job_id(job.id)  # what RQ checks of an id it is given (the stand-in went through create_job)
         shape = self._shape(job)
         stamp = utcformat(rq_now())
         fields = dict(shape.fields)

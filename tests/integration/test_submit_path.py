@@ -193,3 +193,10 @@ def test_records_and_rq_jobs_of_one_shape_keep_their_own_owner_and_text(dispatch
         assert dispatcher.conn.hget(dispatcher.keys.job(job.id), "owner") == encode_fields(job)["owner"].encode()
         rq_job = RQJob.fetch(job.id, connection=dispatcher.conn, serializer=SERIALIZER)
         assert rq_job.description == f"comfyfleet job {job.id} for {job.owner}" and list(rq_job.args) == [job.id]
+
+
+def test_an_id_rq_would_refuse_is_refused_before_anything_is_written(dispatcher):
+    job = make_job(id="not:an/rq-id")
+    with pytest.raises(ValueError, match="Job ID"):
+        dispatcher.submit(job)
+    assert not written(dispatcher, job) and dispatcher.queue(job.priority).count == 0
