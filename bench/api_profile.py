@@ -2,8 +2,9 @@
 
 Fresh redis-server, one simulator (so the graph is validated against its catalog), no dispatcher. wrk
 (-t2 -c64) runs 2 s unmeasured, then DURATION s with sampling on. Writes the text tree to
-bench/results/profile-api.txt and returns the top functions per request (µs). The API runs blocking Redis
-calls in threads (`io`), which pyinstrument (event-loop thread only) shows as waits.
+bench/results/profile-api.txt and returns the top functions per request (µs). The submit is one script call
+on the API's asyncio Redis client, so its wait shows under `LuaScript.run_async`; the few blocking calls left
+(catalog reload, pruning a full fair-use set) run in threads and show as waits.
 
     python bench/api_profile.py [--duration 8]
 """
@@ -69,7 +70,7 @@ def run(duration: int = 8, keep: Path | None = None, out_dir: Path = RESULTS) ->
     (out_dir / "profile-api.txt").write_text(
         f"# `comfyfleet api` (1 process) under pyinstrument while wrk -t2 -c64 -d{duration}s POSTed\n"
         "# {\"template\": \"weightless\"} (validated against one simulator's catalog; no dispatcher).\n"
-        "# Event-loop thread only; blocking Redis calls run in threads and show as waits.\n"
+        "# Event-loop thread only, wall clock; the submit's Redis wait shows under LuaScript.run_async.\n"
         "# bench/api_profile.py writes this.\n\n" + text)
     root = session.root_frame()
     own, inclusive = _aggregate(root) if root is not None else ({}, {})

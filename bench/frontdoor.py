@@ -193,11 +193,11 @@ def one_run(kind: str, processes: int, procs: Procs, tmp: Path, app: Path, sim_u
 
 
 def run(duration: int = 15, rounds: int = 1, processes: tuple[int, ...] = (1, 2), connections: int = 64,
-        keep: Path | None = None) -> dict[str, Any]:
+        keep: Path | None = None, servers: tuple[str, ...] = ("comfyfleet", "express")) -> dict[str, Any]:
     wrk = ensure_wrk()
     runs: list[dict[str, Any]] = []
     with workspace("frontdoor", keep) as (tmp, procs), tempfile.TemporaryDirectory(prefix="comfyfleet-npm-") as npm:
-        app = install_express(Path(npm))
+        app = install_express(Path(npm)) if "express" in servers else Path(npm)
         pods = start_pods(procs, tmp, 1)
         order = 0
         for _ in range(rounds):
@@ -205,7 +205,10 @@ def run(duration: int = 15, rounds: int = 1, processes: tuple[int, ...] = (1, 2)
                 kinds = ("comfyfleet", "express") if order % 2 == 0 else ("express", "comfyfleet")
                 order += 1
                 for kind in kinds:
-                    runs.append(one_run(kind, n, procs, tmp, app, pods.urls[0], wrk, duration, connections))
+                    if kind in servers:
+                        runs.append(one_run(kind, n, procs, tmp, app, pods.urls[0], wrk, duration, connections))
+    if "express" not in servers or "comfyfleet" not in servers:  # one side only (quick A/B of one server)
+        return {"duration_s": duration, "connections": connections, "rounds": rounds, "runs": runs, "summary": {}}
     summary = {}
     for n in processes:
         cf = [r for r in runs if r["kind"] == "comfyfleet" and r["processes"] == n]
@@ -223,7 +226,9 @@ def run(duration: int = 15, rounds: int = 1, processes: tuple[int, ...] = (1, 2)
 
 
 def report(r: dict[str, Any]) -> str:
-    lines = []
+    lines = [f"{x['kind']} x{x['processes']}: {x['rps']:.0f} req/s (p50 {x['p50_ms']:.1f} ms, "
+             f"p99 {x['p99_ms']:.1f} ms, {x['cpu_ms_per_req']:.2f} ms CPU/req, "
+             f"{x['redis_cmds_per_req']:.1f} Redis commands/req)" for x in r["runs"]] if not r["summary"] else []
     for n, s in r["summary"].items():
         lines.append(
             f"{n} process(es): comfyfleet {s['comfyfleet_rps']:.0f} req/s (p50 {s['comfyfleet_p50_ms']:.1f} ms, "
@@ -244,8 +249,11 @@ def main() -> None:
     parser.add_argument("--processes", default="1,2")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--keep", type=Path)
+    parser.add_argument("--servers", default="comfyfleet,express",
+                        help="comma list; one of them alone measures that side only (no ratio)")
     args = parser.parse_args()
-    r = run(args.duration, args.rounds, tuple(int(x) for x in args.processes.split(",")), args.connections, args.keep)
+    r = run(args.duration, args.rounds, tuple(int(x) for x in args.processes.split(",")), args.connections, args.keep,
+            tuple(args.servers.split(",")))
     print(report(r))
     print(json.dumps(r, indent=1))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -14,6 +15,7 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from redis.maint_notifications import MaintNotificationsConfig
 from starlette.middleware.cors import CORSMiddleware
 
 from comfyfleet import __version__
@@ -102,6 +104,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await _run_in_background(stack, mirror.run_forever(), "firestore-mirror")
         await _run_in_background(stack, queue_timeout_sweeper(  # HOOK(reliability): queue timeouts
             dispatcher, settings.queue_timeout_seconds, settings.queue_sweep_interval_seconds), "queue-timeouts")
+        # What is loaded by now (modules, FastAPI's routes and models, pydantic schemas) lives as long as the
+        # process: out of the collector's sight, a full collection walks only what requests made. Without it,
+        # each full collection paused the event loop 60-100 ms under load (the front door's p99).
+        gc.freeze()
         yield
 
 
@@ -109,7 +115,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     setup_tracing("api", settings)  # off unless COMFYFLEET_OTLP_ENDPOINT is set
     conn = redis.Redis.from_url(settings.redis_url)
-    aconn = aioredis.Redis.from_url(settings.redis_url)
+    # No maintenance notifications (a Redis Enterprise feature): redis-py 8 turns them on by default ("auto"),
+    # and then its asyncio pool skips the check that replaces a dead pooled connection, so the first command on
+    # each after a Redis restart failed (503 on the next submit).
+    aconn = aioredis.Redis.from_url(settings.redis_url,
+                                    maint_notifications_config=MaintNotificationsConfig(enabled=False))
     dispatcher = Dispatcher(conn, settings)
     state = AppState(
         settings=settings, conn=conn, aconn=aconn, dispatcher=dispatcher,

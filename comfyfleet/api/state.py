@@ -16,6 +16,7 @@ from comfyfleet.api.events import StreamGate
 from comfyfleet.api.schemas import JobPublic
 from comfyfleet.api.tokens import JobTokens
 from comfyfleet.dispatch.service import Dispatcher
+from comfyfleet.fairuse.limits import FairUse, Limits
 from comfyfleet.jobs.model import Job
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.jobevents import EventHub
@@ -34,6 +35,8 @@ class AppState:
     streams: StreamGate  # open SSE/WebSocket streams per user
     job_tokens: JobTokens | None = None  # set by the lifespan once the shared secret is read from Redis
     _catalogs: dict[str | None, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
+    _pools: tuple[float, frozenset[str]] = (0.0, frozenset())
+    _fair_use: FairUse | None = None
 
     @property
     def tokens(self) -> JobTokens:
@@ -44,6 +47,30 @@ class AppState:
     def public(self, job: Job) -> JobPublic:
         """The job as the API returns it, with its access token and browser-loadable output URLs."""
         return JobPublic.of(job, self.tokens)
+
+    @property
+    def fair_use(self) -> FairUse:
+        """The fair-use limits of these settings (built once: it holds the queue keys and the script)."""
+        if self._fair_use is None:
+            s, dispatcher = self.settings, self.dispatcher
+            limits = Limits(in_flight_per_user=s.max_jobs_in_flight_per_user,
+                            submissions_per_minute=s.max_submissions_per_minute_per_user,
+                            queue_depth=s.max_queue_depth, queue_depth_per_pool=s.max_queue_depth_per_pool)
+            self._fair_use = FairUse(self.conn, dispatcher.keys, limits, dispatcher.repo.get_many)
+        return self._fair_use
+
+    def pool_recently_known(self, pool: str) -> bool:
+        """Whether `pool` was among the known pools read in the last POOLS_TTL_SECONDS."""
+        until, pools = self._pools
+        return pool in pools and until > time.monotonic()
+
+    def remember_pools(self, pools: set[str]) -> None:
+        self._pools = (time.monotonic() + POOLS_TTL_SECONDS, frozenset(pools))
+
+    def cached_catalog_hit(self, pool: str | None) -> dict[str, Any] | None:
+        """The cached catalog of a pool if it is still fresh, else None (no I/O: callable on the event loop)."""
+        hit = self._catalogs.get(pool)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
 
     def cached_catalog(self, pool: str | None, load: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
         """The node catalog for a pool, reloaded at most every CATALOG_TTL_SECONDS (it is ~1 MB on real ComfyUI)."""
@@ -58,5 +85,9 @@ class AppState:
         return catalog
 
 
+# A known pool is accepted from memory this long: pools vanish only when the operator stops declaring them
+# (fairuse/pools.py DECLARATION_TTL_SECONDS, 10 min) or their last endpoint goes, so a few seconds late is
+# harmless; an unknown name is always looked up again.
+POOLS_TTL_SECONDS = 5.0
 # Pods refresh their catalog every ~minute; 30 s keeps validation current without parsing it per request.
 CATALOG_TTL_SECONDS = 30.0

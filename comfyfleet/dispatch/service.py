@@ -5,11 +5,15 @@ Shared by the API and the operator, so jobs from both take the same path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio as aioredis
 from rq import Callback, Queue
+from rq.job import Job as RQJob
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from comfyfleet.dispatch.registry import Registry
@@ -21,6 +25,8 @@ from comfyfleet.dispatch.rqconf import (
     retry_policy,
 )
 from comfyfleet.dispatch.scheduler import Scheduler, drop_rq_job, signals_deferred
+from comfyfleet.dispatch.submission import SUBMIT, RQJobShapes, parse_result, submit_call
+from comfyfleet.fairuse.limits import FairUse
 from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
 from comfyfleet.jobs.states import InvalidTransition, transition
 from comfyfleet.keys import PRIORITIES, Keys
@@ -59,24 +65,58 @@ class Dispatcher:
         self.registry = Registry(conn, self.keys)
         self.scheduler = Scheduler(conn, self.keys, self.repo, self.registry,
                                    lease_ttl=settings.lease_ttl_seconds, window=settings.schedule_window)
+        self.rq_shapes = RQJobShapes(self.rq_job, self.queue)
 
     def queue(self, priority: int) -> Queue:
         return Queue(self.keys.queue_name(priority), connection=self.conn, serializer=SERIALIZER)
 
-    def submit(self, job: Job) -> tuple[Job, bool]:
-        """Record the job and queue it; an idempotent repeat returns the first job (created=False)."""
-        job = hooks.observe_submit(job)  # HOOK(observability): trace context on the record, log fields
-        job, created = self.repo.create(job)
-        if not created:
-            return job, False
-        self.enqueue(job)
-        self.scheduler.wake()
-        log.info("queued job %s (owner %s, priority %s)", job.id, job.owner, job.priority)
-        return job, True
+    def submit(self, job: Job, fair: FairUse | None = None) -> tuple[Job, bool]:
+        """Record the job and queue it; an idempotent repeat returns the first job (created=False).
 
-    def enqueue(self, job: Job) -> None:
-        """Put the RQ job for a stored record on the queue of its priority."""
-        self.queue(job.priority).enqueue_call(
+        One atomic Redis call (dispatch/submission.py): with `fair`, the fair-use admit first (raises
+        LimitExceeded having written nothing), then the record and its `state` event, the RQ job and its queue
+        entry, the scheduler's wake-up."""
+        job = hooks.observe_submit(job)  # HOOK(observability): trace context on the record, log fields
+        now, pruned = time.time(), set[str]()
+        while True:
+            keys, args = submit_call(job, self.repo, self.keys, self.rq_shapes, fair, now)
+            result = parse_result(SUBMIT(self.conn, keys, args))
+            if result.outcome == "refused":
+                assert fair is not None, "only admit refuses"
+                fair.prune(*fair.next_prune(result.limit, result.value, job, now, pruned))
+                continue
+            if result.outcome == "existing":
+                existing = self.repo.get(result.job_id)
+                if existing is None:  # it expired just now: its key no longer holds
+                    continue
+                return existing, False
+            return self._queued(job), True
+
+    async def submit_async(self, aconn: aioredis.Redis, job: Job, fair: FairUse | None = None) -> tuple[Job, bool]:
+        """`submit` on an asyncio client (the API's): the same single call, no thread."""
+        job = hooks.observe_submit(job)  # HOOK(observability): in the request's own task context
+        now, pruned = time.time(), set[str]()
+        while True:
+            keys, args = submit_call(job, self.repo, self.keys, self.rq_shapes, fair, now)
+            result = parse_result(await SUBMIT.run_async(aconn, keys, args))
+            if result.outcome == "refused":  # rare: a set looks full; read its records (or raise LimitExceeded)
+                assert fair is not None, "only admit refuses"
+                await asyncio.to_thread(fair.prune, *fair.next_prune(result.limit, result.value, job, now, pruned))
+                continue
+            if result.outcome == "existing":
+                existing = await asyncio.to_thread(self.repo.get, result.job_id)
+                if existing is None:
+                    continue
+                return existing, False
+            return self._queued(job), True
+
+    def _queued(self, job: Job) -> Job:
+        log.info("queued job %s (owner %s, priority %s)", job.id, job.owner, job.priority)
+        return job
+
+    def rq_job(self, job: Job) -> RQJob:
+        """The RQ job for a stored record (not yet written): what every enqueue states."""
+        return self.queue(job.priority).create_job(
             RUN_JOB,
             args=(job.id,),
             job_id=job.id,
@@ -88,6 +128,10 @@ class Dispatcher:
             on_failure=Callback(ON_FAILURE),
             description=f"comfyfleet job {job.id} for {job.owner}",
         )
+
+    def enqueue(self, job: Job) -> None:
+        """Put the RQ job for a stored record on the queue of its priority, through RQ itself."""
+        self.queue(job.priority).enqueue_job(self.rq_job(job))
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one never runs; a running one is interrupted on its pod by its runner.

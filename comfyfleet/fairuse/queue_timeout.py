@@ -7,8 +7,10 @@ the dispatcher's maintenance loop may call the same function.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from comfyfleet.dispatch.scheduler import drop_rq_job, signals_deferred
 from comfyfleet.dispatch.service import Dispatcher
@@ -28,8 +30,33 @@ def queue_deadline(job: Job, default_seconds: int) -> datetime:
 
 def expired(job: Job | None, now: datetime, default_seconds: int) -> bool:
     """A job that never started and is still queued past its queue deadline (retries are not counted)."""
-    return (job is not None and job.state is JobState.QUEUED and job.attempts == 0
-            and now >= queue_deadline(job, default_seconds))
+    return job is not None and _expired(job.state, job.attempts, job.created_at, job.queue_timeout_seconds, now,
+                                        default_seconds)
+
+
+def _expired(state: JobState, attempts: int, created_at: datetime, queue_timeout_seconds: int | None,
+             now: datetime, default_seconds: int) -> bool:
+    return (state is JobState.QUEUED and attempts == 0
+            and now >= created_at + timedelta(seconds=queue_timeout_seconds or default_seconds))
+
+
+# The record fields `expired` reads: the sweep reads these, not whole records (the workflow can be large, and
+# the API sweeps every queued job every few seconds).
+SWEEP_FIELDS = ("state", "attempts", "created_at", "queue_timeout_seconds")
+
+
+def expired_fields(row: list[bytes | None], now: datetime, default_seconds: int) -> bool | None:
+    """`expired` from a record's SWEEP_FIELDS (JSON values; state None: no record), or None when a value does
+    not read: then the whole record decides (and a corrupt one is quarantined)."""
+    if row[0] is None:
+        return False
+    try:
+        values: list[Any] = [json.loads(v) if v is not None else None for v in row]
+        state, attempts, created, timeout = values
+        return _expired(JobState(state), int(attempts or 0), datetime.fromisoformat(created),
+                        int(timeout) if timeout is not None else None, now, default_seconds)
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
 def queue_timeout_error(job: Job, default_seconds: int) -> JobError:
@@ -49,8 +76,15 @@ def sweep_queue_timeouts(dispatcher: Dispatcher, default_seconds: int, now: date
     failed: list[str] = []
     for start in range(0, len(ids), BATCH):
         chunk = ids[start:start + BATCH]
-        due = [i for i, job in zip(chunk, dispatcher.repo.get_many(chunk), strict=True)
-               if expired(job, now, default_seconds)]
+        with dispatcher.conn.pipeline(transaction=False) as pipe:
+            for job_id in chunk:
+                pipe.hmget(dispatcher.keys.job(job_id), SWEEP_FIELDS)
+            rows = pipe.execute()
+        verdicts = {i: expired_fields(row, now, default_seconds) for i, row in zip(chunk, rows, strict=True)}
+        unclear = [i for i, v in verdicts.items() if v is None]
+        for job_id, job in zip(unclear, dispatcher.repo.get_many(unclear), strict=True):
+            verdicts[job_id] = expired(job, now, default_seconds)
+        due = [i for i in chunk if verdicts[i]]
         failed += [job_id for job_id in due if _fail_if_still_due(dispatcher, job_id, default_seconds, now)]
     return failed
 

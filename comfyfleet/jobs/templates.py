@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import secrets
 
 from comfyfleet.jobs.model import Workflow
@@ -59,4 +58,4 @@ def render_template(name: str, params: GenerateParams) -> Workflow:
         raise UnknownTemplate(name)
     if name == "txt2img" and params.seed is None:
         params = params.model_copy(update={"seed": secrets.randbelow(MAX_SEED)})
-    return apply_params(copy.deepcopy(TEMPLATES[name]), params)
+    return apply_params(TEMPLATES[name], params)  # apply_params writes into its own copy

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
 from comfyfleet.jobs.workflow import model_needs
 from comfyfleet.keys import Keys, as_text
+from comfyfleet.luascript import Arg, LuaScript
 from comfyfleet.store import jobevents
 from comfyfleet.webhooks.outbox import queue_webhooks  # HOOK(integrations)
 
@@ -34,24 +35,40 @@ GUARDED_FIELDS = frozenset({"webhook_deliveries"})
 # The fields a claim pass reads for each queued job (never the workflow).
 COMPACT_FIELDS = ("state", "pool", "owner", "priority", NEEDS_FIELD, "endpoint", "timeout_seconds")
 
-# Create a record, unless the (owner, idempotency key) slot already names a live job: atomic, so two concurrent
-# requests with one key create one job. KEYS: job, idem (or ""), owner index, all-jobs index, stats, dirty (or "").
-# ARGV: job id, score, idem ttl, track dirty (0/1), then field/value pairs. Returns the id of the job that counts.
-_CREATE = """
-if KEYS[2] ~= '' then
-  local existing = redis.call('GET', KEYS[2])
-  if existing and existing ~= ARGV[1] and redis.call('EXISTS', ARGV[5] .. existing) == 1 then
-    return existing
+# Lua functions for scripts that create a record (JobRepo.create, and the dispatcher's one-call submit).
+# create_record(keys, args) creates it unless the (owner, idempotency key) slot already names a live job: atomic,
+# so two concurrent requests with one key create one job; the new record's `state` event is recorded and
+# published in the same call. keys = {job, idem (or ""), owner index, all-jobs index, stats, dirty (or ""),
+# event stream}; args = {job id, score, idem ttl, track dirty (0/1), job key prefix, the fields as one JSON
+# object of JSON values, then the 6 event_args of store/jobevents.py} (JobRepo.create_call). Returns nil once
+# created, else the id of the live job the key names.
+CREATE_LUA = jobevents.EMIT_LUA + """
+local function create_record(keys, args)
+  local id = args[1]
+  if keys[2] ~= '' then
+    local existing = redis.call('GET', keys[2])
+    if existing and existing ~= id and redis.call('EXISTS', args[5] .. existing) == 1 then
+      return existing
+    end
+    redis.call('SET', keys[2], id, 'EX', args[3])
   end
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+  local flat = {}
+  for name, value in pairs(cjson.decode(args[6])) do
+    flat[#flat + 1] = name
+    flat[#flat + 1] = value
+  end
+  redis.call('HSET', keys[1], unpack(flat))
+  redis.call('ZADD', keys[3], args[2], id)
+  redis.call('ZADD', keys[4], args[2], id)
+  redis.call('HINCRBY', keys[5], 'created', 1)
+  if args[4] == '1' then redis.call('SADD', keys[6], id) end
+  emit(keys[7], args[7], args[8], args[9], args[10], args[11], args[12])
+  return nil
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('HINCRBY', KEYS[5], 'created', 1)
-if ARGV[4] == '1' then redis.call('SADD', KEYS[6], ARGV[1]) end
-return ARGV[1]
 """
+_CREATE = LuaScript(CREATE_LUA + """
+return create_record(KEYS, ARGV) or ARGV[1]
+""")
 
 # Write changed fields only if the state is still the one the writer saw (compare-and-set on `state`), and
 # every guarded field the writer changes still holds what the writer read (no lost update of a field two
@@ -97,10 +114,31 @@ class StateChanged(Exception):
     """A compare-and-set write found the job in another state than the writer expected."""
 
 
+_ENCODE: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
+_ENCODE_TEXT: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _json(value: Any) -> str:
+    """json.dumps(value, separators=(",", ":")), character for character, at a fraction of its cost for the
+    None / bool / int / text / empty values most fields hold (json.dumps builds an encoder per call)."""
+    kind = type(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str:
+        return _ENCODE_TEXT(value)
+    if (kind is list or kind is dict) and not value:
+        return "[]" if kind is list else "{}"
+    return _ENCODE(value)
+
+
 def encode_fields(job: Job, names: Iterable[str] | None = None) -> dict[str, str]:
     """JSON value per Job field (all, or the named ones)."""
     data = job.model_dump(mode="json", include=set(names) if names is not None else None)
-    return {k: json.dumps(v, separators=(",", ":")) for k, v in data.items()}
+    return {k: _json(v) for k, v in data.items()}
 
 
 def changed_fields(before: Job, after: Job) -> list[str]:
@@ -168,30 +206,33 @@ class JobRepo:
         self.finished_ttl = finished_ttl_seconds
         # With a durable mirror (Firestore) on, every write also marks the job dirty for the write-behind.
         self.track_dirty = track_dirty
-        self._create = conn.register_script(_CREATE)
         self._cas = conn.register_script(_CAS)
         self._progress = conn.register_script(_PROGRESS)
         self._event = conn.register_script(jobevents.ADD_EVENT)
 
     # --- create -----------------------------------------------------------------------------------
     def create(self, job: Job) -> tuple[Job, bool]:
-        """Store a new job; with an idempotency key, return the existing job instead (created=False)."""
+        """Store a new job and publish its `state` event; with an idempotency key, return the existing job instead
+        (created=False). The dispatcher's submit creates records with the same Lua in its own script."""
+        keys, args = self.create_call(job)
+        winner = as_text(_CREATE(self.conn, keys, args))
+        if winner != job.id:
+            existing = self.get(winner)
+            if existing is not None:
+                return existing, False
+        return job, True
+
+    def create_call(self, job: Job) -> tuple[list[str], list[Arg]]:
+        """CREATE_LUA's create_record(keys, args) for this job."""
         fields = encode_fields(job)
         fields[NEEDS_FIELD] = json.dumps(needs_of(job))
         idem = self.keys.idempotency(job.owner, job.idempotency_key) if job.idempotency_key else ""
-        args: list[Any] = [job.id, job.created_at.timestamp(), self.finished_ttl, int(self.track_dirty),
-                           self.keys.job("")]
-        for k, v in fields.items():
-            args += [k, v]
-        winner = self._create(keys=[self.keys.job(job.id), idem, self.keys.owner_jobs(job.owner), self.keys.all_jobs,
-                                    self.keys.stats, self.keys.dirty if self.track_dirty else ""], args=args)
-        winner_id = winner.decode() if isinstance(winner, bytes) else str(winner)
-        if winner_id != job.id:
-            existing = self.get(winner_id)
-            if existing is not None:
-                return existing, False
-        self.publish(job, "state")
-        return job, True
+        args: list[Arg] = [job.id, job.created_at.timestamp(), self.finished_ttl, int(self.track_dirty),
+                           self.keys.job(""), json.dumps(fields),
+                           *jobevents.event_args(self.keys, job, "state")]
+        keys = [self.keys.job(job.id), idem, self.keys.owner_jobs(job.owner), self.keys.all_jobs, self.keys.stats,
+                self.keys.dirty if self.track_dirty else "", jobevents.stream_key(self.keys, job.id)]
+        return keys, args
 
     # --- read -------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import time
 import unicodedata
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from comfyfleet.api.auth import Principal
 from comfyfleet.api.deps import PrincipalDep, StateDep, io
@@ -18,13 +17,14 @@ from comfyfleet.api.events import wait_until_final
 from comfyfleet.api.integrations import FieldError, job_integrations
 from comfyfleet.api.schemas import JobCreate, JobPublic
 from comfyfleet.api.state import AppState
-from comfyfleet.fairuse.limits import FairUse, LimitExceeded, Limits
+from comfyfleet.fairuse.limits import FairUse, LimitExceeded
 from comfyfleet.fairuse.pools import known_pools
 from comfyfleet.jobs.model import ErrorCode, Job, JobState
 from comfyfleet.jobs.templates import UnknownTemplate, render_template
 from comfyfleet.jobs.validation import WorkflowTooLarge, check_bounds, merge_catalogs, validate_workflow
 from comfyfleet.jobs.workflow import NodeIssue, ParamError, apply_params, check_shape
 from comfyfleet.keys import as_text
+from comfyfleet.store.jobrepo import decode_job, is_quarantined
 from comfyfleet.store.outputs import StorageError
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,24 @@ def _catalog(state: AppState, pool: str | None) -> dict[str, Any] | None:
     return merge_catalogs(catalogs) or None
 
 
-def fair_use(state: AppState) -> FairUse:
-    s = state.settings
-    limits = Limits(in_flight_per_user=s.max_jobs_in_flight_per_user,
-                    submissions_per_minute=s.max_submissions_per_minute_per_user,
-                    queue_depth=s.max_queue_depth, queue_depth_per_pool=s.max_queue_depth_per_pool)
-    return FairUse(state.conn, state.dispatcher.keys, limits, state.dispatcher.repo.get_many)
+async def catalog_for(state: AppState, pool: str | None) -> dict[str, Any] | None:
+    """The cached catalog without leaving the event loop; read in a thread only when it is not cached."""
+    hit = state.cached_catalog_hit(pool)
+    if hit is not None:
+        return hit
+    return await io(state.cached_catalog, pool, lambda: _catalog(state, pool))
+
+
+async def check_pool(state: AppState, pool: str) -> None:
+    """Refuse a pool nobody serves or declares (422). A pool seen recently is accepted from memory; an unseen
+    one is looked up every time, so a pool the operator just declared is never refused."""
+    if state.pool_recently_known(pool):
+        return
+    pools = await io(known_pools, state.dispatcher)
+    state.remember_pools(pools)
+    if pool not in pools:
+        raise ApiError(422, f"pool: no pool named {pool!r} (known: {', '.join(sorted(pools)) or 'none'})",
+                       details=[{"field": "pool", "message": "unknown pool", "known": sorted(pools)}])
 
 
 def _invalid(field: str, message: str, code: str = "validation_error") -> ApiError:
@@ -77,11 +89,19 @@ class Submission:
     existing: bool = False
 
 
-def _existing_job(state: AppState, owner: str, key: str) -> Job | None:
+async def _existing_job(state: AppState, owner: str, key: str) -> Job | None:
     """The job this user already created with this idempotency key, if it is still on record."""
-    job_id = state.conn.get(state.dispatcher.keys.idempotency(owner, key))
-    job = state.dispatcher.repo.get(as_text(job_id)) if job_id else None
-    return job if job is not None and job.owner == owner else None
+    aconn, keys = state.aconn, state.dispatcher.keys
+    job_id = await aconn.get(keys.idempotency(owner, key))
+    if not job_id:
+        return None
+    raw = await aconn.hgetall(keys.job(as_text(job_id)))
+    if not raw:
+        return None
+    job = decode_job(as_text(job_id), raw)
+    if is_quarantined(job):
+        await io(state.dispatcher.repo.quarantine, job)
+    return job if job.owner == owner else None
 
 
 async def prepare(state: AppState, body: JobCreate, principal: Principal, idempotency_key: str | None) -> Submission:
@@ -89,7 +109,7 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
     settings = state.settings
     key = body.idempotency_key or idempotency_key
     if key is not None:
-        existing = await io(_existing_job, state, principal.owner, key)
+        existing = await _existing_job(state, principal.owner, key)
         if existing is not None:
             return Submission(job=existing, existing=True)
     try:  # before anything walks the graph: a value nested thousands deep must not reach a recursive copy
@@ -104,11 +124,8 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
     except FieldError as exc:
         raise ApiError(422, str(exc), details=[{"field": exc.field, "message": exc.message}]) from None
     if body.pool is not None:
-        pools = await io(known_pools, state.dispatcher)
-        if body.pool not in pools:
-            raise ApiError(422, f"pool: no pool named {body.pool!r} (known: {', '.join(sorted(pools)) or 'none'})",
-                           details=[{"field": "pool", "message": "unknown pool", "known": sorted(pools)}])
-    catalog = await io(state.cached_catalog, body.pool, lambda: _catalog(state, body.pool))
+        await check_pool(state, body.pool)
+    catalog = await catalog_for(state, body.pool)
     issues = validate_workflow(workflow, catalog, frozenset(images), strict_files=False)
     if issues:
         raise _node_issues(issues)
@@ -140,35 +157,39 @@ def _render(body: JobCreate) -> dict[str, Any]:
         raise _invalid(f"params.{exc.param}", str(exc)) from None
 
 
-async def commit(state: AppState, sub: Submission, submit: Callable[[Job], tuple[Job, bool]]) -> tuple[Job, bool]:
-    """Reserve the job's place under the fair-use limits, store its inputs, then create and queue it."""
-    job = sub.job
-    limits = fair_use(state)
+async def commit(state: AppState, sub: Submission) -> tuple[Job, bool]:
+    """Reserve the job's place under the fair-use limits, store its inputs, then create and queue it.
+
+    On the event loop's own Redis client. Without images all of it is one atomic script call; with images the
+    reservation comes first (a refused request uploads nothing), then the inputs, then the job."""
+    job, limits, aconn = sub.job, state.fair_use, state.aconn
     try:
-        await io(limits.admit, job)
+        if not sub.images:
+            job, created = await state.dispatcher.submit_async(aconn, job, limits)
+        else:
+            await limits.admit_async(aconn, job)
+            try:
+                job.inputs = [await io(state.store.put_input, job, name, data) for name, data in sub.images.items()]
+                job, created = await state.dispatcher.submit_async(aconn, job)
+            except BaseException:
+                await _undo(state, limits, sub.job)
+                raise
+            if not created:  # a concurrent request with the same key won: drop this one's reservation and files
+                await _undo(state, limits, sub.job)
     except LimitExceeded as exc:
         raise ApiError(429, str(exc), code="rate_limited",
                        details={"limit": exc.limit, "value": exc.value, "retryAfter": exc.retry_after},
                        headers={"Retry-After": str(exc.retry_after)}) from None
-    try:
-        if sub.images:
-            job.inputs = [await io(state.store.put_input, job, name, data) for name, data in sub.images.items()]
-        job, created = await io(submit, job)
-    except BaseException:
-        await _undo(state, limits, sub.job)
-        raise
-    if not created:  # a concurrent request with the same key won: drop this one's reservation and files
-        await _undo(state, limits, sub.job)
-        if job.owner != sub.job.owner:  # never hand out another user's job, whatever the key layout
-            log.error("idempotency key of %s resolved to a job of %s: refused", sub.job.owner, job.owner)
-            raise ApiError(409, "idempotencyKey: this key cannot be used; choose another",
-                           details=[{"field": "idempotencyKey", "message": "key conflict"}])
+    if not created and job.owner != sub.job.owner:  # never hand out another user's job, whatever the key layout
+        log.error("idempotency key of %s resolved to a job of %s: refused", sub.job.owner, job.owner)
+        raise ApiError(409, "idempotencyKey: this key cannot be used; choose another",
+                       details=[{"field": "idempotencyKey", "message": "key conflict"}])
     return job, created
 
 
 async def _undo(state: AppState, limits: FairUse, job: Job) -> None:
     try:
-        await io(limits.release, job)
+        await limits.release_async(state.aconn, job)
         if job.inputs:
             await io(state.store.delete_job, job)
     except (StorageError, OSError) as exc:
@@ -199,14 +220,15 @@ def check_image_names(encoded: dict[str, str]) -> None:
 
 @router.post("/generate", response_model=JobPublic, status_code=202,
              responses={200: {"model": JobPublic, "description": "an idempotent repeat: the first job"}})
-async def generate(body: JobCreate, principal: PrincipalDep, state: StateDep, response: Response,
+async def generate(body: JobCreate, principal: PrincipalDep, request: Request, response: Response,
                    idempotency_key: IdempotencyHeader = None) -> JobPublic:
     """Queue a generation and return at once with its jobId (202)."""
+    state: AppState = request.app.state.cf  # not StateDep: each dependency level costs FastAPI time per request
     sub = await prepare(state, body, principal, idempotency_key)
     if sub.existing:
         job, created = sub.job, False
     else:
-        job, created = await commit(state, sub, state.dispatcher.submit)
+        job, created = await commit(state, sub)
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/api/comfyui/job/{job.id}"
@@ -225,7 +247,7 @@ async def generate_sync(body: JobCreate, principal: PrincipalDep, state: StateDe
         if sub.existing:
             job = sub.job
         else:
-            job, _ = await commit(state, sub, state.dispatcher.submit)
+            job, _ = await commit(state, sub)
         if job.id != sub.job.id:  # a concurrent repeat won; follow that job instead
             async with state.hub.follow(job.id) as other:
                 current = await io(state.dispatcher.repo.require, job.id)

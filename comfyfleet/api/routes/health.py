@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from comfyfleet import __version__
-from comfyfleet.api.deps import StateDep, get_principal, io
+from comfyfleet.api.deps import StateDep, io, principal_of
 from comfyfleet.api.errors import error_responses
 from comfyfleet.api.schemas import HealthDetailedPublic, HealthPublic
 from comfyfleet.api.state import AppState
@@ -20,7 +20,7 @@ router = APIRouter(tags=["health"])
 async def ops_access(request: Request, state: StateDep) -> None:
     """/metrics and /health/detailed: open, or behind bearer auth when protect_ops_routes is on."""
     if state.settings.protect_ops_routes:
-        await get_principal(request, state)
+        await principal_of(request, state)
 
 
 OpsAccess = Annotated[None, Depends(ops_access)]

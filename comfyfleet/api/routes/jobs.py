@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import HTTPConnection
 
 from comfyfleet.api.auth import Principal
-from comfyfleet.api.deps import PrincipalDep, StateDep, get_principal, io
+from comfyfleet.api.deps import PrincipalDep, StateDep, io, principal_of
 from comfyfleet.api.errors import ApiError, error_responses
 from comfyfleet.api.events import EventStreamResponse, follow_job, parse_last_event_id, sse_frame
 from comfyfleet.api.schemas import JobPublic, JobsPublic
@@ -65,7 +65,7 @@ async def stream_job(state: AppState, job_id: str, request: HTTPConnection, toke
     put in a URL is refused like any wrong token.
     """
     if token is None or request.headers.get("authorization"):
-        principal = await get_principal(request, state)  # type: ignore[arg-type]  # headers only
+        principal = await principal_of(request, state)
         return await load_job(state, job_id, principal), principal.owner
     job = await io(state.dispatcher.repo.get, job_id)
     if job is None:

@@ -5,9 +5,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from comfyfleet.fairuse.limits import rate_retry_after, still_counts
-from comfyfleet.fairuse.queue_timeout import expired, queue_timeout_error
+from comfyfleet.fairuse.queue_timeout import SWEEP_FIELDS, expired, expired_fields, queue_timeout_error
 from comfyfleet.fairuse.retention import forgettable
 from comfyfleet.jobs.model import ErrorCode, Job, JobState
+from comfyfleet.store.jobrepo import encode_fields
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -42,6 +43,31 @@ def test_what_still_counts(state, queued_only, counts):
 ])
 def test_queue_deadline(j, after, result):
     assert expired(j, T0 + timedelta(seconds=after), 3600) is result
+
+
+@pytest.mark.parametrize(("j", "after", "result"), [
+    (job(), 3599, False),
+    (job(), 3600, True),
+    (job(queue_timeout_seconds=10), 10, True),
+    (job(queue_timeout_seconds=10), 9, False),
+    (job(JobState.RUNNING), 99999, False),
+    (job(attempts=1), 99999, False),
+    (job(JobState.CANCELLED), 99999, False),
+])
+def test_the_sweep_decides_from_a_few_fields_as_from_the_record(j, after, result):
+    row = [encode_fields(j)[name].encode() for name in SWEEP_FIELDS]
+    assert expired_fields(row, T0 + timedelta(seconds=after), 3600) is result is expired(j, T0 + timedelta(
+        seconds=after), 3600)
+
+
+@pytest.mark.parametrize(("row", "result"), [
+    ([None, None, None, None], False),  # no record
+    ([b'"queued"', b"0", b"not json", b"null"], None),  # unreadable: the whole record decides
+    ([b'"no such state"', b"0", b'"2026-12-01T12:00:00Z"', b"null"], None),
+    ([b'"queued"', b"0", b'"not a date"', b"null"], None),
+])
+def test_an_unreadable_row_is_left_to_the_whole_record(row, result):
+    assert expired_fields(row, T0, 3600) is result
 
 
 def test_queue_timeout_error_is_clear():

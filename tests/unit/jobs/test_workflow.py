@@ -7,6 +7,7 @@ from comfyfleet.jobs.workflow import (
     ParamError,
     apply_params,
     check_shape,
+    copy_json,
     model_needs,
     rename_input_images,
     workflow_hash,
@@ -24,6 +25,24 @@ def test_overrides_land_on_the_right_nodes():
     assert (wf["5"]["inputs"]["width"], wf["5"]["inputs"]["height"]) == (512, 768)
     assert wf["4"]["inputs"]["ckpt_name"] == "v1-5.safetensors"
     assert TXT2IMG["6"]["inputs"]["text"] == "a photo of a cat", "the template itself is untouched"
+
+
+def test_rendering_never_changes_the_template():
+    before = copy_json(TEMPLATES)
+    a = render_template("txt2img", GenerateParams(prompt="a fox", lora="x.safetensors", seed=1))
+    b = render_template("txt2img", GenerateParams(seed=1))
+    assert TEMPLATES == before
+    assert a["6"]["inputs"]["text"] == "a fox" and b["6"]["inputs"]["text"] == "a photo of a cat"
+    assert all(n["class_type"] != "LoraLoader" for n in b.values())
+
+
+def test_copy_json_shares_nothing_mutable():
+    data = {"a": [1, {"b": [2, 3]}], "c": {"d": "e"}, "f": None}
+    copied = copy_json(data)
+    assert copied == data
+    copied["a"][1]["b"].append(4)
+    copied["c"]["d"] = "x"
+    assert data == {"a": [1, {"b": [2, 3]}], "c": {"d": "e"}, "f": None}
 
 
 def test_lora_is_inserted_and_consumers_rewired():
