@@ -417,8 +417,8 @@ def markdown(res: dict[str, Any], notes: str) -> str:
             f"`comfyfleet api` (1 process) under pyinstrument (`bench/profiled_api.py`) while wrk -t2 -c64 "
             f"POSTed for {a['duration_s']} s: {a['rps']:.0f} req/s with the profiler on, "
             f"{a['api_cpu_ms_per_req']:.2f} ms of API CPU per request (profiling included). Event-loop thread only, "
-            "wall clock; the API's blocking Redis calls (`Dispatcher.submit`: RQ enqueue, job record) run in "
-            "threads through `io()` and show here only as the wait in `to_thread`. Full tree: "
+            "wall clock; the submit is one Redis script call on the API's asyncio client (fair-use admit, job "
+            "record and event, RQ job and queue entry, wake), whose wait shows as time in the event loop. Full tree: "
             "[bench/results/profile-api.txt](bench/results/profile-api.txt).",
             "",
             table([[_f(v, "{:.0f}"), f"`{k}`"] for k, v in a["top_inclusive_us_per_req"][:30]],

@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from redis.maint_notifications import MaintNotificationsConfig
 from starlette.middleware.cors import CORSMiddleware
 
 from comfyfleet import __version__
@@ -31,6 +29,7 @@ from comfyfleet.dispatch.registry import endpoint_id_for_url
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.fairuse.background import queue_timeout_sweeper
 from comfyfleet.observability.tracing import TracingMiddleware, setup_tracing
+from comfyfleet.redisconn import async_redis
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.factory import output_store
 from comfyfleet.store.jobevents import EventHub
@@ -115,11 +114,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     setup_tracing("api", settings)  # off unless COMFYFLEET_OTLP_ENDPOINT is set
     conn = redis.Redis.from_url(settings.redis_url)
-    # No maintenance notifications (a Redis Enterprise feature): redis-py 8 turns them on by default ("auto"),
-    # and then its asyncio pool skips the check that replaces a dead pooled connection, so the first command on
-    # each after a Redis restart failed (503 on the next submit).
-    aconn = aioredis.Redis.from_url(settings.redis_url,
-                                    maint_notifications_config=MaintNotificationsConfig(enabled=False))
+    aconn = async_redis(settings.redis_url)
     dispatcher = Dispatcher(conn, settings)
     state = AppState(
         settings=settings, conn=conn, aconn=aconn, dispatcher=dispatcher,

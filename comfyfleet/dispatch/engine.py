@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import redis
-import redis.asyncio as aioredis
 
 from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.hub import WsHub
@@ -41,6 +40,7 @@ from comfyfleet.dispatch.scheduler import Claim
 from comfyfleet.dispatch.selection import Candidate
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.jobs.model import JobState
+from comfyfleet.redisconn import async_redis
 from comfyfleet.settings import DispatchSettings
 from comfyfleet.store.factory import output_store
 
@@ -203,7 +203,7 @@ class Engine:
         coros: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("listen", self._listen()), ("claim", self._claim_loop()), ("maintain", self._maintain_loop()),
             ("tick", self._tick_loop())]
-        aconn = aioredis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=5)
+        aconn = async_redis(self.settings.redis_url, socket_connect_timeout=5)
         if self.settings.webhook_secret:
             # Webhook notifications go out from the dispatch side, in their own tasks, bounded in concurrency
             # and time: a slow or dead receiver never holds up a claim or a job.
@@ -253,7 +253,7 @@ class Engine:
         """One subscription for wake-ups and cancel requests; reconnects with back-off."""
         backoff = Backoff()
         while True:
-            aconn = aioredis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=5)
+            aconn = async_redis(self.settings.redis_url, socket_connect_timeout=5)
             pubsub = aconn.pubsub()
             try:
                 await pubsub.subscribe(self.keys.wake, self.keys.cancel)

@@ -26,7 +26,6 @@ from typing import Any
 
 import kopf
 import redis
-import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from comfyfleet.operator.builders import selector_for
@@ -37,6 +36,7 @@ from comfyfleet.operator.publish import PoolPublisher
 from comfyfleet.operator.runtime import Runtime, stop_memo_task
 from comfyfleet.operator.scale_up import scale_up_decision, wake_views, worth_a_look
 from comfyfleet.operator.workers import create_pods
+from comfyfleet.redisconn import async_redis
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class ScaleUpReaction:
 
     async def _listen(self) -> None:
         while True:
-            conn = aioredis.Redis.from_url(self.rt.settings.redis_url, socket_connect_timeout=5)
+            conn = async_redis(self.rt.settings.redis_url, socket_connect_timeout=5)
             pubsub = conn.pubsub()
             try:
                 await pubsub.subscribe(self.keys.wake)
