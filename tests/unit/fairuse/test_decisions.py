@@ -32,7 +32,7 @@ def test_what_still_counts(state, queued_only, counts):
     assert still_counts(None, queued_only) is False
 
 
-@pytest.mark.parametrize(("j", "after", "result"), [
+QUEUE_DEADLINES = [
     (job(), 3599, False),
     (job(), 3600, True),
     (job(queue_timeout_seconds=10), 10, True),
@@ -40,20 +40,15 @@ def test_what_still_counts(state, queued_only, counts):
     (job(JobState.RUNNING), 99999, False),
     (job(attempts=1), 99999, False),  # a retry waiting for a pod is not a job that never started
     (job(JobState.CANCELLED), 99999, False),
-])
+]
+
+
+@pytest.mark.parametrize(("j", "after", "result"), QUEUE_DEADLINES)
 def test_queue_deadline(j, after, result):
     assert expired(j, T0 + timedelta(seconds=after), 3600) is result
 
 
-@pytest.mark.parametrize(("j", "after", "result"), [
-    (job(), 3599, False),
-    (job(), 3600, True),
-    (job(queue_timeout_seconds=10), 10, True),
-    (job(queue_timeout_seconds=10), 9, False),
-    (job(JobState.RUNNING), 99999, False),
-    (job(attempts=1), 99999, False),
-    (job(JobState.CANCELLED), 99999, False),
-])
+@pytest.mark.parametrize(("j", "after", "result"), QUEUE_DEADLINES)
 def test_the_sweep_decides_from_a_few_fields_as_from_the_record(j, after, result):
     row = [encode_fields(j)[name].encode() for name in SWEEP_FIELDS]
     assert expired_fields(row, T0 + timedelta(seconds=after), 3600) is result is expired(j, T0 + timedelta(
