@@ -48,12 +48,7 @@ if existing then
   if h.admit_keys then release(h.admit_keys, id) end
   return {'existing', existing}
 end
-local flat = {}
-for name, value in pairs(cjson.decode(ARGV[2])) do
-  flat[#flat + 1] = name
-  flat[#flat + 1] = value
-end
-redis.call('HSET', h.rq_job, 'data', ARGV[3], unpack(flat))
+redis.call('HSET', h.rq_job, 'data', ARGV[3], unpack(flat_pairs(ARGV[2])))
 redis.call('SADD', h.rq_queues, h.queue)
 redis.call('RPUSH', h.queue, id)
 redis.call('PUBLISH', h.wake, '1')

@@ -43,6 +43,14 @@ COMPACT_FIELDS = ("state", "pool", "owner", "priority", NEEDS_FIELD, "endpoint",
 # object of JSON values, then the 6 event_args of store/jobevents.py} (JobRepo.create_call). Returns nil once
 # created, else the id of the live job the key names.
 CREATE_LUA = jobevents.EMIT_LUA + """
+local function flat_pairs(json_object)
+  local flat = {}
+  for name, value in pairs(cjson.decode(json_object)) do
+    flat[#flat + 1] = name
+    flat[#flat + 1] = value
+  end
+  return flat
+end
 local function create_record(keys, args)
   local id = args[1]
   if keys[2] ~= '' then
@@ -52,12 +60,7 @@ local function create_record(keys, args)
     end
     redis.call('SET', keys[2], id, 'EX', args[3])
   end
-  local flat = {}
-  for name, value in pairs(cjson.decode(args[6])) do
-    flat[#flat + 1] = name
-    flat[#flat + 1] = value
-  end
-  redis.call('HSET', keys[1], unpack(flat))
+  redis.call('HSET', keys[1], unpack(flat_pairs(args[6])))
   redis.call('ZADD', keys[3], args[2], id)
   redis.call('ZADD', keys[4], args[2], id)
   redis.call('HINCRBY', keys[5], 'created', 1)
