@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.k8s: the control plane harness
 
@@ -27,7 +28,7 @@ from kubernetes.client import CoreV1Api  # noqa: E402
 
 from comfyfleet.jobs.model import Job  # noqa: E402
 from tests.k8s.conftest import NOBODY_IDENTITY, OPERATOR_IDENTITY  # noqa: E402
-from tests.k8s.envtest import ControlPlane, find_binaries  # noqa: E402
+from tests.k8s.envtest import ControlPlane  # noqa: E402
 from tests.k8s.operator_harness import OperatorFleet, apply_yaml, kubectl_ok, worker_manifest  # noqa: E402
 
 POLL_SECONDS = 0.02
@@ -57,20 +58,16 @@ def one_round(fleet: OperatorFleet, core: CoreV1Api, namespace: str, n: int, bur
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--burst", type=int, default=8, help="jobs queued per burst")
-    parser.add_argument("--pods", type=int, default=4, help="maxReplicas: the pods each burst asks for")
-    parser.add_argument("--probe-interval", type=float, default=30.0, help="the operator's timer, seconds")
-    parser.add_argument("--no-reaction", action="store_true", help="timer only (COMFYFLEET_SCALE_UP_ON_WAKE=false)")
-    args = parser.parse_args()
+def run(rounds: int = 10, burst: int = 8, pods: int = 4, probe_interval: float = 30.0,
+        reaction: bool = True) -> dict[str, Any]:
+    """Repeated bursts on one control plane and operator; the seconds of each round, with p50/max (make bench)."""
+    from operator_scale import control_plane_binaries
 
     plane = ControlPlane(extra_identities={"operator": OPERATOR_IDENTITY, "nobody": NOBODY_IDENTITY},
-                         bin_dir=find_binaries())
+                         bin_dir=control_plane_binaries())
     plane.start()
-    env = {"COMFYFLEET_PROBE_INTERVAL_SECONDS": str(args.probe_interval),
-           "COMFYFLEET_SCALE_UP_ON_WAKE": "false" if args.no_reaction else "true"}
+    env = {"COMFYFLEET_PROBE_INTERVAL_SECONDS": str(probe_interval),
+           "COMFYFLEET_SCALE_UP_ON_WAKE": "true" if reaction else "false"}
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     samples: list[float] = []
     try:
@@ -83,19 +80,35 @@ def main() -> None:
             core = CoreV1Api(api)
             try:
                 core.create_namespace({"metadata": {"name": namespace}})
-                for n in range(args.rounds):
-                    samples.append(one_round(fleet, core, namespace, n, args.burst, args.pods))
-                    print(f"round {n + 1}/{args.rounds}: {samples[-1] * 1000:.0f} ms", flush=True)
+                for n in range(rounds):
+                    samples.append(one_round(fleet, core, namespace, n, burst, pods))
+                    print(f"round {n + 1}/{rounds}: {samples[-1] * 1000:.0f} ms", flush=True)
             finally:
                 api.close()
                 fleet.stop()
     finally:
         plane.stop()
-    mode = "timer only" if args.no_reaction else "wake-up reaction"
-    print(f"\nautoscale reaction ({mode}, probe interval {args.probe_interval:g} s, burst {args.burst} jobs "
-          f"-> {args.pods} pods, {len(samples)} rounds)")
-    print(f"  enqueue -> pods created: p50 {statistics.median(samples) * 1000:.0f} ms, "
-          f"max {max(samples) * 1000:.0f} ms, min {min(samples) * 1000:.0f} ms")
+    return {"rounds": rounds, "burst": burst, "pods": pods, "probe_interval_s": probe_interval, "reaction": reaction,
+            "samples_s": samples, "p50_s": statistics.median(samples), "max_s": max(samples),
+            "min_s": min(samples)}
+
+
+def report(r: dict[str, Any]) -> str:
+    mode = "wake-up reaction" if r["reaction"] else "timer only"
+    return (f"autoscale reaction ({mode}, probe interval {r['probe_interval_s']:g} s, burst {r['burst']} jobs -> "
+            f"{r['pods']} pods, {r['rounds']} rounds): enqueue -> pods created p50 {r['p50_s'] * 1000:.0f} ms, "
+            f"max {r['max_s'] * 1000:.0f} ms, min {r['min_s'] * 1000:.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--burst", type=int, default=8, help="jobs queued per burst")
+    parser.add_argument("--pods", type=int, default=4, help="maxReplicas: the pods each burst asks for")
+    parser.add_argument("--probe-interval", type=float, default=30.0, help="the operator's timer, seconds")
+    parser.add_argument("--no-reaction", action="store_true", help="timer only (COMFYFLEET_SCALE_UP_ON_WAKE=false)")
+    args = parser.parse_args()
+    print(report(run(args.rounds, args.burst, args.pods, args.probe_interval, not args.no_reaction)))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import api_profile
+import autoscale_reaction
 import cpu
 import dispatch_profile
 import efficiency
@@ -76,6 +77,7 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
             ("frontdoor", lambda: frontdoor.run(duration=3)),
             ("apiprofile", lambda: api_profile.run(duration=3, out_dir=RESULTS / "quick")),
             ("operator", lambda: operator_scale.run(replicas=30, jobs=10)),
+            ("reaction", lambda: autoscale_reaction.run(rounds=3)),
         ]
     return [
         ("overhead", lambda: overhead.run(pairs=30)),
@@ -93,6 +95,7 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         ("frontdoor", lambda: frontdoor.run(duration=15)),
         ("apiprofile", lambda: api_profile.run(duration=8)),
         ("operator", lambda: operator_scale.run(replicas=200, jobs=50)),
+        ("reaction", lambda: autoscale_reaction.run(rounds=10)),
     ]
 
 
@@ -134,7 +137,7 @@ def line(name: str, r: dict[str, Any]) -> str:
     reporter = {"overhead": overhead.report, "cpu": cpu.report, "memory": memory.report,
                 "profile": dispatch_profile.report, "frontdoor": frontdoor.report,
                 "ceiling": ceiling_report, "apiprofile": api_profile.report,
-                "operator": operator_scale.report}.get(name.split("-")[0])
+                "operator": operator_scale.report, "reaction": autoscale_reaction.report}.get(name.split("-")[0])
     return (reporter or efficiency.report)(r)
 
 
@@ -182,6 +185,8 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     add(f"operator: ComfyUIWorker of {op['replicas'] if op and op.get('status') == 'ok' else 200} pods, apply -> "
         "all registered for dispatch", op, lambda r: r["scale_up"]["seconds"]["registered"], "{:.1f}", 30.0, False,
         " s")
+    add("autoscaler: burst queued -> the pods it asks for created, worst of repeated bursts", get("reaction"),
+        lambda r: r["max_s"], "{:.2f}", 1.0, False, " s")
     fd = get("frontdoor")
     for n in ("1", "2"):
         if fd and fd.get("status") == "ok" and n in fd["summary"]:
@@ -427,6 +432,21 @@ def markdown(res: dict[str, Any], notes: str) -> str:
         ]
     if "operator" in ok:
         parts += operator_section(ok["operator"])
+    if "reaction" in ok:
+        rr = ok["reaction"]
+        parts += [
+            "## Autoscaler reaction (issue 14)",
+            "",
+            f"`bench/autoscale_reaction.py` on the k8s tier's real etcd + kube-apiserver: `comfyfleet operator` with a "
+            f"{rr['probe_interval_s']:g} s timer (so the timer never helps), no kubelet or dispatchers. Each round "
+            f"applies a fresh autoscaled pool (min 0, max {rr['pods']}, one job per pod), waits for ScaledToZero, "
+            f"queues {rr['burst']} jobs the way the API does and times the moment the pool has {rr['pods']} pods "
+            "(the operator decides on the dispatch wake-up, not on its timer).",
+            "",
+            table([[rr["rounds"], _f(rr["p50_s"] * 1000, "{:.0f} ms"), _f(rr["max_s"] * 1000, "{:.0f} ms"),
+                    _f(rr["min_s"] * 1000, "{:.0f} ms")]], ["bursts", "p50", "max", "min"]),
+            "",
+        ]
     failed = {k: v for k, v in r.items() if v.get("status") != "ok"}
     if failed:
         parts += ["## Not run or failed", ""]
