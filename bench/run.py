@@ -402,9 +402,8 @@ def markdown(res: dict[str, Any], notes: str) -> str:
             "",
             "Tracked hot spots (inclusive ms per job): "
             + ", ".join(f"`{k}` {v:.2f}" for k, v in p.get("watched_ms_per_job", {}).items())
-            + ". httpcore calls `current_async_library()` for every lock and event it creates; with `sniffio` not "
-            "installed (anyio 4.x no longer pulls it in) each call is a failed `import sniffio`, a search of "
-            "sys.path (`_find_and_load`).",
+            + " (httpcore's `import sniffio` at every lock it made, 4-5 ms per job when sniffio was missing; the "
+            "dispatcher no longer uses httpx/httpcore for pods, so both should stay near 0).",
             "",
             "Own time per job (the loop's idle `epoll.poll` left out, ms). Wall-clock sampling in a process with "
             "I/O threads: time the event-loop thread spends waiting for the GIL lands on the C call it was about "
@@ -515,7 +514,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small parameters (a couple of minutes)")
     parser.add_argument("--only", help="comma list: overhead, cpu, efficiency, ceiling, memory, profile, frontdoor, "
-                                       "apiprofile, operator")
+                                       "apiprofile, operator, reaction")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--from-json", type=Path, help="run nothing: re-render these results (bench/results/*.json)")
     parser.add_argument("--add-to", type=Path, help="run --only and add the results to this earlier run's JSON "
