@@ -84,6 +84,14 @@ redis.call('PUBLISH', ARGV[2], ARGV[4])
 return 1
 """
 
+# A pod freed before its job ended: the lease released (a prefetched job moves up) and the dispatchers woken.
+# KEYS: lease, next lease. ARGV: job id, wake channel, this dispatcher's name.
+_FREE = RELEASE_LUA + """
+release(KEYS[1], KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
 
 class EndpointLink:
     """One endpoint's pooled HTTP client and shared websocket in this process."""
@@ -147,6 +155,8 @@ class Engine:
         self.rq_scheduler = make_scheduler(queue_names, self.conn, self.name)
         self._renew_inflight = self.conn.register_script(_RENEW_INFLIGHT)
         self._finish = self.conn.register_script(_FINISH)
+        self._free = self.conn.register_script(_FREE)
+        self.pod_freed: set[str] = set()  # jobs in flight whose pod was released early (see _free_pod)
         self._own_wake = self.name.encode()
         self.last_loop_tick = time.monotonic()
         self.last_maintenance = time.monotonic()
@@ -361,7 +371,8 @@ class Engine:
         deadline = time.time() + self.settings.lease_ttl_seconds
         lost = await self.io(lambda: self._renew_inflight(keys=[self.keys.inflight, self.keys.inflight_owner],
                                                           args=[deadline, self.name, *ids]))
-        held = [(c.endpoint_id, c.job_id) for c in self.claims.values() if c.endpoint_id]
+        held = [(c.endpoint_id, c.job_id) for c in self.claims.values()
+                if c.endpoint_id and c.job_id not in self.pod_freed]
         await self.io(self.d.registry.renew_leases, held, self.d.scheduler.lease_ms / 1000)
         for raw in lost:
             job_id = raw.decode()
@@ -436,7 +447,8 @@ class Engine:
                           and c.endpoint_id == claim.endpoint_id and not c.prefetched and c.job_id in self.posted),
                          None) if claim.prefetched else None
             job_run = JobRun(self.ctx, job_id, endpoint, adopted=claim.adopted, cancelled=self.cancel_events[job_id],
-                             prefetched=claim.prefetched, posted=self.posted[job_id], after=ahead)
+                             prefetched=claim.prefetched, posted=self.posted[job_id], after=ahead,
+                             pod_free=functools.partial(self._free_pod, claim) if claim.endpoint_id else None)
             settled = await job_run.run()
             if settled.held_prompt and endpoint is not None:
                 if await self._hold(endpoint, job_id):
@@ -453,6 +465,7 @@ class Engine:
             self.cancel_events.pop(job_id, None)
             self.claims.pop(job_id, None)
             self.posted.pop(job_id, None)
+            self.pod_freed.discard(job_id)
             if not handed_over:
                 await self._release(claim)
 
@@ -499,6 +512,19 @@ class Engine:
                 log.warning("%s failed (%s); retrying", what, exc)
                 await backoff.sleep()
         log.error("%s: gave up after repeated Redis errors", what)
+
+    async def _free_pod(self, claim: Claim) -> None:
+        """The job's prompt has ended on its pod: release the lease now (a prefetched job moves up) and wake the
+        dispatchers, so the pod's next prompt need not wait for this job's outputs to be fetched, stored and
+        settled. The job stays in flight (recovery still covers it); `_release` later finds the lease gone."""
+        self.pod_freed.add(claim.job_id)
+        try:
+            endpoint = claim.endpoint_id
+            await self.io(self._free, keys=[self.keys.lease(endpoint), self.keys.lease_next(endpoint)],
+                          args=[claim.job_id, self.keys.wake, self.name])
+        except (redis.RedisError, OSError) as exc:  # the end-of-job release frees it anyway
+            log.info("job %s: early release of %s failed (%s)", claim.job_id, claim.endpoint_id, exc)
+        self.wake.set()
 
     async def _release(self, claim: Claim) -> None:
         endpoint = claim.endpoint_id or ""

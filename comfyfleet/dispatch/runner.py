@@ -93,8 +93,11 @@ class JobRun:
 
     def __init__(self, ctx: RunContext, job_id: str, endpoint: Endpoint | None, *, adopted: bool,
                  cancelled: asyncio.Event, prefetched: bool = False, posted: asyncio.Event | None = None,
-                 after: asyncio.Event | None = None):
+                 after: asyncio.Event | None = None, pod_free: Callable[[], Awaitable[None]] | None = None):
         self.ctx = ctx
+        # Called once the prompt has ended on the pod with outputs to fetch: the GPU is free for the next prompt
+        # while this job reads its outputs, stores them and settles (the dispatcher releases the lease early).
+        self.pod_free = pod_free
         # Set once this job's prompt is on the pod (or the attempt ended): a job prefetched behind it waits for
         # it (`after`) before posting, so the pod's queue keeps the order the jobs were claimed in.
         self.posted = posted or asyncio.Event()
@@ -198,6 +201,8 @@ class JobRun:
         hooks.note_prompt_finished(self.obs)  # HOOK(observability)
         ending = ending_of_result(result)
         if ending.kind is EndKind.SUCCEEDED:
+            if self.pod_free is not None:
+                await self.pod_free()
             outputs = await self._store_outputs(link.client, job, result)
             hooks.note_outputs_stored(self.obs)  # HOOK(observability)
             self.outputs = outputs  # written with the final state
