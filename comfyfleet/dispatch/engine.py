@@ -72,15 +72,18 @@ end
 return lost
 """
 
-# A job's end in this process, in one step: out of the in-flight set, its claim forgotten, its lease freed (if it
-# had an endpoint) and the dispatchers woken. KEYS: inflight, owner, claim, lease, next lease. ARGV: job id,
-# wake channel, 1 if it had an endpoint, this dispatcher's name (the wake's payload: it woke itself already).
+# A job's end in this process, in one step: out of the in-flight set, its claim forgotten, its lease freed and the
+# dispatchers woken (unless its pod was freed already, see _FREE). KEYS: inflight, owner, claim, lease, next
+# lease. ARGV: job id, wake channel, 1 if it still holds an endpoint, this dispatcher's name (the wake's payload:
+# it woke itself already).
 _FINISH = RELEASE_LUA + """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
-if ARGV[3] == '1' then release(KEYS[4], KEYS[5], ARGV[1]) end
-redis.call('PUBLISH', ARGV[2], ARGV[4])
+if ARGV[3] == '1' then
+  release(KEYS[4], KEYS[5], ARGV[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[4])
+end
 return 1
 """
 
@@ -465,9 +468,11 @@ class Engine:
             self.cancel_events.pop(job_id, None)
             self.claims.pop(job_id, None)
             self.posted.pop(job_id, None)
-            self.pod_freed.discard(job_id)
-            if not handed_over:
-                await self._release(claim)
+            try:
+                if not handed_over:
+                    await self._release(claim)
+            finally:
+                self.pod_freed.discard(job_id)
 
     async def _hold(self, endpoint: Endpoint, job_id: str) -> bool:
         """Keep the endpoint leased until ComfyUI has let go of the prompt we gave up on; False if it never did."""
@@ -530,7 +535,8 @@ class Engine:
         endpoint = claim.endpoint_id or ""
         keys = [self.keys.inflight, self.keys.inflight_owner, self.keys.claim(claim.job_id),
                 self.keys.lease(endpoint), self.keys.lease_next(endpoint)]
-        args = [claim.job_id, self.keys.wake, 1 if claim.endpoint_id else 0, self.name]
+        holds = claim.endpoint_id and claim.job_id not in self.pod_freed
+        args = [claim.job_id, self.keys.wake, 1 if holds else 0, self.name]
 
         def release() -> None:
             self._finish(keys=keys, args=args)
