@@ -132,7 +132,8 @@ class HealthMonitor:
 class PodBusyElsewhere(ComfyError):
     def __init__(self, prompt_ids: list[str]):
         super().__init__(f"ComfyUI is running prompts comfyfleet is not tracking ({', '.join(prompt_ids[:3])}): "
-                         "wedged or used by another client")
+                         "a prompt given up on (cancelled or timed out) that the pod has not let go of yet, or "
+                         "another client's")
         self.prompt_ids = prompt_ids
 
 
