@@ -521,14 +521,15 @@ class Engine:
     async def _free_pod(self, claim: Claim) -> None:
         """The job's prompt has ended on its pod: release the lease now (a prefetched job moves up) and wake the
         dispatchers, so the pod's next prompt need not wait for this job's outputs to be fetched, stored and
-        settled. The job stays in flight (recovery still covers it); `_release` later finds the lease gone."""
-        self.pod_freed.add(claim.job_id)
+        settled. The job stays in flight (recovery still covers it); `_release` later knows the lease is gone."""
         try:
             endpoint = claim.endpoint_id
             await self.io(self._free, keys=[self.keys.lease(endpoint), self.keys.lease_next(endpoint)],
                           args=[claim.job_id, self.keys.wake, self.name])
-        except (redis.RedisError, OSError) as exc:  # the end-of-job release frees it anyway
+        except (redis.RedisError, OSError) as exc:  # still leased: the end-of-job release frees it
             log.info("job %s: early release of %s failed (%s)", claim.job_id, claim.endpoint_id, exc)
+            return
+        self.pod_freed.add(claim.job_id)
         self.wake.set()
 
     async def _release(self, claim: Claim) -> None:
