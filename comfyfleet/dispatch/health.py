@@ -46,7 +46,7 @@ class HealthMonitor:
 
     async def probe_all(self) -> None:
         endpoints = await asyncio.to_thread(self.registry.endpoints)
-        await self.retain({e.id for e in endpoints})
+        self.retain({e.id for e in endpoints})
         await asyncio.gather(*(self.probe(e) for e in endpoints))
 
     def _client(self, endpoint: Endpoint) -> ComfyClient:
@@ -63,7 +63,7 @@ class HealthMonitor:
             task = asyncio.get_running_loop().create_task(client.close())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # closing is best effort
 
-    async def retain(self, endpoint_ids: set[str]) -> None:
+    def retain(self, endpoint_ids: set[str]) -> None:
         """Close the clients of endpoints no longer probed (withdrawn or replaced pods)."""
         for endpoint_id in [i for i in self._clients if i not in endpoint_ids]:
             self._drop(endpoint_id)

@@ -223,7 +223,7 @@ async def publish_and_probe(
         await asyncio.to_thread(publisher.withdraw, stale)
     endpoints = await asyncio.to_thread(publisher.publish, serving, known, spec.prefetch)
     monitor = rt.monitor_for(uid, spec.probe)
-    await monitor.retain(set(endpoints))
+    monitor.retain(set(endpoints))
     wave = asyncio.Semaphore(PROBE_CONCURRENCY)
 
     async def probe(endpoint: Endpoint) -> None:

@@ -40,7 +40,7 @@ FEED_QUEUE_SIZE = 1000
 
 # XADD + EXPIRE + PUBLISH, so the published message carries the id the stream assigned. A Lua function that the
 # job record's own scripts (store/jobrepo.py) call after their write, so a change and its event are one round
-# trip and one atomic step; ADD_EVENT is the same on its own.
+# trip and one atomic step; ADD_EVENT (JobRepo.publish) is the same on its own.
 EMIT_LUA = """
 local function emit(stream, maxlen, ttl, event, payload, chan, job_id)
   local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event, 'job', payload)
@@ -78,11 +78,6 @@ def event_args(keys: Keys, job: Job, event: str) -> list[str | int]:
     if " " in event:
         raise ValueError(f"event names have no spaces: {event!r}")
     return [STREAM_MAXLEN, STREAM_TTL_SECONDS, event, job_payload(job), channel(keys), job.id]
-
-
-def add_event(conn: redis.Redis, keys: Keys, job: Job, event: str) -> None:
-    """Record and announce one job event on its own (JobRepo's writes emit theirs inside their own script)."""
-    conn.register_script(ADD_EVENT)(keys=[stream_key(keys, job.id)], args=event_args(keys, job, event))
 
 
 # ---- pure parts: event ids and messages ----

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.keys import Keys
 from comfyfleet.store import jobevents
-from comfyfleet.store.jobevents import EventHub, add_event, channel
+from comfyfleet.store.jobevents import EventHub, channel
+from comfyfleet.store.jobrepo import JobRepo
 from tests.support.procs import ManagedProcess, free_port
 
 
@@ -24,7 +25,7 @@ def keys() -> Keys:
 
 
 def write(conn: redis.Redis, keys: Keys, job: Job, event: str = "progress") -> None:
-    add_event(conn, keys, job, event)
+    JobRepo(conn, keys).publish(job, event)
 
 
 def job_at(value: int, state: JobState = JobState.RUNNING) -> Job:
