@@ -101,15 +101,15 @@ async def follow_job(hub: EventHub, job_id: str, read_job: Callable[[], Awaitabl
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lifetime
     async with hub.follow(job_id, after) as feed:
-        if feed.gap and after is not None:
-            feed.discard_backlog()
-            feed.last = await hub.last_id(job_id)
-        job = await read_job()
         if after is None or feed.gap:
-            yield JobEvent(format_event_id(feed.last), "state", job)  # the job as it is now
-            if job.state.is_terminal:
+            if feed.gap:  # resumed past what the stream still holds: start over from the job as it is now
+                feed.discard_backlog()
+                feed.last = (0, 0)
+            now = await hub.snapshot(feed, read_job)
+            yield now  # the job as it is now
+            if now.job.state.is_terminal:
                 return
-        elif job.state.is_terminal and not feed.has_terminal_backlog():
+        elif (job := await read_job()).state.is_terminal and not feed.has_terminal_backlog():
             # Resumed after the final event was already delivered (or the stream is gone): say so once.
             yield JobEvent(format_event_id(max(feed.last, await hub.last_id(job_id))), "state", job)
             return

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -266,6 +266,36 @@ class EventHub:
         """The id of the newest stored event of a job, (0, 0) if none."""
         rows: list[Any] = await self.aconn.xrevrange(stream_key(self.keys, job_id), "+", "-", count=1) or []
         return (parse_event_id(_text(rows[0][0])) or (0, 0)) if rows else (0, 0)
+
+    async def newest(self, job_id: str) -> JobEvent | None:
+        """The newest stored event of a job (its id and the job as that event left it), None if none is readable."""
+        rows: list[Any] = await self.aconn.xrevrange(stream_key(self.keys, job_id), "+", "-", count=1) or []
+        if not rows:
+            return None
+        raw_id, fields = rows[0]
+        try:
+            return JobEvent(_text(raw_id), _text(fields[b"event"]), parse_job(fields[b"job"]))
+        except (KeyError, ValueError) as exc:
+            log.warning("unreadable newest event of job %s: %s", job_id, exc)
+            return None
+
+    async def snapshot(self, feed: JobFeed, read_job: Callable[[], Awaitable[Job]]) -> JobEvent:
+        """The job as it is now, as a `state` event whose id the feed goes on after.
+
+        The job and the id come from one stream entry (each record write adds its event in the same atomic
+        script), so no event the feed delivers afterwards is older than the snapshot. Reading the record and
+        the stream's newest id apart would race a job that moves in between (a snapshot newer than the
+        events that follow it). Only when the stream holds nothing (expired, never written) is the record
+        read, and the stream asked once more afterwards: an event written meanwhile is at least as new.
+        """
+        newest = await self.newest(feed.job_id)
+        if newest is None:
+            job = await read_job()
+            newest = await self.newest(feed.job_id)
+            if newest is None:
+                return JobEvent(format_event_id(feed.last), "state", job)
+        feed.last = max(feed.last, newest.key)  # queued events up to the snapshot are in it already
+        return JobEvent(newest.id, "state", newest.job)
 
     @asynccontextmanager
     async def follow(self, job_id: str, after: tuple[int, int] | None = None) -> AsyncIterator[JobFeed]:

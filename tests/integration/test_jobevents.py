@@ -11,6 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from comfyfleet.api.events import follow_job
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.keys import Keys
 from comfyfleet.store import jobevents
@@ -127,3 +128,80 @@ async def test_the_hub_starts_while_redis_is_down_and_subscribes_once_it_answers
         await hub.stop()
         await aconn.aclose()
         server.stop()
+
+
+async def _follow_values(hub: EventHub, read_job, finish) -> list[tuple[str, str, int]]:
+    """(id, event, progress) of what a fresh follow (no Last-Event-ID) yields; `finish` then ends the job."""
+    got: list[tuple[str, str, int]] = []
+    async for item in follow_job(hub, "job-1", read_job, None, lifetime=10):
+        if item is None:
+            continue
+        got.append((item.id, item.event, item.job.progress.value))
+        if len(got) == 1:
+            finish()
+        if item.job.state.is_terminal:
+            break
+    return got
+
+
+def _in_order(got: list[tuple[str, str, int]]) -> None:
+    ids = [jobevents.parse_event_id(i) or (0, 0) for i, _, _ in got]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), got
+    values = [v for _, _, v in got]
+    assert values == sorted(values), f"progress went backwards: {got}"
+
+
+async def test_a_fresh_follow_never_sends_a_snapshot_newer_than_the_events_after_it(redis_server, keys):
+    """The job moves while a stream starts (a loaded API process): the first `state` the client gets and the
+    events after it stay in order. Before the fix the id came from the stream and the job from the record,
+    read one after the other, so a job that moved in between was sent as 57 % and then 0, 14, 28, ..."""
+    conn = redis.Redis.from_url(redis_server.url)
+    aconn = aioredis.Redis.from_url(redis_server.url)
+    hub = EventHub(aconn, keys)
+    await hub.start()
+    try:
+        for i in range(3):
+            write(conn, keys, job_at(i))
+
+        async def read_job() -> Job:  # the record, read while the job goes on writing events
+            for i in range(3, 6):
+                write(conn, keys, job_at(i))
+            return job_at(5)
+
+        got = await _follow_values(hub, read_job, lambda: write(conn, keys, job_at(6, JobState.SUCCEEDED), "state"))
+        _in_order(got)
+        assert got[0][1] == "state" and got[-1] == (got[-1][0], "state", 6), got
+        newest = conn.xrevrange(keys.events("job-1"), count=1)[0][0].decode()
+        assert got[-1][0] == newest
+    finally:
+        await hub.stop()
+        await aconn.aclose()
+
+
+async def test_a_fresh_follow_of_a_job_without_stored_events_reads_the_record(redis_server, keys):
+    """An empty (expired) stream: the snapshot comes from the record; an event written while the record was
+    read replaces it, so what follows is never older than what was sent."""
+    conn = redis.Redis.from_url(redis_server.url)
+    aconn = aioredis.Redis.from_url(redis_server.url)
+    hub = EventHub(aconn, keys)
+    await hub.start()
+    try:
+        async def quiet_record() -> Job:
+            return job_at(4)
+
+        got = await _follow_values(hub, quiet_record, lambda: write(conn, keys, job_at(7, JobState.SUCCEEDED),
+                                                                    "state"))
+        assert got[0] == ("0-0", "state", 4) and got[1][1:] == ("state", 7), got
+        conn.delete(keys.events("job-1"))
+
+        async def moving_record() -> Job:
+            write(conn, keys, job_at(5))
+            return job_at(4)
+
+        got = await _follow_values(hub, moving_record, lambda: write(conn, keys, job_at(8, JobState.SUCCEEDED),
+                                                                     "state"))
+        _in_order(got)
+        assert [v for _, _, v in got] == [5, 8], got
+    finally:
+        await hub.stop()
+        await aconn.aclose()
