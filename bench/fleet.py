@@ -230,10 +230,11 @@ async def submit_all(api_url: str, jobs: int, steps: int, seed0: int = 100_000) 
     return t0, list(ids)
 
 
-def pod_execution_seconds(urls: list[str], only: set[str] | None = None) -> list[float]:
-    """Each finished prompt's execution_start -> end, as the pods' /history records it (empty when the
-    dispatcher deletes history entries after storing outputs); `only` these prompt ids if given."""
-    seconds = []
+def pod_runs(urls: list[str], only: set[str] | None = None) -> dict[str, list[tuple[float, float]]]:
+    """Each pod's finished prompts as (execution_start, end) in seconds, in order, as the pods' /history
+    records them (empty when the dispatcher deletes history entries after storing outputs); `only` these
+    prompt ids if given."""
+    runs: dict[str, list[tuple[float, float]]] = {}
     with httpx.Client(timeout=30) as client:
         for url in urls:
             for prompt_id, entry in client.get(f"{url}/history").json().items():
@@ -242,8 +243,24 @@ def pod_execution_seconds(urls: list[str], only: set[str] | None = None) -> list
                 stamps = {name: data.get("timestamp") for name, data in entry["status"]["messages"]}
                 end = stamps.get("execution_success") or stamps.get("execution_error")
                 if stamps.get("execution_start") and end:
-                    seconds.append((end - stamps["execution_start"]) / 1000)
-    return seconds
+                    runs.setdefault(url, []).append((stamps["execution_start"] / 1000, end / 1000))
+    return {url: sorted(r) for url, r in runs.items()}
+
+
+def pod_execution_seconds(urls: list[str], only: set[str] | None = None) -> list[float]:
+    """Each finished prompt's execution_start -> end on its pod (see pod_runs)."""
+    return [end - start for r in pod_runs(urls, only).values() for start, end in r]
+
+
+def pod_idle_gaps(urls: list[str], only: set[str] | None = None) -> list[float]:
+    """On each pod, one prompt's end -> the next prompt's start: the time dispatch kept the pod waiting."""
+    return [b[0] - a[1] for r in pod_runs(urls, only).values() for a, b in zip(r, r[1:], strict=False)]
+
+
+def print_idle_gaps(urls: list[str], only: set[str] | None = None) -> None:
+    if gaps := sorted(pod_idle_gaps(urls, only)):
+        print(f"  pod idle between prompts (/history): p50 {1000 * statistics.median(gaps):.1f} ms, "
+              f"p95 {1000 * gaps[int(0.95 * (len(gaps) - 1))]:.1f} ms, max {1000 * gaps[-1]:.1f} ms over {len(gaps)}")
 
 
 def _ts(value: str | None) -> float | None:
@@ -328,6 +345,7 @@ def run_through_stack(args: argparse.Namespace, tmp: Path, procs: Procs) -> None
     print(f"  makespan {makespan:.2f} s, ideal {ideal:.2f} s -> busy fraction {ideal / makespan:.3f}"
           + (f"; pods' own busy fraction (their execution time / N x makespan) "
              f"{sum(executed) / (args.pods * makespan):.3f}" if executed else ""))  # fmt: skip
+    print_idle_gaps(urls, set(ids))
     if latencies:
         print(f"  first-job start latency per pod: min {latencies[0]:.2f} s, "
               f"p50 {statistics.median(latencies):.2f} s, max {latencies[-1]:.2f} s; "
@@ -411,6 +429,7 @@ def run_direct(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
           f"= {args.job_seconds:.2f} s, DIRECT to the simulator (no comfyfleet):")  # fmt: skip
     print(f"  makespan {makespan:.2f} s, ideal {ideal:.2f} s -> busy fraction {ideal / makespan:.3f}; "
           f"pod execution per job (/history) median {statistics.median(executed):.3f} s, max {max(executed):.3f} s")
+    print_idle_gaps(urls)
     print(f"  first-job start latency per pod: min {latencies[0]:.2f} s, p50 {statistics.median(latencies):.2f} s, "
           f"max {latencies[-1]:.2f} s")  # fmt: skip
     print(f"  simulator CPU {sim_cpu:.1f} s ({sim_cpu / total * 1000:.0f} ms per job), "

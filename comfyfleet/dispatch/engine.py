@@ -88,12 +88,20 @@ return 1
 """
 
 # A pod freed before its job ended: the lease released (a prefetched job moves up) and the dispatchers woken.
-# KEYS: lease, next lease. ARGV: job id, wake channel, this dispatcher's name.
+# KEYS: lease, next lease, then every priority queue. ARGV: job id, wake channel, this dispatcher's name.
+# Returns how many jobs are queued (0 when a prefetched job moved up: the pod has its next prompt already).
 _FREE = RELEASE_LUA + """
+local promoted = redis.call('EXISTS', KEYS[2]) == 1
 release(KEYS[1], KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
+if promoted then return 0 end
+local n = 0
+for i = 3, #KEYS do n = n + redis.call('LLEN', KEYS[i]) end
+return n
 """
+# How long a job whose prompt has just ended lets the pod's next prompt go first (the claim and the POST) before
+# it reads its own outputs: they compete for this process's CPU, and the GPU waits only for the former.
+HAND_ON_WAIT_SECONDS = 0.05
 
 
 class EndpointLink:
@@ -160,6 +168,12 @@ class Engine:
         self._finish = self.conn.register_script(_FINISH)
         self._free = self.conn.register_script(_FREE)
         self.pod_freed: set[str] = set()  # jobs in flight whose pod was released early (see _free_pod)
+        self.freed_here = False
+        self.queue_keys = [self.d.scheduler.queue_key(name) for name in self.keys.queue_names()]
+        # Claim passes begun and the last one ended (numbered), for jobs that let the next prompt go first.
+        self.passes_begun = 0
+        self.pass_ended = 0
+        self.pass_end = asyncio.Condition()
         self._own_wake = self.name.encode()
         self.last_loop_tick = time.monotonic()
         self.last_maintenance = time.monotonic()
@@ -299,28 +313,38 @@ class Engine:
                 async with asyncio.timeout(IDLE_RECHECK_SECONDS):
                     await self.wake.wait()
             self.wake.clear()
-            free = self.free_slots
-            if free <= 0:
-                continue
+            self.passes_begun += 1
             try:
-                candidates = await self.refresh_snapshot()
-                if not await self.io(self._worth_a_pass, candidates):
-                    continue
-                claims = await self.io(self.d.scheduler.claim_batch, free, candidates, self.name)
-            except (redis.RedisError, OSError) as exc:
-                log.warning("dispatcher %s: claim failed (%s); backing off", self.name, exc)
-                await backoff.sleep()
-                self.wake.set()
-                continue
-            except Exception:  # noqa: BLE001 - a bug in one pass must not stop the loop
-                log.exception("dispatcher %s: claim pass failed", self.name)
-                await backoff.sleep()
-                continue
-            backoff.reset()
-            for claim in claims:
-                self._start(claim)
-            if len(claims) == free:
-                self.wake.set()  # there may be more to claim as soon as slots free up
+                await self._claim_pass(backoff)
+            finally:
+                self.pass_ended = self.passes_begun
+                async with self.pass_end:
+                    self.pass_end.notify_all()
+
+    async def _claim_pass(self, backoff: Backoff) -> None:
+        free = self.free_slots
+        if free <= 0:
+            return
+        try:
+            candidates = await self.refresh_snapshot()
+            look, self.freed_here = not self.freed_here, False
+            if look and not await self.io(self._worth_a_pass, candidates):
+                return
+            claims = await self.io(self.d.scheduler.claim_batch, free, candidates, self.name)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("dispatcher %s: claim failed (%s); backing off", self.name, exc)
+            await backoff.sleep()
+            self.wake.set()
+            return
+        except Exception:  # noqa: BLE001 - a bug in one pass must not stop the loop
+            log.exception("dispatcher %s: claim pass failed", self.name)
+            await backoff.sleep()
+            return
+        backoff.reset()
+        for claim in claims:
+            self._start(claim)
+        if len(claims) == free:
+            self.wake.set()  # there may be more to claim as soon as slots free up
 
     def _worth_a_pass(self, candidates: list[Candidate]) -> bool:
         """A lock-free look: is any healthy endpoint unleased, and is anything queued or parked?"""
@@ -438,10 +462,10 @@ class Engine:
     async def _drive(self, claim: Claim) -> None:
         job_id = claim.job_id
         handed_over = False
+        # RQ's start-of-execution bookkeeping runs while the prompt is posted (it is off the pod's critical
+        # path); it has landed before RQ hears how the job ended.
+        begun = asyncio.create_task(self._begin(claim))
         try:
-            rq_run = await self.rq(self.worker.begin, job_id, claim.queue_name, claim.adopted)
-            if rq_run is not None:
-                self.rq_runs[job_id] = rq_run
             endpoint = self.endpoints.get(claim.endpoint_id) if claim.endpoint_id else None
             if claim.endpoint_id and endpoint is None:
                 await self.refresh_snapshot(force=True)
@@ -450,15 +474,18 @@ class Engine:
                           and c.endpoint_id == claim.endpoint_id and not c.prefetched and c.job_id in self.posted),
                          None) if claim.prefetched else None
             job_run = JobRun(self.ctx, job_id, endpoint, adopted=claim.adopted, cancelled=self.cancel_events[job_id],
+                             stored=claim.record,
                              prefetched=claim.prefetched, posted=self.posted[job_id], after=ahead,
                              pod_free=functools.partial(self._free_pod, claim) if claim.endpoint_id else None)
             settled = await job_run.run()
             if settled.held_prompt and endpoint is not None:
                 if await self._hold(endpoint, job_id):
                     await job_run.clean_pod()
+            rq_run = await begun
             await self._retrying(f"job {job_id}: RQ bookkeeping", lambda: self._record(settled, rq_run))
         except asyncio.CancelledError:
             handed_over = True  # shutting down or adopted elsewhere: the job stays in flight for its next owner
+            begun.cancel()
             raise
         except Exception:  # noqa: BLE001 - the slot and the lease must come back whatever happened
             log.exception("dispatcher %s: job %s: bookkeeping failed", self.name, job_id)
@@ -473,6 +500,18 @@ class Engine:
                     await self._release(claim)
             finally:
                 self.pod_freed.discard(job_id)
+
+    async def _begin(self, claim: Claim) -> RQRun | None:
+        """Open RQ's execution of a claimed job (None: RQ has no readable record of it, or Redis failed; the
+        job then settles as if RQ had lost its record)."""
+        try:
+            rq_run = await self.rq(self.worker.begin, claim.job_id, claim.queue_name, claim.adopted, claim.rq_record)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("job %s: RQ's start of execution not recorded (%s)", claim.job_id, exc)
+            return None
+        if rq_run is not None and claim.job_id in self.tasks:
+            self.rq_runs[claim.job_id] = rq_run
+        return rq_run
 
     async def _hold(self, endpoint: Endpoint, job_id: str) -> bool:
         """Keep the endpoint leased until ComfyUI has let go of the prompt we gave up on; False if it never did."""
@@ -522,15 +561,31 @@ class Engine:
         """The job's prompt has ended on its pod: release the lease now (a prefetched job moves up) and wake the
         dispatchers, so the pod's next prompt need not wait for this job's outputs to be fetched, stored and
         settled. The job stays in flight (recovery still covers it); `_release` later knows the lease is gone."""
+        endpoint = claim.endpoint_id
         try:
-            endpoint = claim.endpoint_id
-            await self.io(self._free, keys=[self.keys.lease(endpoint), self.keys.lease_next(endpoint)],
-                          args=[claim.job_id, self.keys.wake, self.name])
+            queued = await self.io(self._free, keys=[self.keys.lease(endpoint), self.keys.lease_next(endpoint),
+                                                     *self.queue_keys], args=[claim.job_id, self.keys.wake, self.name])
         except (redis.RedisError, OSError) as exc:  # still leased: the end-of-job release frees it
             log.info("job %s: early release of %s failed (%s)", claim.job_id, claim.endpoint_id, exc)
             return
         self.pod_freed.add(claim.job_id)
+        self.freed_here = True  # a pod is free for sure: the next pass needs no look before taking the lock
         self.wake.set()
+        if queued:
+            await self._hand_on(claim, self.passes_begun)
+
+    async def _hand_on(self, claim: Claim, seen: int) -> None:
+        """Let the freed pod's next prompt go first: wait (HAND_ON_WAIT_SECONDS at most) for a claim pass begun
+        after the release to end and, if it gave the pod a job, for that job's prompt to be posted."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HAND_ON_WAIT_SECONDS):
+                async with self.pass_end:
+                    await self.pass_end.wait_for(lambda: self.pass_ended > seen)
+                nxt = next((c.job_id for c in self.claims.values()
+                            if c.endpoint_id == claim.endpoint_id and c.job_id != claim.job_id), None)
+                posted = self.posted.get(nxt) if nxt else None
+                if posted is not None:
+                    await posted.wait()
 
     async def _release(self, claim: Claim) -> None:
         endpoint = claim.endpoint_id or ""

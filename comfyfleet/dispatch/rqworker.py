@@ -49,11 +49,17 @@ class DispatchWorker(BaseWorker):
     def stop(self) -> None:
         self.register_death()
 
-    def begin(self, job_id: str, queue_name: str, adopted: bool) -> RQRun | None:
+    def begin(self, job_id: str, queue_name: str, adopted: bool,
+              stored: dict[bytes, bytes] | None = None) -> RQRun | None:
         """Open an execution of job_id (None if RQ has no such job). An adopted job's executions by the dead
-        dispatcher are closed first, so RQ's abandoned-job cleanup never retries a job that is running."""
+        dispatcher are closed first, so RQ's abandoned-job cleanup never retries a job that is running.
+        stored: the RQ job hash when the caller has just read it (what Job.fetch would read)."""
         try:
-            job = RQJob.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            if stored:
+                job = RQJob(job_id, connection=self.connection, serializer=self.serializer)
+                job.restore(stored)
+            else:
+                job = RQJob.fetch(job_id, connection=self.connection, serializer=self.serializer)
         except Exception as exc:  # noqa: BLE001 - NoSuchJobError, or a payload RQ cannot read
             log.warning("job %s has no readable RQ record (%s); running it without one", job_id, exc)
             return None

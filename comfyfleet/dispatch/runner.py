@@ -14,7 +14,7 @@ import contextlib
 import logging
 import mimetypes
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -24,7 +24,14 @@ import redis
 from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.errors import ComfyError
 from comfyfleet.comfy.hub import WsHub
-from comfyfleet.comfy.messages import ComfyEvent, Executing, ExecutionCached, ExecutionStart, Progress
+from comfyfleet.comfy.messages import (
+    ComfyEvent,
+    Executing,
+    ExecutionCached,
+    ExecutionStart,
+    ExecutionSuccess,
+    Progress,
+)
 from comfyfleet.comfy.models import RunResult
 from comfyfleet.convert import store_output  # HOOK(integrations): output format + inline
 from comfyfleet.dispatch.outcome import Decision, Ending, EndKind, decide, ending_of_error, ending_of_result
@@ -35,7 +42,7 @@ from comfyfleet.jobs.states import can_transition, transition
 from comfyfleet.jobs.workflow import isolate_outputs, rename_input_images
 from comfyfleet.observability import hooks
 from comfyfleet.settings import DispatchSettings
-from comfyfleet.store.jobrepo import JobNotFound, JobRepo, StateChanged
+from comfyfleet.store.jobrepo import JobNotFound, JobRepo, StateChanged, decode_job, is_quarantined
 from comfyfleet.store.outputs import OutputStore, StorageError
 from comfyfleet.usage import record_run_usage
 
@@ -93,11 +100,16 @@ class JobRun:
 
     def __init__(self, ctx: RunContext, job_id: str, endpoint: Endpoint | None, *, adopted: bool,
                  cancelled: asyncio.Event, prefetched: bool = False, posted: asyncio.Event | None = None,
-                 after: asyncio.Event | None = None, pod_free: Callable[[], Awaitable[None]] | None = None):
+                 after: asyncio.Event | None = None, pod_free: Callable[[], Coroutine[Any, Any, None]] | None = None,
+                 stored: Mapping[bytes, bytes] | None = None):
         self.ctx = ctx
-        # Called once the prompt has ended on the pod with outputs to fetch: the GPU is free for the next prompt
-        # while this job reads its outputs, stores them and settles (the dispatcher releases the lease early).
+        self.stored = stored  # the record as the claim's commit left it (raw hash), read again if None
+        # Called once the prompt has succeeded on the pod (its `execution_success`): the GPU is free for the next
+        # prompt while this job reads its history and outputs, stores them and settles (the dispatcher releases
+        # the lease early).
         self.pod_free = pod_free
+        self._freeing: asyncio.Task[None] | None = None
+        self._announced: asyncio.Task[None] | None = None
         # Set once this job's prompt is on the pod (or the attempt ended): a job prefetched behind it waits for
         # it (`after`) before posting, so the pod's queue keeps the order the jobs were claimed in.
         self.posted = posted or asyncio.Event()
@@ -139,7 +151,9 @@ class JobRun:
             log.info("job %s: progress not written (%s)", self.job_id, exc)
 
     async def run(self) -> Settled:
-        job = await self.durable(self.ctx.repo.get, self.job_id)
+        job = decode_job(self.job_id, self.stored) if self.stored else None
+        if job is None or is_quarantined(job):  # not read by the claim, or unreadable: the repo quarantines it
+            job = await self.durable(self.ctx.repo.get, self.job_id)
         if job is None:
             return Settled(None)
         self.job = job
@@ -147,8 +161,8 @@ class JobRun:
             return Settled(job)
         if job.state is JobState.QUEUED:  # adopted after it was settled for a retry: RQ must queue it
             return Settled(job, Decision(JobState.QUEUED, job.error))
-        if not self.adopted:
-            await self.best_effort(self.ctx.repo.publish, job, "state")
+        if not self.adopted:  # its DISPATCHED event, sent while the prompt is posted; later writes wait for it
+            self._announced = asyncio.create_task(self.best_effort(self.ctx.repo.publish, job, "state"))
         endpoint_id = self.endpoint.id if self.endpoint else None
         self.obs = hooks.start_attempt(job, endpoint_id, self.endpoint, adopted=self.adopted)  # HOOK(observability)
         try:
@@ -160,6 +174,8 @@ class JobRun:
                 log.exception("job %s: unexpected error", self.job_id)
             ending = ending_of_error(exc, self.endpoint.url if self.endpoint else "")
         self.posted.set()
+        if self._freeing is not None:  # an early release still on its way lands before the job settles
+            await asyncio.shield(self._freeing)
         settled = await self._settle(ending)
         if settled.job is not None and settled.job.state is JobState.QUEUED:
             self._cleanup = None  # retried: the next attempt reuses the prompt id and upload folder; it cleans up
@@ -201,8 +217,7 @@ class JobRun:
         hooks.note_prompt_finished(self.obs)  # HOOK(observability)
         ending = ending_of_result(result)
         if ending.kind is EndKind.SUCCEEDED:
-            if self.pod_free is not None:
-                await self.pod_free()
+            self.free_pod()
             outputs = await self._store_outputs(link.client, job, result)
             hooks.note_outputs_stored(self.obs)  # HOOK(observability)
             self.outputs = outputs  # written with the final state
@@ -211,6 +226,12 @@ class JobRun:
             with contextlib.suppress(ComfyError):
                 await link.client.free(unload_models=True, free_memory=True)
         return ending
+
+    def free_pod(self) -> asyncio.Task[None] | None:
+        """The prompt has succeeded on the pod: hand the pod back (once); the task doing it, None if not."""
+        if self.pod_free is not None and self._freeing is None:
+            self._freeing = asyncio.create_task(self.pod_free(), name=f"free pod of {self.job_id}")
+        return self._freeing
 
     async def clean_pod(self) -> None:
         """Once the job is settled and ComfyUI is done with its prompt: forget the prompt's history entry (any
@@ -342,6 +363,7 @@ class JobRun:
     async def _settle(self, ending: Ending) -> Settled:
         """Write the decision for this ending; the stored record may have moved (a cancel flag): re-read once."""
         outputs = self.outputs if ending.kind is EndKind.SUCCEEDED else None
+        await self.announced()
         # First from the runner's own view of the record (self.job: the record as read, plus every change the
         # runner wrote since), guarded by the stored cancel flag, which only others set; a record that moved
         # meanwhile is read again.
@@ -377,7 +399,13 @@ class JobRun:
             await self.ctx.io(hooks.observe_finished, written, self.obs)  # HOOK(observability): metrics + spans
             return Settled(written, decision, held_prompt=self.held_prompt)
 
+    async def announced(self) -> None:
+        """The job's first event is written: every later write of the record (its own event) comes after it."""
+        if self._announced is not None:
+            await asyncio.shield(self._announced)
+
     async def mark_running(self) -> None:
+        await self.announced()
         for _ in range(3):  # another writer may have changed the record meanwhile: re-read and try again
             job = self.job
             if job is None or job.state is JobState.RUNNING or not can_transition(job.state, JobState.RUNNING):
@@ -423,6 +451,11 @@ class ProgressWriter:
         if isinstance(event, ExecutionStart):
             await self.run.mark_running()
             return
+        if isinstance(event, ExecutionSuccess):  # the pod is done with the prompt: free it before /history
+            freeing = self.run.free_pod()
+            if freeing is not None:  # and let its next prompt go first (bounded: HAND_ON_WAIT_SECONDS)
+                await asyncio.shield(freeing)
+            return
         if isinstance(event, ExecutionCached):
             self.latest = self.tracker.cached(event.nodes)
         elif isinstance(event, Executing) and event.node is not None:
@@ -456,6 +489,7 @@ class ProgressWriter:
         self.written = progress
         job = job.model_copy(update={"progress": progress})
         self.run.job = job
+        await self.run.announced()
         await self.run.best_effort(self.run.ctx.repo.set_progress, job)
 
     async def flush(self) -> None:

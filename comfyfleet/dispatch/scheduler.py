@@ -18,6 +18,7 @@ import json
 import logging
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,18 @@ _PAGE = 256
 # Hard bound on queue entries one pass looks at per priority (cached compact records make each cheap).
 _SCAN_LIMIT = 5000
 
+# How long a claim pass waits for the lock another dispatcher holds (then it tries again on its next wake-up),
+# and how often it asks meanwhile: a pass holds the lock for milliseconds.
+_LOCK_WAIT_SECONDS = 5.0
+_LOCK_POLL_SECONDS = 0.002
+# The lock's own expiry: a claim takes milliseconds; a crashed holder must not block the fleet long.
+_LOCK_TIMEOUT_SECONDS = 10
+# Give the lock back only if this pass still holds it (redis-py's Lock releases the same way).
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # Adopt in-flight jobs whose dispatcher stopped renewing them. KEYS: inflight zset, owner hash.
 # ARGV: now, new deadline, adopter name, max count. Returns the adopted job ids.
 _ADOPT = """
@@ -66,6 +79,10 @@ class Claim:
     adopted: bool = False
     # Committed to the endpoint behind its running job (prefetch): its timeout starts when it starts.
     prefetched: bool = False
+    # The job's record and RQ job hash as the claim's own commit left them (raw Redis hashes), so the runner
+    # starts without reading them again; None when the claim did not read them (adoption).
+    record: dict[bytes, bytes] | None = field(default=None, compare=False, repr=False)
+    rq_record: dict[bytes, bytes] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -75,6 +92,18 @@ class _Pass:
     claims: list[Claim] = field(default_factory=list)
     checkpoints: dict[str, str | None] = field(default_factory=dict)
     requeued: list[str] = field(default_factory=list)  # abandoned records put back to QUEUED first
+
+
+@dataclass
+class _Opening:
+    """What a claim pass read in the round trip that took the lock (read after it, so under it)."""
+
+    token: str
+    leased: dict[str, str]
+    ahead: dict[str, str]
+    members: set[str]
+    parked_pools: set[str]
+    first_pages: list[list[str]]
 
 
 @contextmanager
@@ -114,6 +143,7 @@ class Scheduler:
         # Compact records of queued jobs (pool, needs, owner...): fixed once queued, so cached across passes.
         self._compact: dict[str, dict[str, Any]] = {}
         self._adopt = conn.register_script(_ADOPT)
+        self._unlock = conn.register_script(_UNLOCK)
         # Figures for the dispatcher's /metrics: passes under the lock, claims made, seconds the lock was held.
         self.passes = 0
         self.claimed = 0
@@ -126,9 +156,9 @@ class Scheduler:
         return int(self.lease_ttl * 1500)
 
     def lock(self) -> Lock:
-        # 10 s lock timeout: a claim takes milliseconds; a crashed holder must not block the fleet long.
-        # Waiting up to 5 s for it: a dispatcher that cannot get it backs off and tries on the next wake-up.
-        return Lock(self.conn, self.keys.schedule_lock, timeout=10, blocking_timeout=5)
+        """The claim lock, for work outside claim passes (adoption, withdrawing an endpoint, queue timeouts)."""
+        return Lock(self.conn, self.keys.schedule_lock, timeout=_LOCK_TIMEOUT_SECONDS,
+                    blocking_timeout=_LOCK_WAIT_SECONDS, sleep=_LOCK_POLL_SECONDS)
 
     def wake(self) -> None:
         """Tell dispatchers that a job was queued or an endpoint freed (coalesced by each listener)."""
@@ -152,37 +182,81 @@ class Scheduler:
         snapshot = candidates if candidates is not None else self.registry.candidates()
         if not any(c.healthy for c in snapshot):
             return []
-        with signals_deferred(), self.lock():
+        with signals_deferred():
+            opening = self._open_pass(snapshot)
             held_since = time.perf_counter()
+            unlocked = False
             try:
-                leased = self.registry.leases([c.id for c in snapshot])
-                ahead = self.registry.next_leases([c.id for c in snapshot if c.prefetch and c.id in leased])
+                leased, ahead = opening.leased, opening.ahead
                 # A snapshot may predate an endpoint's withdrawal (done under this lock): drop what is gone.
-                members = set(self.registry.ids()) if candidates is not None else None
-                cands = [_slot(c, leased, ahead) for c in snapshot if members is None or c.id in members]
-                self._unpark(cands)
+                cands = [_slot(c, leased, ahead) for c in snapshot if c.id in opening.members]
+                first_pages = opening.first_pages if not self._unpark(cands, opening.parked_pools) else None
                 if not any(c.healthy and not c.busy for c in cands):
                     return []
-                plan = self._plan(slots, cands)
+                plan = self._plan(slots, cands, first_pages)
                 if plan.claims:
-                    self._commit(plan, owner)
+                    plan.claims = self._commit(plan, owner, opening.token)
+                    unlocked = True
             finally:
+                if not unlocked:
+                    self._unlock(keys=[self.keys.schedule_lock], args=[opening.token])
                 self.passes += 1
                 self.lock_held_seconds += time.perf_counter() - held_since
         self.claimed += len(plan.claims)
         return plan.claims
 
-    def _plan(self, slots: int, cands: list[Candidate]) -> _Pass:
+    def _open_pass(self, snapshot: list[Candidate]) -> _Opening:
+        """Take the claim lock and, in the same round trip, read what the pass decides on: leases, the
+        endpoints still registered, parked pools and every queue's first page. Waits for a lock another
+        dispatcher holds up to _LOCK_WAIT_SECONDS (redis LockError after that)."""
+        token = uuid.uuid4().hex
+        ids = [c.id for c in snapshot]
+        prefetching = [c.id for c in snapshot if c.prefetch]
+        names = self.keys.queue_names()
+        locked = False
+        while True:
+            with self.conn.pipeline(transaction=False) as pipe:
+                if not locked:
+                    pipe.set(self.keys.schedule_lock, token, nx=True, px=_LOCK_TIMEOUT_SECONDS * 1000)
+                pipe.mget([self.keys.lease(i) for i in ids])
+                if prefetching:
+                    pipe.mget([self.keys.lease_next(i) for i in prefetching])
+                pipe.smembers(self.keys.pods)
+                pipe.smembers(self.keys.parked_pools)
+                for queue_name in names:
+                    pipe.lrange(self.queue_key(queue_name), 0, _PAGE - 1)
+                replies = pipe.execute()
+            if locked or replies.pop(0):
+                break
+            self._wait_for_lock(token)  # held by another pass: wait for it cheaply, then read
+            locked = True
+        leases, *rest = replies
+        nexts = rest.pop(0) if prefetching else []
+        members, parked, *pages = rest
+        leased = {i: as_text(v) for i, v in zip(ids, leases, strict=True) if v}
+        ahead = {i: as_text(v) for i, v in zip(prefetching, nexts, strict=True) if v and i in leased}
+        return _Opening(token, leased, ahead, {as_text(m) for m in members}, {as_text(p) for p in parked},
+                        [[as_text(i) for i in page] for page in pages])
+
+    def _wait_for_lock(self, token: str) -> None:
+        deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+        while not self.conn.set(self.keys.schedule_lock, token, nx=True, px=_LOCK_TIMEOUT_SECONDS * 1000):
+            if time.monotonic() >= deadline:
+                raise redis.exceptions.LockError("the claim lock stayed taken; trying again on the next wake-up")
+            time.sleep(_LOCK_POLL_SECONDS)
+
+    def _plan(self, slots: int, cands: list[Candidate], first_pages: list[list[str]] | None) -> _Pass:
         plan = _Pass()
         names = self.keys.queue_names()
-        with self.conn.pipeline(transaction=False) as pipe:  # every queue's first page in one round trip
-            for queue_name in names:
-                pipe.lrange(self.queue_key(queue_name), 0, _PAGE - 1)
-            first_pages: list[list[Any]] = pipe.execute()
+        if first_pages is None:
+            with self.conn.pipeline(transaction=False) as pipe:  # every queue's first page in one round trip
+                for queue_name in names:
+                    pipe.lrange(self.queue_key(queue_name), 0, _PAGE - 1)
+                first_pages = [[as_text(i) for i in page] for page in pipe.execute()]
         for priority, queue_name, first in zip(PRIORITIES, names, first_pages, strict=True):
             if not first:
                 continue
-            self._scan_queue(priority, queue_name, slots, cands, plan, [as_text(i) for i in first])
+            self._scan_queue(priority, queue_name, slots, cands, plan, first)
             if len(plan.claims) >= slots or not any(c.healthy and not c.busy for c in cands):
                 break
         return plan
@@ -281,7 +355,9 @@ class Scheduler:
                 del self._compact[k]
         return [fresh[i] if i in fresh else self._compact.get(i) for i in ids]
 
-    def _commit(self, plan: _Pass, owner: str) -> None:
+    def _commit(self, plan: _Pass, owner: str, token: str) -> list[Claim]:
+        """Write the pass's claims and give the lock back, in one transaction; returns the claims with each
+        job's record and RQ job hash as the commit left them."""
         for job_id in plan.requeued:
             self._requeue_abandoned(job_id)
         now = utcnow()
@@ -307,7 +383,15 @@ class Scheduler:
                 pipe.zadd(self.keys.inflight, {c.job_id: stamp + self.lease_ttl})
                 pipe.hset(self.keys.inflight_owner, c.job_id, owner)
                 self._compact.pop(c.job_id, None)
-            pipe.execute()
+            # EVAL, not the registered script: a pipeline with scripts asks SCRIPT EXISTS first (a round trip).
+            pipe.eval(_UNLOCK, 1, self.keys.schedule_lock, token)
+            for c in plan.claims:
+                pipe.hgetall(self.keys.job(c.job_id))
+                pipe.hgetall(RQJob.key_for(c.job_id))
+            replies = pipe.execute()
+        reads = replies[len(replies) - 2 * len(plan.claims):]
+        return [replace(c, record=reads[2 * n] or None, rq_record=reads[2 * n + 1] or None)
+                for n, c in enumerate(plan.claims)]
 
     def _requeue_abandoned(self, job_id: str) -> None:
         error = JobError(code=ErrorCode.WORKER_LOST, message="the dispatcher running this job was lost; retrying")
@@ -326,10 +410,11 @@ class Scheduler:
             pipe.execute()
         log.info("job %s parked: pool %s has no healthy endpoint", job_id, pool)
 
-    def _unpark(self, cands: list[Candidate]) -> None:
-        pools = {as_text(p) for p in self.conn.smembers(self.keys.parked_pools)}
+    def _unpark(self, cands: list[Candidate], pools: set[str]) -> bool:
+        """Parked jobs of pools that have a healthy endpoint again back to their queues; True if any pool was."""
         live = {c.pool for c in cands if c.healthy}
-        for pool in sorted(pools & live):
+        back = sorted(pools & live)
+        for pool in back:
             ids = [as_text(i) for i in self.conn.zrange(self.keys.parked(pool), 0, -1)]
             infos = self.repo.compact_many(ids)
             with self.conn.pipeline(transaction=True) as pipe:
@@ -341,6 +426,7 @@ class Scheduler:
                 pipe.srem(self.keys.parked_pools, pool)
                 pipe.execute()
             log.info("pool %s has a healthy endpoint again: %d parked jobs back in their queues", pool, len(ids))
+        return bool(back)
 
     def parked_ids(self) -> list[str]:
         """Every parked job id (jobs for pools with no healthy endpoint), oldest first per pool."""
