@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from comfyfleet.api.deps import PrincipalDep, io
+from comfyfleet.api.deps import PrincipalDep
 from comfyfleet.api.errors import ApiError, error_responses
 from comfyfleet.api.events import follow_job, parse_last_event_id
-from comfyfleet.api.routes.jobs import stream_job
+from comfyfleet.api.routes.jobs import require_job, stream_job
 from comfyfleet.api.schemas import MePublic
 from comfyfleet.api.state import AppState
 from comfyfleet.jobs.model import Job
@@ -67,7 +67,7 @@ async def job_socket(websocket: WebSocket) -> None:
         release = state.streams.acquire(owner)
 
         async def read_job() -> Job:
-            return await io(state.dispatcher.repo.require, job.id)
+            return await require_job(state, job.id)
 
         async def send_events() -> bool:
             """Send until the job is final (True) or the stream's lifetime ends (False)."""
