@@ -436,7 +436,11 @@ def _elapsed_since(moment: datetime | None) -> float:
 
 
 class ProgressWriter:
-    """ComfyUI events -> the job's RUNNING state and progress field, coalesced to one write per interval."""
+    """ComfyUI events -> the job's RUNNING state and progress field, coalesced to one write per interval.
+
+    Progress is written by one writer task per job, never by the event handler itself: the websocket's events
+    (the prompt's end above all, which frees the pod) are never held up by a progress write in flight, and the
+    writes land in order (each writes the newest progress; none overtakes another)."""
 
     def __init__(self, run: JobRun, tracker: ProgressTracker):
         self.run = run
@@ -444,7 +448,10 @@ class ProgressWriter:
         self.latest: Any = None
         self.written: Any = None
         self.last_write = 0.0
-        self._pending: asyncio.Task[None] | None = None
+        self._urgent = False  # a node's start or last step: written without waiting for the interval
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
 
     async def on_event(self, event: ComfyEvent) -> None:
         hooks.note_comfy_event(self.run.obs, event)  # HOOK(observability): the pod's execution timestamps
@@ -465,40 +472,48 @@ class ProgressWriter:
         else:
             return
         # Steps inside a node are coalesced; a node's start and its last step are always written.
-        milestone = self.written is None or self.latest.node != self.written.node or (
-            self.latest.max and self.latest.value >= self.latest.max)
-        if milestone:
-            if self._pending is not None and not self._pending.done():
-                self._pending.cancel()
-            await self._write()
-        elif self._pending is None or self._pending.done():
-            delay = max(0.0, self.last_write + PROGRESS_INTERVAL_SECONDS - time.monotonic())
-            self._pending = asyncio.create_task(self._write_after(delay))
+        known, latest = self.written, self.latest
+        if known is None or latest.node != known.node or (latest.max and latest.value >= latest.max):
+            self._urgent = True
+        self._wake.set()
+        if self._writer is None and not self._closing:
+            self._writer = asyncio.create_task(self._write_loop(), name=f"progress of {self.run.job_id}")
 
-    async def _write_after(self, delay: float) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-        await self._write()
+    async def _write_loop(self) -> None:
+        while True:
+            if self.latest is None or self.latest == self.written:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self._urgent and not self._closing:
+                delay = self.last_write + PROGRESS_INTERVAL_SECONDS - time.monotonic()
+                if delay > 0:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                    continue  # the interval passed, or a milestone came: look again
+            self._urgent = False
+            await self._write()
 
     async def _write(self) -> None:
+        progress, self.written = self.latest, self.latest
         job = self.run.job
-        if job is None or self.latest is None or self.latest == self.written:
+        if job is None or job.state.is_terminal:
             return
-        progress = self.latest
         self.last_write = time.monotonic()
-        self.written = progress
         job = job.model_copy(update={"progress": progress})
         self.run.job = job
         await self.run.announced()
         await self.run.best_effort(self.run.ctx.repo.set_progress, job)
 
     async def flush(self) -> None:
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pending
-        if self.run.job is not None and not self.run.job.state.is_terminal:
-            await self._write()
+        """Write what is left now and stop the writer (its writes have all landed when this returns)."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
 
 
 async def wait_prompt_gone(client: ComfyClient, prompt_id: str) -> bool:
