@@ -31,8 +31,12 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/comfyui", tags=["generate"],
                    responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503))
+GENERATE_PATH = f"{router.prefix}/generate"  # the route `generate` below
 
-IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=128)]
+# The header's bounds; the front door's fast path checks them too, before it hands a request to FastAPI.
+IDEMPOTENCY_KEY_MAX = 128
+IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
+                                                 max_length=IDEMPOTENCY_KEY_MAX)]
 # Input image names end up as file names on the pod: short, printable, no path parts.
 MAX_IMAGE_NAME = 128
 
@@ -218,21 +222,35 @@ def check_image_names(encoded: dict[str, str]) -> None:
                            details=[{"field": field_name, "message": problem}])
 
 
-@router.post("/generate", response_model=JobPublic, status_code=202,
-             responses={200: {"model": JobPublic, "description": "an idempotent repeat: the first job"}})
-async def generate(body: JobCreate, principal: PrincipalDep, request: Request, response: Response,
-                   idempotency_key: IdempotencyHeader = None) -> JobPublic:
-    """Queue a generation and return at once with its jobId (202)."""
-    state: AppState = request.app.state.cf  # not StateDep: each dependency level costs FastAPI time per request
+async def queue_generation(state: AppState, body: JobCreate, principal: Principal,
+                           idempotency_key: str | None) -> tuple[JobPublic, bool]:
+    """What POST /generate does once its request is read: (the job as returned, created). An idempotent repeat
+    is (the first job, False). Both the route below and the front door's fast path (api/frontdoor.py) call it."""
     sub = await prepare(state, body, principal, idempotency_key)
     if sub.existing:
         job, created = sub.job, False
     else:
         job, created = await commit(state, sub)
+    return state.public(job), created  # browser: with its access token
+
+
+def job_location(job_id: str) -> str:
+    """The Location header of a queued job."""
+    return f"/api/comfyui/job/{job_id}"
+
+
+@router.post("/generate", response_model=JobPublic, status_code=202,
+             responses={200: {"model": JobPublic, "description": "an idempotent repeat: the first job"}})
+async def generate(body: JobCreate, principal: PrincipalDep, request: Request, response: Response,
+                   idempotency_key: IdempotencyHeader = None) -> JobPublic:
+    """Queue a generation and return at once with its jobId (202)."""
+    # Served by the front door's fast path (api/frontdoor.py) unless a request needs FastAPI's own handling.
+    state: AppState = request.app.state.cf  # not StateDep: each dependency level costs FastAPI time per request
+    public, created = await queue_generation(state, body, principal, idempotency_key)
     if not created:
         response.status_code = 200
-    response.headers["Location"] = f"/api/comfyui/job/{job.id}"
-    return state.public(job)  # browser: with its access token
+    response.headers["Location"] = job_location(public.job_id)
+    return public
 
 
 @router.post("/generate/sync", response_model=JobPublic, responses=error_responses(504))
