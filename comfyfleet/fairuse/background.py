@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.fairuse.queue_timeout import sweep_queue_timeouts
@@ -13,9 +14,10 @@ log = logging.getLogger(__name__)
 
 async def queue_timeout_sweeper(dispatcher: Dispatcher, default_seconds: int, interval: float) -> None:
     """Every interval, fail the queued jobs past their deadline (several API replicas may run it: it is idempotent)."""
+    deadlines: dict[str, datetime] = {}  # of the jobs queued at the last sweep: each is read once, then when due
     while True:
         try:
-            expired = await asyncio.to_thread(sweep_queue_timeouts, dispatcher, default_seconds)
+            expired = await asyncio.to_thread(sweep_queue_timeouts, dispatcher, default_seconds, None, deadlines)
             if expired:
                 log.info("queue timeout: failed %d job(s)", len(expired))
         except Exception:  # noqa: BLE001 - Redis down or a bad record must not end the sweeper; it retries
