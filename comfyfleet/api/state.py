@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class AppState:
     streams: StreamGate  # open SSE/WebSocket streams per user
     job_tokens: JobTokens | None = None  # set by the lifespan once the shared secret is read from Redis
     _catalogs: dict[str | None, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
+    # Catalog reads in flight, by pool: requests that miss the cache meanwhile wait for the same read.
+    catalog_loads: dict[str | None, asyncio.Future[dict[str, Any] | None]] = field(default_factory=dict)
     _pools: tuple[float, frozenset[str]] = (0.0, frozenset())
     _fair_use: FairUse | None = None
 

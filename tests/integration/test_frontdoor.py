@@ -4,6 +4,7 @@ own key prefix of one real Redis, and every answer (status, body, headers) and t
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import uuid
@@ -15,6 +16,7 @@ import pytest
 import uvicorn
 
 from comfyfleet.api.app import FleetApp, create_app
+from comfyfleet.api.routes.generate import catalog_for
 from comfyfleet.settings import ApiSettings
 from tests.support.procs import free_port, wait_for
 from tests.support.stack import BOB, TOKENS, auth
@@ -157,3 +159,31 @@ def test_a_redis_outage_is_a_503_on_both_paths(tmp_path):
             thread.join(timeout=10)
     assert answers[0] == answers[1]
     assert answers[0][0] == 503 and answers[0][2]["retry-after"]
+
+
+def test_requests_that_find_the_catalog_expired_read_it_once(redis_server, tmp_path):
+    settings = ApiSettings(redis_url=redis_server.url, redis_prefix="fd" + uuid.uuid4().hex[:8],
+                           data_dir=tmp_path, auth_mode="static", api_tokens=TOKENS, run_health_monitor=False)
+    state = create_app(settings).state.cf
+    registry = state.dispatcher.registry
+    registry.upsert("url:http://a:8188", "http://a:8188")
+    registry.record_probe_ok("url:http://a:8188", checkpoints=[], loras=[], queue_remaining=0, info={})
+    catalog = {"SaveImage": {"input": {"required": {"images": ["IMAGE"]}}, "output_node": True}}
+    registry.store_catalog("url:http://a:8188", catalog)
+    conn = state.conn
+    reads_before = catalog_reads(conn)
+
+    async def many() -> list[Any]:
+        try:
+            return await asyncio.gather(*(catalog_for(state, None) for _ in range(32)))
+        finally:
+            await state.aconn.aclose()
+
+    found = asyncio.run(many())
+    assert all(c is found[0] for c in found) and found[0]["SaveImage"]["output_node"] is True
+    assert catalog_reads(conn) - reads_before == 1, "32 requests, one read of the catalog"
+
+
+def catalog_reads(conn: Any) -> int:
+    """GET calls Redis has served so far (the catalog is the only value read with GET here)."""
+    return int(conn.info("commandstats").get("cmdstat_get", {}).get("calls", 0))

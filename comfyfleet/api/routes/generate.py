@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import unicodedata
@@ -50,11 +51,18 @@ def _catalog(state: AppState, pool: str | None) -> dict[str, Any] | None:
 
 
 async def catalog_for(state: AppState, pool: str | None) -> dict[str, Any] | None:
-    """The cached catalog without leaving the event loop; read in a thread only when it is not cached."""
+    """The cached catalog without leaving the event loop; read in a thread only when it is not cached, once for
+    all the requests that find it missing meanwhile (each reading its own copy, up to one per open connection,
+    parsed the ~1 MB of a real catalog in parallel every time the cache expired: a latency spike under load)."""
     hit = state.cached_catalog_hit(pool)
     if hit is not None:
         return hit
-    return await io(state.cached_catalog, pool, lambda: _catalog(state, pool))
+    loading = state.catalog_loads.get(pool)
+    if loading is None:
+        loading = asyncio.ensure_future(io(state.cached_catalog, pool, lambda: _catalog(state, pool)))
+        state.catalog_loads[pool] = loading
+        loading.add_done_callback(lambda _: state.catalog_loads.pop(pool, None))
+    return await asyncio.shield(loading)  # one waiter's cancellation leaves the read to the others
 
 
 async def check_pool(state: AppState, pool: str) -> None:
