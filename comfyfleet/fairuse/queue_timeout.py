@@ -102,11 +102,16 @@ def sweep_queue_timeouts(dispatcher: Dispatcher, default_seconds: int, now: date
             for job_id in chunk:
                 pipe.hmget(dispatcher.keys.job(job_id), SWEEP_FIELDS)
             rows = pipe.execute()
-        verdicts = {i: expired_fields(row, now, default_seconds) for i, row in zip(chunk, rows, strict=True)}
-        if deadlines is not None:
-            for job_id, row in zip(chunk, rows, strict=True):
-                if job_id not in deadlines and (deadline := row_deadline(row, default_seconds)) is not None:
+        verdicts: dict[str, bool | None] = {}
+        for job_id, row in zip(chunk, rows, strict=True):
+            if deadlines is not None and job_id not in deadlines:
+                deadline = row_deadline(row, default_seconds)
+                if deadline is not None:
                     deadlines[job_id] = deadline
+                    if deadline > now:  # not due: the rest of the record does not matter yet
+                        verdicts[job_id] = False
+                        continue
+            verdicts[job_id] = expired_fields(row, now, default_seconds)
         unclear = [i for i, v in verdicts.items() if v is None]
         for job_id, job in zip(unclear, dispatcher.repo.get_many(unclear), strict=True):
             verdicts[job_id] = expired(job, now, default_seconds)
