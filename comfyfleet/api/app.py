@@ -104,7 +104,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics.registry.register(MirrorCollector(mirror))
             await _run_in_background(stack, mirror.run_forever(), "firestore-mirror")
         await _run_in_background(stack, queue_timeout_sweeper(  # HOOK(reliability): queue timeouts
-            dispatcher, settings.queue_timeout_seconds, settings.queue_sweep_interval_seconds), "queue-timeouts")
+            dispatcher, settings.queue_timeout_seconds, settings.queue_sweep_interval_seconds, state.queued_deadlines),
+            "queue-timeouts")
         # What is loaded by now (modules, FastAPI's routes and models, pydantic schemas) lives as long as the
         # process: out of the collector's sight, a full collection walks only what requests made. Without it,
         # each full collection paused the event loop 60-100 ms under load (the front door's p99).
