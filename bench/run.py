@@ -435,7 +435,9 @@ def markdown(res: dict[str, Any], notes: str) -> str:
             f"POSTed for {a['duration_s']} s: {a['rps']:.0f} req/s with the profiler on, "
             f"{a['api_cpu_ms_per_req']:.2f} ms of API CPU per request (profiling included). Event-loop thread only, "
             "wall clock; the submit is one Redis script call on the API's asyncio client (fair-use admit, job "
-            "record and event, RQ job and queue entry, wake), whose wait shows as time in the event loop. Full tree: "
+            "record and event, RQ job and queue entry, wake), whose wait shows as time in the event loop. The route "
+            "is served by the front door's fast path (`comfyfleet/api/frontdoor.py`), in front of FastAPI's routing, "
+            "dependency solving and middleware; the FastAPI route answers only what it hands back. Full tree: "
             "[bench/results/profile-api.txt](bench/results/profile-api.txt).",
             "",
             table([[_f(v, "{:.0f}"), f"`{k}`"] for k, v in a["top_inclusive_us_per_req"][:30]],

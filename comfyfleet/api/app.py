@@ -15,11 +15,13 @@ import redis
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from comfyfleet import __version__
 from comfyfleet.api.auth import build_authenticator
 from comfyfleet.api.errors import install_error_handlers
 from comfyfleet.api.events import StreamGate
+from comfyfleet.api.frontdoor import FrontDoor
 from comfyfleet.api.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware, StreamCollector
 from comfyfleet.api.routes import fleet, generate, health, jobs, stream
 from comfyfleet.api.state import AppState
@@ -102,7 +104,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics.registry.register(MirrorCollector(mirror))
             await _run_in_background(stack, mirror.run_forever(), "firestore-mirror")
         await _run_in_background(stack, queue_timeout_sweeper(  # HOOK(reliability): queue timeouts
-            dispatcher, settings.queue_timeout_seconds, settings.queue_sweep_interval_seconds), "queue-timeouts")
+            dispatcher, settings.queue_timeout_seconds, settings.queue_sweep_interval_seconds, state.queued_deadlines),
+            "queue-timeouts")
         # What is loaded by now (modules, FastAPI's routes and models, pydantic schemas) lives as long as the
         # process: out of the collector's sight, a full collection walks only what requests made. Without it,
         # each full collection paused the event loop 60-100 ms under load (the front door's p99).
@@ -110,7 +113,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-def create_app(settings: ApiSettings | None = None) -> FastAPI:
+class FleetApp(FastAPI):
+    """The FastAPI application with the front door's fast path for POST /api/comfyui/generate in front of it."""
+
+    front_door: FrontDoor | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        door = self.front_door
+        if door is not None and door.serves(scope):
+            await door(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def full_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The application without the fast path: what the front door hands requests it does not serve to."""
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: ApiSettings | None = None) -> FleetApp:
     settings = settings or ApiSettings()
     setup_tracing("api", settings)  # off unless COMFYFLEET_OTLP_ENDPOINT is set
     conn = redis.Redis.from_url(settings.redis_url)
@@ -121,7 +141,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         authenticator=build_authenticator(settings), store=output_store(settings),
         hub=EventHub(aconn, dispatcher.keys), streams=StreamGate(settings.max_streams_per_user),
     )
-    app = FastAPI(
+    app = FleetApp(
         title="comfyfleet",
         version=__version__,
         description="ComfyUI image generation as a service: queue jobs, follow progress, fetch outputs.",
@@ -148,4 +168,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             expose_headers=["Location", "Retry-After"],
             max_age=600,  # browsers cache a preflight for 10 min (Chromium caps it at 2 h)
         )
+    app.front_door = FrontDoor(app.full_stack, state, app.state.metrics)
     return app

@@ -78,15 +78,37 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
+    """The answer to an HTTPException (ours carry a code and details)."""
+    if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:  # bytes that are not JSON text (bad UTF-8)
+        return JSONResponse(error_body("validation_error", "invalid request: body: not valid JSON text",
+                                       [{"field": "body", "message": "not valid JSON text"}]), status_code=422)
+    code = getattr(exc, "code", None) or _CODES.get(exc.status_code, "error")
+    body = error_body(code, str(exc.detail), getattr(exc, "details", None))
+    return JSONResponse(jsonable_encoder(body), status_code=exc.status_code, headers=exc.headers)
+
+
+def redis_error_response(exc: redis.RedisError, method: str, path: str, retry_after_seconds: int) -> JSONResponse:
+    """503 with Retry-After when Redis cannot answer now; 500 (logged with its traceback) for any other error."""
+    if not redis_unavailable(exc):
+        log.error("Redis error on %s %s", method, path, exc_info=exc)
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+    log.warning("Redis unavailable on %s %s: %s", method, path, exc)
+    return JSONResponse(error_body("unavailable", "the job store (Redis) is unavailable; retry later",
+                                   {"retryAfter": retry_after_seconds}),
+                        status_code=503, headers={"Retry-After": str(retry_after_seconds)})
+
+
+def unexpected_response(exc: Exception, method: str, path: str) -> JSONResponse:
+    """500 for a bug, logged with its traceback."""
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+
 def install_error_handlers(app: FastAPI, retry_after_seconds: int = 5) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:  # bytes that are not JSON text (bad UTF-8)
-            return JSONResponse(error_body("validation_error", "invalid request: body: not valid JSON text",
-                                           [{"field": "body", "message": "not valid JSON text"}]), status_code=422)
-        code = getattr(exc, "code", None) or _CODES.get(exc.status_code, "error")
-        body = error_body(code, str(exc.detail), getattr(exc, "details", None))
-        return JSONResponse(jsonable_encoder(body), status_code=exc.status_code, headers=exc.headers)
+        return http_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -98,15 +120,8 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int = 5) -> None:
 
     @app.exception_handler(redis.RedisError)
     async def redis_error(request: Request, exc: redis.RedisError) -> JSONResponse:
-        if not redis_unavailable(exc):
-            log.exception("Redis error on %s %s", request.method, request.url.path)
-            return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
-        log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(error_body("unavailable", "the job store (Redis) is unavailable; retry later",
-                                       {"retryAfter": retry_after_seconds}),
-                            status_code=503, headers={"Retry-After": str(retry_after_seconds)})
+        return redis_error_response(exc, request.method, request.url.path, retry_after_seconds)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+        return unexpected_response(exc, request.method, request.url.path)

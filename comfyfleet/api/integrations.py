@@ -68,6 +68,8 @@ async def job_integrations(settings: ApiSettings, body: JobCreate, owner: str) -
                                                                                          dict[str, Any]]:
     """(input images as bytes, extra Job fields) for a request; raises FieldError."""
     extras = {"webhook": webhook_spec(settings, body, owner), "output": output_spec(body)}
+    if not body.input_images:  # most requests: no policy to build, nothing to fetch
+        return {}, extras
     try:
         images = await resolve_input_images(body.input_images,
                                             outbound_policy(settings, settings.input_image_max_bytes))

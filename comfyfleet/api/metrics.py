@@ -85,12 +85,12 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         try:
             await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,7 +104,7 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-class _BodyTooLarge(StarletteHTTPException):
+class BodyTooLarge(StarletteHTTPException):
     """An HTTPException, so FastAPI's body parsing re-raises it as 413 instead of turning it into a 400
     (reliability: a chunked body over the limit answered 400)."""
 

@@ -17,12 +17,12 @@ import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from rq import Queue
 from rq.job import Job as RQJob
 from rq.job import JobStatus, validate_job_id
 from rq.utils import now as rq_now
-from rq.utils import utcformat
 
 from comfyfleet.fairuse.limits import ADMIT_LUA, FairUse
 from comfyfleet.jobs.model import Job
@@ -59,23 +59,37 @@ return {'created', id}
 # digits, _ and -), owners never hold a NUL.
 _STAND_IN_ID = "comfyfleet_stand_in_job_id"
 _STAND_IN_OWNER = "\x00owner\x00"
+_ENCODE_TEXT: Callable[[str], str] = json.encoder.encode_basestring_ascii  # json.dumps of a str, quotes and all
 # Timeouts come from requests: keep the cache bounded.
 _MAX_SHAPES = 256
 
 
 @dataclass(frozen=True)
 class _Shape:
-    fields: dict[str, str]  # to_dict() less the per-job fields (created_at, enqueued_at, description, data)
+    fields_json: str  # json.dumps of the hash's fields but `data`, with _STAMP and _DESCRIPTION in their place
     description: str
     data: bytes  # the serialized call, uncompressed
     queue_key: str
 
 
+# Where the clock's stamp and the job's description go in a shape's fields_json (NUL-delimited names: no other
+# field holds a NUL).
+_STAMP = "\x00stamp\x00"
+_DESCRIPTION = "\x00description\x00"
+_STAMP_JSON = json.dumps(_STAMP)
+_DESCRIPTION_JSON = json.dumps(_DESCRIPTION)
+
+
 def compress(data: bytes) -> bytes:
-    """zlib, as RQ stores a job's call (it reads it with zlib.decompress), with the smallest window and state:
-    for a ~100-byte call zlib.compress sets up 256 KiB of state (~100 us), this ~5 us."""
-    packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 9, 1)
-    return packer.compress(data) + packer.flush()
+    """A zlib stream RQ reads with zlib.decompress, as it stores a job's call: one stored (not deflated) block.
+    For a ~100-byte call deflating saves a few bytes and sets up zlib state per job (~5 us; ~100 us with
+    zlib.compress's defaults)."""
+    size = len(data)
+    if size > 0xFFFF:  # one stored block holds at most 64 KiB
+        packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 9, 1)
+        return packer.compress(data) + packer.flush()
+    return (b"\x78\x01\x01" + size.to_bytes(2, "little") + (size ^ 0xFFFF).to_bytes(2, "little") + data
+            + zlib.adler32(data).to_bytes(4, "big"))
 
 
 def _redis_text(value: object) -> str:
@@ -83,6 +97,11 @@ def _redis_text(value: object) -> str:
     if isinstance(value, JobStatus):
         return value.value
     return value if isinstance(value, str) else repr(value)
+
+
+def rq_stamp() -> str:
+    """utcformat(rq_now()): RQ's '%Y-%m-%dT%H:%M:%S.%fZ' of the UTC clock, without strftime's cost."""
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 class RQJobShapes:
@@ -93,15 +112,15 @@ class RQJobShapes:
         self.queue = queue
         self._shapes: dict[tuple[int, int, int], _Shape] = {}
 
-    def fields(self, job: Job) -> tuple[dict[str, str], bytes, str]:
-        """(the hash's fields but `data`, `data`, the queue's key) for this job, as enqueue_job writes them."""
+    def fields(self, job: Job) -> tuple[str, bytes, str]:
+        """(JSON of the hash's fields but `data`, `data`, the queue's key) for this job, as enqueue_job writes
+        them: created_at and enqueued_at the clock now, the description naming the job and its owner."""
         validate_job_id(job.id)  # what RQ checks of an id it is given (the stand-in went through create_job)
         shape = self._shape(job)
-        stamp = utcformat(rq_now())
-        fields = dict(shape.fields)
-        fields["created_at"] = fields["enqueued_at"] = stamp
-        fields["description"] = shape.description.replace(_STAND_IN_ID, job.id).replace(_STAND_IN_OWNER, job.owner)
-        return fields, compress(shape.data.replace(_STAND_IN_ID.encode(), job.id.encode())), shape.queue_key
+        description = shape.description.replace(_STAND_IN_ID, job.id).replace(_STAND_IN_OWNER, job.owner)
+        fields_json = (shape.fields_json.replace(_STAMP_JSON, f'"{rq_stamp()}"')
+                       .replace(_DESCRIPTION_JSON, _ENCODE_TEXT(description)))
+        return fields_json, compress(shape.data.replace(_STAND_IN_ID.encode(), job.id.encode())), shape.queue_key
 
     def _shape(self, job: Job) -> _Shape:
         key = (job.priority, job.timeout_seconds, job.max_attempts)
@@ -114,8 +133,10 @@ class RQJobShapes:
             for name in ("created_at", "enqueued_at", "data"):
                 raw.pop(name)
             raw["status"] = JobStatus.QUEUED  # what enqueue_job sets
-            shape = _Shape({k: _redis_text(v) for k, v in raw.items()}, description, stand_in.data,
-                           self.queue(job.priority).key)
+            fields = {k: _redis_text(v) for k, v in raw.items()}
+            fields["created_at"] = fields["enqueued_at"] = _STAMP  # in the order the per-job dict had them
+            fields["description"] = _DESCRIPTION
+            shape = _Shape(json.dumps(fields), description, stand_in.data, self.queue(job.priority).key)
             if len(self._shapes) >= _MAX_SHAPES:
                 self._shapes.clear()
             self._shapes[key] = shape
@@ -137,7 +158,7 @@ def submit_call(job: Job, repo: JobRepo, keys: Keys, shapes: RQJobShapes, fair: 
                 now: float) -> tuple[list[str], list[Arg]]:
     """SUBMIT's keys (none) and args for this job (fair None: no fair-use admit)."""
     record_keys, record_args = repo.create_call(job)
-    fields, data, queue_key = shapes.fields(job)
+    fields_json, data, queue_key = shapes.fields(job)
     header: dict[str, object] = {
         "record_keys": record_keys, "record_args": [_lua_text(a) for a in record_args],
         "rq_job": RQJob.key_for(job.id), "rq_queues": Queue.redis_queues_keys, "queue": queue_key,
@@ -146,7 +167,7 @@ def submit_call(job: Job, repo: JobRepo, keys: Keys, shapes: RQJobShapes, fair: 
     if fair is not None:
         admit_keys, admit_args = fair.admit_call(job, now)
         header["admit_keys"], header["admit_args"] = admit_keys, [_lua_text(a) for a in admit_args]
-    return [], [json.dumps(header), json.dumps(fields), data]
+    return [], [json.dumps(header), fields_json, data]
 
 
 def _lua_text(value: Arg) -> str:

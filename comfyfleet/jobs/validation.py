@@ -71,7 +71,7 @@ def _check_inputs(workflow: Workflow, node_id: str, cls: str, inputs: dict[str, 
                                         f"{len(outputs)} outputs", cls, name, type="bad_link"))
             continue
         value = literal_value(value)
-        if not strict_files and is_file_like(combo_options(input_spec), value):
+        if not strict_files and names_a_file(value) and is_file_like(combo_options(input_spec), value):
             continue
         issues.extend(_check_value(node_id, cls, name, value, input_spec))
     return issues
@@ -82,13 +82,18 @@ _FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft
                   ".json", ".yaml", ".txt", ".csv")
 
 
+def names_a_file(value: Any) -> bool:
+    """A text with a file suffix (a model, an image): the cheap half of is_file_like, checked first."""
+    return isinstance(value, str) and value.lower().endswith(_FILE_SUFFIXES)
+
+
 def is_file_like(options: list[Any] | None, value: Any) -> bool:
     """A COMBO that lists files (models, images): its value names a file, possibly in a subfolder."""
-    if options is None or not isinstance(value, str):
-        return False
+    if options is None or not names_a_file(value):
+        return False  # the value first: most values (sampler names, modes) end the check before the options
     named = [o for o in options if isinstance(o, str)]
     files = [o for o in named if o.lower().endswith(_FILE_SUFFIXES)]
-    return value.lower().endswith(_FILE_SUFFIXES) and (not named or 2 * len(files) >= len(named))
+    return not named or 2 * len(files) >= len(named)
 
 
 def merge_catalogs(catalogs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -65,7 +65,16 @@ def stream_key(keys: Keys, job_id: str) -> str:
 
 def job_payload(job: Job) -> str:
     """The job as an event carries it: everything but the workflow (it can be large)."""
-    return json.dumps(job.model_dump(mode="json", exclude={"workflow"}), separators=(",", ":"))
+    return payload_of(job.model_dump(mode="json", exclude={"workflow"}))
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(..., separators=...) builds one per call
+
+
+def payload_of(dump: dict[str, Any]) -> str:
+    """job_payload from a job's model_dump(mode="json"), with or without its workflow (a writer that dumped the
+    whole job for its record dumps it once)."""
+    return _ENCODE({k: v for k, v in dump.items() if k != "workflow"} if "workflow" in dump else dump)
 
 
 def parse_job(payload: str | bytes) -> Job:
@@ -73,11 +82,12 @@ def parse_job(payload: str | bytes) -> Job:
     return Job.model_validate({**data, "workflow": {}})
 
 
-def event_args(keys: Keys, job: Job, event: str) -> list[str | int]:
-    """The arguments of EMIT_LUA's emit() for one event of a job (its stream is stream_key(keys, job.id))."""
+def event_args(keys: Keys, job: Job, event: str, payload: str | None = None) -> list[str | int]:
+    """The arguments of EMIT_LUA's emit() for one event of a job (its stream is stream_key(keys, job.id));
+    `payload`: the job's job_payload when the caller has it already."""
     if " " in event:
         raise ValueError(f"event names have no spaces: {event!r}")
-    return [STREAM_MAXLEN, STREAM_TTL_SECONDS, event, job_payload(job), channel(keys), job.id]
+    return [STREAM_MAXLEN, STREAM_TTL_SECONDS, event, payload or job_payload(job), channel(keys), job.id]
 
 
 # ---- pure parts: event ids and messages ----

@@ -227,12 +227,13 @@ class JobRepo:
 
     def create_call(self, job: Job) -> tuple[list[str], list[Arg]]:
         """CREATE_LUA's create_record(keys, args) for this job."""
-        fields = encode_fields(job)
+        dump = job.model_dump(mode="json")  # once, for the record's fields and the event's payload
+        fields = {k: _json(v) for k, v in dump.items()}
         fields[NEEDS_FIELD] = json.dumps(needs_of(job))
         idem = self.keys.idempotency(job.owner, job.idempotency_key) if job.idempotency_key else ""
         args: list[Arg] = [job.id, job.created_at.timestamp(), self.finished_ttl, int(self.track_dirty),
                            self.keys.job(""), json.dumps(fields),
-                           *jobevents.event_args(self.keys, job, "state")]
+                           *jobevents.event_args(self.keys, job, "state", jobevents.payload_of(dump))]
         keys = [self.keys.job(job.id), idem, self.keys.owner_jobs(job.owner), self.keys.all_jobs, self.keys.stats,
                 self.keys.dirty if self.track_dirty else "", jobevents.stream_key(self.keys, job.id)]
         return keys, args

@@ -90,3 +90,21 @@ def test_sweep_fails_only_jobs_past_their_queue_deadline(dispatcher):
     assert {dispatcher.repo.require(j.id).state for j in (young, default)} == {JobState.QUEUED}
     assert sweep_queue_timeouts(dispatcher, default_seconds=3600) == [], "idempotent"
     assert sweep_queue_timeouts(dispatcher, default_seconds=5) == [default.id]
+
+
+def test_sweep_with_remembered_deadlines_still_fails_each_job_when_it_is_due(dispatcher):
+    young = parked(queue_timeout_seconds=10)
+    default = parked()  # the server default applies
+    for j in (young, default):
+        dispatcher.submit(j)
+    deadlines: dict = {}
+    assert sweep_queue_timeouts(dispatcher, default_seconds=3600, deadlines=deadlines) == []
+    assert set(deadlines) == {young.id, default.id}, "each queued job's deadline is remembered"
+    later = utcnow() + timedelta(seconds=11)
+    assert sweep_queue_timeouts(dispatcher, default_seconds=3600, now=later, deadlines=deadlines) == [young.id]
+    assert dispatcher.repo.require(young.id).state is JobState.FAILED
+    dispatcher.cancel(default.id)
+    assert sweep_queue_timeouts(dispatcher, default_seconds=3600, now=later + timedelta(hours=1),
+                                deadlines=deadlines) == []
+    assert dispatcher.repo.require(default.id).state is JobState.CANCELLED
+    assert deadlines == {}, "jobs no longer queued are forgotten"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import unicodedata
@@ -19,6 +20,7 @@ from comfyfleet.api.schemas import JobCreate, JobPublic
 from comfyfleet.api.state import AppState
 from comfyfleet.fairuse.limits import FairUse, LimitExceeded
 from comfyfleet.fairuse.pools import known_pools
+from comfyfleet.fairuse.queue_timeout import queue_deadline
 from comfyfleet.jobs.model import ErrorCode, Job, JobState
 from comfyfleet.jobs.templates import UnknownTemplate, render_template
 from comfyfleet.jobs.validation import WorkflowTooLarge, check_bounds, merge_catalogs, validate_workflow
@@ -31,8 +33,12 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/comfyui", tags=["generate"],
                    responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503))
+GENERATE_PATH = f"{router.prefix}/generate"  # the route `generate` below
 
-IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=128)]
+# The header's bounds; the front door's fast path checks them too, before it hands a request to FastAPI.
+IDEMPOTENCY_KEY_MAX = 128
+IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
+                                                 max_length=IDEMPOTENCY_KEY_MAX)]
 # Input image names end up as file names on the pod: short, printable, no path parts.
 MAX_IMAGE_NAME = 128
 
@@ -46,11 +52,18 @@ def _catalog(state: AppState, pool: str | None) -> dict[str, Any] | None:
 
 
 async def catalog_for(state: AppState, pool: str | None) -> dict[str, Any] | None:
-    """The cached catalog without leaving the event loop; read in a thread only when it is not cached."""
+    """The cached catalog without leaving the event loop; read in a thread only when it is not cached, once for
+    all the requests that find it missing meanwhile (each reading its own copy, up to one per open connection,
+    parsed the ~1 MB of a real catalog in parallel every time the cache expired: a latency spike under load)."""
     hit = state.cached_catalog_hit(pool)
     if hit is not None:
         return hit
-    return await io(state.cached_catalog, pool, lambda: _catalog(state, pool))
+    loading = state.catalog_loads.get(pool)
+    if loading is None:
+        loading = asyncio.ensure_future(io(state.cached_catalog, pool, lambda: _catalog(state, pool)))
+        state.catalog_loads[pool] = loading
+        loading.add_done_callback(lambda _: state.catalog_loads.pop(pool, None))
+    return await asyncio.shield(loading)  # one waiter's cancellation leaves the read to the others
 
 
 async def check_pool(state: AppState, pool: str) -> None:
@@ -184,6 +197,8 @@ async def commit(state: AppState, sub: Submission) -> tuple[Job, bool]:
         log.error("idempotency key of %s resolved to a job of %s: refused", sub.job.owner, job.owner)
         raise ApiError(409, "idempotencyKey: this key cannot be used; choose another",
                        details=[{"field": "idempotencyKey", "message": "key conflict"}])
+    if created:  # this process's queue-timeout sweeper learns the deadline here instead of reading it
+        state.queued_deadlines.append((job.id, queue_deadline(job, state.settings.queue_timeout_seconds)))
     return job, created
 
 
@@ -218,21 +233,35 @@ def check_image_names(encoded: dict[str, str]) -> None:
                            details=[{"field": field_name, "message": problem}])
 
 
-@router.post("/generate", response_model=JobPublic, status_code=202,
-             responses={200: {"model": JobPublic, "description": "an idempotent repeat: the first job"}})
-async def generate(body: JobCreate, principal: PrincipalDep, request: Request, response: Response,
-                   idempotency_key: IdempotencyHeader = None) -> JobPublic:
-    """Queue a generation and return at once with its jobId (202)."""
-    state: AppState = request.app.state.cf  # not StateDep: each dependency level costs FastAPI time per request
+async def queue_generation(state: AppState, body: JobCreate, principal: Principal,
+                           idempotency_key: str | None) -> tuple[JobPublic, bool]:
+    """What POST /generate does once its request is read: (the job as returned, created). An idempotent repeat
+    is (the first job, False). Both the route below and the front door's fast path (api/frontdoor.py) call it."""
     sub = await prepare(state, body, principal, idempotency_key)
     if sub.existing:
         job, created = sub.job, False
     else:
         job, created = await commit(state, sub)
+    return state.public(job), created  # browser: with its access token
+
+
+def job_location(job_id: str) -> str:
+    """The Location header of a queued job."""
+    return f"/api/comfyui/job/{job_id}"
+
+
+@router.post("/generate", response_model=JobPublic, status_code=202,
+             responses={200: {"model": JobPublic, "description": "an idempotent repeat: the first job"}})
+async def generate(body: JobCreate, principal: PrincipalDep, request: Request, response: Response,
+                   idempotency_key: IdempotencyHeader = None) -> JobPublic:
+    """Queue a generation and return at once with its jobId (202)."""
+    # Served by the front door's fast path (api/frontdoor.py) unless a request needs FastAPI's own handling.
+    state: AppState = request.app.state.cf  # not StateDep: each dependency level costs FastAPI time per request
+    public, created = await queue_generation(state, body, principal, idempotency_key)
     if not created:
         response.status_code = 200
-    response.headers["Location"] = f"/api/comfyui/job/{job.id}"
-    return state.public(job)  # browser: with its access token
+    response.headers["Location"] = job_location(public.job_id)
+    return public
 
 
 @router.post("/generate/sync", response_model=JobPublic, responses=error_responses(504))

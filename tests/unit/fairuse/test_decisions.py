@@ -5,7 +5,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from comfyfleet.fairuse.limits import rate_retry_after, still_counts
-from comfyfleet.fairuse.queue_timeout import SWEEP_FIELDS, expired, expired_fields, queue_timeout_error
+from comfyfleet.fairuse.queue_timeout import (
+    SWEEP_FIELDS,
+    expired,
+    expired_fields,
+    queue_deadline,
+    queue_timeout_error,
+    row_deadline,
+)
 from comfyfleet.fairuse.retention import forgettable
 from comfyfleet.jobs.model import ErrorCode, Job, JobState
 from comfyfleet.store.jobrepo import encode_fields
@@ -53,6 +60,15 @@ def test_the_sweep_decides_from_a_few_fields_as_from_the_record(j, after, result
     row = [encode_fields(j)[name].encode() for name in SWEEP_FIELDS]
     assert expired_fields(row, T0 + timedelta(seconds=after), 3600) is result is expired(j, T0 + timedelta(
         seconds=after), 3600)
+
+
+@pytest.mark.parametrize("j", [job(), job(queue_timeout_seconds=10), job(JobState.RUNNING, queue_timeout_seconds=30)])
+def test_the_deadline_a_record_gives_is_the_one_its_submitter_noted(j):
+    """The API's submit path tells its sweeper queue_deadline(job); the sweep reads row_deadline from Redis."""
+    row = [encode_fields(j)[name].encode() for name in SWEEP_FIELDS]
+    assert row_deadline(row, 3600) == queue_deadline(j, 3600)
+    assert row_deadline([None, None, None, None], 3600) is None
+    assert row_deadline([b'"queued"', b"0", b'"not a date"', b"null"], 3600) is None
 
 
 @pytest.mark.parametrize(("row", "result"), [
