@@ -448,7 +448,7 @@ class ProgressWriter:
         self.latest: Any = None
         self.written: Any = None
         self.last_write = 0.0
-        self._urgent = False  # a node's start or last step: written without waiting for the interval
+        self._milestones: list[Any] = []  # a node's start and last step: each written, in order, without waiting
         self._closing = False
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -472,33 +472,37 @@ class ProgressWriter:
         else:
             return
         # Steps inside a node are coalesced; a node's start and its last step are always written.
-        known, latest = self.written, self.latest
+        known, latest = self._milestones[-1] if self._milestones else self.written, self.latest
         if known is None or latest.node != known.node or (latest.max and latest.value >= latest.max):
-            self._urgent = True
+            self._milestones.append(latest)
         self._wake.set()
         if self._writer is None and not self._closing:
             self._writer = asyncio.create_task(self._write_loop(), name=f"progress of {self.run.job_id}")
 
     async def _write_loop(self) -> None:
         while True:
+            if self._milestones:
+                await self._write(self._milestones.pop(0))
+                continue
             if self.latest is None or self.latest == self.written:
                 if self._closing:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if not self._urgent and not self._closing:
+            if not self._closing:
                 delay = self.last_write + PROGRESS_INTERVAL_SECONDS - time.monotonic()
                 if delay > 0:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), delay)
                     continue  # the interval passed, or a milestone came: look again
-            self._urgent = False
-            await self._write()
+            await self._write(self.latest)
 
-    async def _write(self) -> None:
-        progress, self.written = self.latest, self.latest
+    async def _write(self, progress: Any) -> None:
+        if progress == self.written:
+            return
+        self.written = progress
         job = self.run.job
         if job is None or job.state.is_terminal:
             return

@@ -98,10 +98,11 @@ async def test_a_nodes_start_and_last_step_are_written_without_waiting_for_the_i
     await w.on_event(Executing("9", "p"))  # the next node's start: at once
     await asyncio.sleep(0.01)
     assert [n for n, _ in run.writes] == ["3", "3", "9"], run.writes
-    await w.on_event(Progress(10, 10, "9", "p"))  # a milestone superseded before its write began: the newest
-    await w.on_event(Executing("12", "p"))  # one goes instead
+    await w.on_event(Progress(10, 10, "9", "p"))  # a node's last step and the next node's start at once: both
+    await w.on_event(Executing("12", "p"))  # are written, in order (a client sees every node reach its end)
     await w.flush()
-    assert [n for n, _ in run.writes] == ["3", "3", "9", "12"], run.writes
+    assert [n for n, _ in run.writes] == ["3", "3", "9", "9", "12"], run.writes
+    assert run.writes[3][1] >= run.writes[2][1]
 
 
 async def test_nothing_is_written_once_the_job_is_final():
