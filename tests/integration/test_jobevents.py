@@ -25,6 +25,19 @@ def keys() -> Keys:
     return Keys(prefix="ev" + uuid.uuid4().hex[:8])
 
 
+@pytest.fixture
+async def started_hub(redis_server, keys):
+    """A started EventHub and a blocking client of the same Redis (for the writes)."""
+    aconn = aioredis.Redis.from_url(redis_server.url)
+    hub = EventHub(aconn, keys)
+    await hub.start()
+    try:
+        yield redis.Redis.from_url(redis_server.url), hub
+    finally:
+        await hub.stop()
+        await aconn.aclose()
+
+
 def write(conn: redis.Redis, keys: Keys, job: Job, event: str = "progress") -> None:
     JobRepo(conn, keys).publish(job, event)
 
@@ -36,31 +49,24 @@ def job_at(value: int, state: JobState = JobState.RUNNING) -> Job:
     return job
 
 
-async def test_a_feed_resumes_after_an_id_and_never_repeats(redis_server, keys):
-    conn = redis.Redis.from_url(redis_server.url)
-    aconn = aioredis.Redis.from_url(redis_server.url)
-    hub = EventHub(aconn, keys)
-    await hub.start()
-    try:
-        for i in range(3):
-            write(conn, keys, job_at(i))
-        stored = conn.xrange(keys.events("job-1"))
-        assert len(stored) == 3 and b"workflow" not in stored[0][1][b"job"], "events never carry the workflow"
-        second = jobevents.parse_event_id(stored[1][0].decode())
-        async with hub.follow("job-1", after=second) as feed:
-            write(conn, keys, job_at(3))
-            write(conn, keys, job_at(4, JobState.SUCCEEDED), "state")
-            got = []
-            while (item := await feed.next(5)) is not None:
-                got.append((item.event, item.job.progress.value))
-                if item.job.state.is_terminal:
-                    break
-        assert got == [("progress", 2), ("progress", 3), ("state", 4)], got
-        assert not feed.gap and hub.feed_count == 0
-        assert item.job.workflow == {}
-    finally:
-        await hub.stop()
-        await aconn.aclose()
+async def test_a_feed_resumes_after_an_id_and_never_repeats(started_hub, keys):
+    conn, hub = started_hub
+    for i in range(3):
+        write(conn, keys, job_at(i))
+    stored = conn.xrange(keys.events("job-1"))
+    assert len(stored) == 3 and b"workflow" not in stored[0][1][b"job"], "events never carry the workflow"
+    second = jobevents.parse_event_id(stored[1][0].decode())
+    async with hub.follow("job-1", after=second) as feed:
+        write(conn, keys, job_at(3))
+        write(conn, keys, job_at(4, JobState.SUCCEEDED), "state")
+        got = []
+        while (item := await feed.next(5)) is not None:
+            got.append((item.event, item.job.progress.value))
+            if item.job.state.is_terminal:
+                break
+    assert got == [("progress", 2), ("progress", 3), ("state", 4)], got
+    assert not feed.gap and hub.feed_count == 0
+    assert item.job.workflow == {}
 
 
 async def test_a_trimmed_stream_is_reported_as_a_gap(redis_server, keys, monkeypatch):
@@ -151,57 +157,44 @@ def _in_order(got: list[tuple[str, str, int]]) -> None:
     assert values == sorted(values), f"progress went backwards: {got}"
 
 
-async def test_a_fresh_follow_never_sends_a_snapshot_newer_than_the_events_after_it(redis_server, keys):
+async def test_a_fresh_follow_never_sends_a_snapshot_newer_than_the_events_after_it(started_hub, keys):
     """The job moves while a stream starts (a loaded API process): the first `state` the client gets and the
     events after it stay in order. Before the fix the id came from the stream and the job from the record,
     read one after the other, so a job that moved in between was sent as 57 % and then 0, 14, 28, ..."""
-    conn = redis.Redis.from_url(redis_server.url)
-    aconn = aioredis.Redis.from_url(redis_server.url)
-    hub = EventHub(aconn, keys)
-    await hub.start()
-    try:
-        for i in range(3):
+    conn, hub = started_hub
+    for i in range(3):
+        write(conn, keys, job_at(i))
+
+    async def read_job() -> Job:  # the record, read while the job goes on writing events
+        for i in range(3, 6):
             write(conn, keys, job_at(i))
+        return job_at(5)
 
-        async def read_job() -> Job:  # the record, read while the job goes on writing events
-            for i in range(3, 6):
-                write(conn, keys, job_at(i))
-            return job_at(5)
-
-        got = await _follow_values(hub, read_job, lambda: write(conn, keys, job_at(6, JobState.SUCCEEDED), "state"))
-        _in_order(got)
-        assert got[0][1] == "state" and got[-1] == (got[-1][0], "state", 6), got
-        newest = conn.xrevrange(keys.events("job-1"), count=1)[0][0].decode()
-        assert got[-1][0] == newest
-    finally:
-        await hub.stop()
-        await aconn.aclose()
+    got = await _follow_values(hub, read_job, lambda: write(conn, keys, job_at(6, JobState.SUCCEEDED), "state"))
+    _in_order(got)
+    assert got[0][1] == "state" and got[-1] == (got[-1][0], "state", 6), got
+    newest = conn.xrevrange(keys.events("job-1"), count=1)[0][0].decode()
+    assert got[-1][0] == newest
 
 
-async def test_a_fresh_follow_of_a_job_without_stored_events_reads_the_record(redis_server, keys):
+async def test_a_fresh_follow_of_a_job_without_stored_events_reads_the_record(started_hub, keys):
     """An empty (expired) stream: the snapshot comes from the record; an event written while the record was
     read replaces it, so what follows is never older than what was sent."""
-    conn = redis.Redis.from_url(redis_server.url)
-    aconn = aioredis.Redis.from_url(redis_server.url)
-    hub = EventHub(aconn, keys)
-    await hub.start()
-    try:
-        async def quiet_record() -> Job:
-            return job_at(4)
+    conn, hub = started_hub
 
-        got = await _follow_values(hub, quiet_record, lambda: write(conn, keys, job_at(7, JobState.SUCCEEDED),
-                                                                    "state"))
-        assert got[0] == ("0-0", "state", 4) and got[1][1:] == ("state", 7), got
-        conn.delete(keys.events("job-1"))
+    async def quiet_record() -> Job:
+        return job_at(4)
 
-        async def moving_record() -> Job:
-            write(conn, keys, job_at(5))
-            return job_at(4)
+    got = await _follow_values(hub, quiet_record, lambda: write(conn, keys, job_at(7, JobState.SUCCEEDED),
+                                                                "state"))
+    assert got[0] == ("0-0", "state", 4) and got[1][1:] == ("state", 7), got
+    conn.delete(keys.events("job-1"))
 
-        got = await _follow_values(hub, moving_record, lambda: write(conn, keys, job_at(8, JobState.SUCCEEDED),
-                                                                     "state"))
-        _in_order(got)
-        assert [v for _, _, v in got] == [5, 8], got
-    finally:
-        await hub.stop()
-        await aconn.aclose()
+    async def moving_record() -> Job:
+        write(conn, keys, job_at(5))
+        return job_at(4)
+
+    got = await _follow_values(hub, moving_record, lambda: write(conn, keys, job_at(8, JobState.SUCCEEDED),
+                                                                 "state"))
+    _in_order(got)
+    assert [v for _, _, v in got] == [5, 8], got
