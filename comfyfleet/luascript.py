@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
+
+from comfyfleet.redisbatch import Commands
 
 Arg = str | bytes | int | float
 
@@ -28,8 +29,9 @@ class LuaScript:
         except NoScriptError:  # a new or flushed server: EVAL also caches it for the next EVALSHA
             return conn.eval(self.source, len(keys), *keys, *args)
 
-    async def run_async(self, aconn: aioredis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def run_async(self, aconn: Commands, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """On an asyncio client, or on a CommandBatch of one (redisbatch.py)."""
         try:
-            return await aconn.evalsha(self.sha, len(keys), *keys, *args)
+            return await aconn.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await aconn.eval(self.source, len(keys), *keys, *args)
+            return await aconn.execute_command("EVAL", self.source, len(keys), *keys, *args)

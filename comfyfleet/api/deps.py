@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -36,10 +37,15 @@ def served_on_loopback(request: HTTPConnection) -> bool:
     server = request.scope.get("server")
     if not server:
         return False  # unknown transport (a Unix socket behind a proxy): not provably local
+    return is_loopback_host(str(server[0]))
+
+
+@functools.lru_cache(maxsize=64)  # a server binds a handful of addresses; parsing one costs more than the route
+def is_loopback_host(host: str) -> bool:
     try:
-        return ipaddress.ip_address(str(server[0]).split("%")[0]).is_loopback
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
-        return bool(server[0] == "localhost")
+        return host == "localhost"
 
 
 async def get_principal(request: Request,

@@ -21,6 +21,7 @@ from comfyfleet.api.tokens import JobTokens
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.fairuse.limits import FairUse, Limits
 from comfyfleet.jobs.model import Job
+from comfyfleet.redisbatch import CommandBatch
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.jobevents import EventHub
 from comfyfleet.store.outputs import OutputStore
@@ -36,6 +37,7 @@ class AppState:
     store: OutputStore
     hub: EventHub  # the process's one subscription to job events (started by the app's lifespan)
     streams: StreamGate  # open SSE/WebSocket streams per user
+    batch: CommandBatch = field(init=False)  # aconn's commands of concurrent requests, sent together
     job_tokens: JobTokens | None = None  # set by the lifespan once the shared secret is read from Redis
     _catalogs: dict[str | None, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
     # Catalog reads in flight, by pool: requests that miss the cache meanwhile wait for the same read.
@@ -44,6 +46,9 @@ class AppState:
     # (job id, queue deadline) of the jobs this process queued, for its queue-timeout sweeper (which drains it).
     queued_deadlines: deque[tuple[str, datetime]] = field(default_factory=lambda: deque(maxlen=QUEUED_NOTES_MAX))
     _fair_use: FairUse | None = None
+
+    def __post_init__(self) -> None:
+        self.batch = CommandBatch(self.aconn)
 
     @property
     def tokens(self) -> JobTokens:

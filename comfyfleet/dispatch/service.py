@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 
 import redis
-import redis.asyncio as aioredis
 from rq import Callback, Queue
 from rq.job import Job as RQJob
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
@@ -31,6 +30,7 @@ from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
 from comfyfleet.jobs.states import InvalidTransition, transition
 from comfyfleet.keys import PRIORITIES, Keys
 from comfyfleet.observability import hooks
+from comfyfleet.redisbatch import Commands
 from comfyfleet.settings import DispatchSettings
 from comfyfleet.store.jobrepo import JobRepo
 
@@ -92,8 +92,8 @@ class Dispatcher:
                 return existing, False
             return self._queued(job), True
 
-    async def submit_async(self, aconn: aioredis.Redis, job: Job, fair: FairUse | None = None) -> tuple[Job, bool]:
-        """`submit` on an asyncio client (the API's): the same single call, no thread."""
+    async def submit_async(self, aconn: Commands, job: Job, fair: FairUse | None = None) -> tuple[Job, bool]:
+        """`submit` on an asyncio client or a CommandBatch (the API's): the same single call, no thread."""
         job = hooks.observe_submit(job)  # HOOK(observability): in the request's own task context
         now, pruned = time.time(), set[str]()
         while True:

@@ -30,20 +30,23 @@ from comfyfleet.keys import Keys, as_text
 from comfyfleet.luascript import Arg, LuaScript
 from comfyfleet.store.jobrepo import CREATE_LUA, JobRepo
 
-# ARGV: a JSON header {record_keys, record_args (create_record's), rq_job (the RQ job's key), rq_queues
-# (rq:queues), queue (the RQ queue's key), wake (the channel), and with fair use admit_keys, admit_args
-# (admit's)}, the RQ job's fields but `data` (a JSON object), its `data`.
+# ARGV: a JSON header {record_keys (create_record's keys), rq_job (the RQ job's key), rq_queues (rq:queues), queue
+# (the RQ queue's key), wake (the channel), and with fair use admit_keys, admit_args (admit's)}, the RQ job's
+# fields but `data` (a JSON object), its `data`, then create_record's args as they are (ARGV[4] on).
 # Every key travels in the header, not in KEYS: redis-py packs each argument in Python, and 50 of them cost
 # the API more than the rest of the call. Fine on a single Redis (RQ needs one); a cluster would need KEYS.
+# The record's args (its fields' JSON and its event, the large values) are plain arguments, not header
+# values: inside the header they were escaped a second time by json.dumps and decoded again by cjson.
 # Returns {'created', id}, {'existing', id of the job the idempotency key names}, or admit's refusal.
 SUBMIT = LuaScript(ADMIT_LUA + CREATE_LUA + """
 local h = cjson.decode(ARGV[1])
-local id = h.record_args[1]
+local record_args = {unpack(ARGV, 4)}
+local id = record_args[1]
 if h.admit_keys then
   local refused = admit(h.admit_keys, h.admit_args)
   if refused then return refused end
 end
-local existing = create_record(h.record_keys, h.record_args)
+local existing = create_record(h.record_keys, record_args)
 if existing then
   if h.admit_keys then release(h.admit_keys, id) end
   return {'existing', existing}
@@ -160,14 +163,14 @@ def submit_call(job: Job, repo: JobRepo, keys: Keys, shapes: RQJobShapes, fair: 
     record_keys, record_args = repo.create_call(job)
     fields_json, data, queue_key = shapes.fields(job)
     header: dict[str, object] = {
-        "record_keys": record_keys, "record_args": [_lua_text(a) for a in record_args],
+        "record_keys": record_keys,
         "rq_job": RQJob.key_for(job.id), "rq_queues": Queue.redis_queues_keys, "queue": queue_key,
         "wake": keys.wake,
     }
     if fair is not None:
         admit_keys, admit_args = fair.admit_call(job, now)
         header["admit_keys"], header["admit_args"] = admit_keys, [_lua_text(a) for a in admit_args]
-    return [], [json.dumps(header), fields_json, data]
+    return [], [json.dumps(header), fields_json, data, *record_args]
 
 
 def _lua_text(value: Arg) -> str:
