@@ -1,23 +1,28 @@
 """Redis commands of many concurrent tasks of one event loop, sent together (group commit, issue 14).
 
 redis-py's asyncio client spends ~100 µs of Python per standalone command (a pooled connection taken and
-given back, the retry wrapper, one write and one read each), more than Redis spends running the API's whole
-submit script. Under load the API has many requests waiting on Redis at once: here each command joins the
-batch that goes out next, and a batch is one non-transactional pipeline (one write, replies read in order) on
-one pooled connection. A command that comes while no batch is on the wire goes out at once, so a lone request
-waits for nothing; while one batch is on the wire the next one fills.
+given back, the retry wrapper, its generic packing, one write and one read each), more than Redis spends
+running the API's whole submit script. Under load the API has many requests waiting on Redis at once: here
+each command joins the batch that goes out next, and a batch is one write of all its commands on the batch's
+own connection, whose replies are read in order (hiredis parses them). A command that comes while no batch is
+on the wire goes out at once, so a lone request waits for nothing; while one batch is on the wire the next
+one fills.
 
-Each command gets its own reply or its own error (a script error or NOSCRIPT fails that command only); a
-connection error fails every command of its batch, as it fails each standalone command caught by it.
-Not for commands that block (BLPOP, XREAD BLOCK): they would hold up the batch.
+Each command gets its own reply, as Redis sends it (no redis-py response callbacks: PING gives b"PONG"), or
+its own error (a script error or NOSCRIPT fails that command only). A connection error fails every command
+of its batch and is not retried (a write may have landed); the next batch connects again.
+Not for commands that block (BLPOP, XREAD BLOCK) or change the connection (SELECT, SUBSCRIBE, MULTI).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis._parsers.encoders import Encoder
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -40,6 +45,8 @@ class CommandBatch:
         self.max_batch = max_batch
         self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
+        # The batch's own connection, with the client's settings (address, auth, TLS, database, timeouts).
+        self._conn: AbstractConnection = aconn.connection_pool.make_connection()  # type: ignore[no-untyped-call]
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if options:  # response options (e.g. NEVER_DECODE) are per command: not batched
@@ -78,19 +85,42 @@ class CommandBatch:
             self._sender = None
 
     async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        if len(commands) == 1:  # a lone command: no pipeline to build
-            try:
-                return [await self.aconn.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
-            except ResponseError as exc:  # that command's own error, as in a pipeline's replies
-                return [exc]
-        pipe = self.aconn.pipeline(transaction=False)
+        conn = self._conn
+        parts: list[bytes] = []
         for args in commands:
-            pipe.execute_command(*args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+            pack(args, conn.encoder, parts)
+        try:
+            await conn.send_packed_command(b"".join(parts), check_health=False)  # connects when it is not
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # that command's own error; the replies after it are still read
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await conn.disconnect(nowait=True)  # replies half read: the connection cannot be trusted again
+            raise
+
+    async def aclose(self) -> None:
+        await self._conn.disconnect()
 
     def _fail_waiting(self, exc: BaseException) -> None:
         waiting, self._waiting = self._waiting, []
         for _, future in waiting:
             if not future.done():
                 future.set_exception(RedisConnectionError(f"Redis batch stopped: {exc!r}"))
+
+
+def pack(args: tuple[Any, ...], encoder: Encoder, parts: list[bytes]) -> None:
+    """Append a command in RESP (an array of bulk strings) to parts, each argument as redis-py's encoder sends
+    it; bytes, and text with the default UTF-8, without the encoder's per-argument checks."""
+    parts.append(b"*%d\r\n" % len(args))
+    utf8 = encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
+    encode: Callable[[Any], bytes] = encoder.encode
+    for arg in args:
+        kind = type(arg)
+        data = arg if kind is bytes else arg.encode() if kind is str and utf8 else encode(arg)
+        parts.append(b"$%d\r\n" % len(data))
+        parts.append(data)
+        parts.append(b"\r\n")

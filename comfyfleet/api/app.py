@@ -83,6 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         stack.callback(state.conn.close)
         stack.push_async_callback(state.aconn.aclose)
+        stack.push_async_callback(state.batch.aclose)
         if not await _load_job_tokens(state):
             await _run_in_background(stack, _retry_job_tokens(state), "job-access-secret")
         await state.hub.start()

@@ -50,8 +50,8 @@ async def test_concurrent_commands_share_round_trips_and_keep_their_own_replies(
 
 async def test_a_lone_command_goes_out_at_once(aconn):
     batch = CountingBatch(aconn)
-    for i in range(3):
-        assert await batch.execute_command("PING") in (True, b"PONG")
+    for _ in range(3):
+        assert await batch.execute_command("PING") == b"PONG"  # as Redis sends it
     assert batch.sizes == [1, 1, 1]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import asyncio
 import logging
 import time
@@ -179,7 +178,7 @@ async def commit(state: AppState, sub: Submission) -> tuple[Job, bool]:
     job, limits, aconn = sub.job, state.fair_use, state.aconn
     try:
         if not sub.images:
-            job, created = await state.dispatcher.submit_async(aconn if os.environ.get("NOBATCH") else state.batch, job, limits)  # TEMP
+            job, created = await state.dispatcher.submit_async(state.batch, job, limits)
         else:
             await limits.admit_async(aconn, job)
             try:
