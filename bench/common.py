@@ -106,6 +106,20 @@ def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, all) clock ticks of all CPUs since boot, from /proc/stat: steal is time a virtual machine's
+    CPUs were ready to run but the hypervisor ran something else."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    steal = fields[7] if len(fields) > 7 else 0
+    return steal, sum(fields[:8])  # guest time is counted inside user time already
+
+
+def steal_percent(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """The share of CPU time stolen by the hypervisor between two cpu_ticks() readings (pure)."""
+    total = end[1] - start[1]
+    return 100.0 * (end[0] - start[0]) / total if total > 0 else 0.0
+
+
 # --- processes ---------------------------------------------------------------------------------------
 @dataclass
 class Proc:

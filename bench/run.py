@@ -37,7 +37,7 @@ import frontdoor
 import memory
 import operator_scale
 import overhead
-from common import REPO, RESULTS, Unavailable, loadavg, machine, multi_pod_sim
+from common import REPO, RESULTS, Unavailable, cpu_ticks, loadavg, machine, multi_pod_sim, steal_percent
 
 BUDGET_SECONDS = 14 * 60  # stop starting new benchmarks after this; `make bench` promises < 15 min
 NOTES_BEGIN = "<!-- notes: kept by bench/run.py across runs -->"
@@ -105,7 +105,7 @@ def plan(quick: bool) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
 
 def run_all(quick: bool, only: set[str] | None, into: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the plan (or the `only` part of it); `into`: a previous run's results that these are added to."""
-    started = time.monotonic()
+    started, ticks = time.monotonic(), cpu_ticks()
     out: dict[str, Any] = {"machine": machine(), "load_start": loadavg(), "quick": quick,
                            "multi_pod_sim": multi_pod_sim(), "results": {}}
     if into is not None:
@@ -131,6 +131,7 @@ def run_all(quick: bool, only: set[str] | None, into: dict[str, Any] | None = No
         print(f"   {line(name, result)}", flush=True)
     if into is None:
         out["load_end"] = loadavg()
+        out["steal_percent"] = steal_percent(ticks, cpu_ticks())
         out["seconds"] = time.monotonic() - started
     return out
 
@@ -237,6 +238,8 @@ def markdown(res: dict[str, Any], notes: str) -> str:
             ["date", m["date"]], ["git commit", m["commit"]], ["CPUs (`nproc`)", m["nproc"]],
             ["CPU model", m["cpu_model"]], ["memory", f"{m['memory_gib']} GiB"], ["Python", m["python"]],
             ["load average at start (1/5/15 min)", res["load_start"]], ["load average at end", res["load_end"]],
+            ["CPU steal during the run (the hypervisor running other guests on these cores)",
+             f"{res['steal_percent']:.1f} %" if "steal_percent" in res else "not recorded"],
             ["duration", f"{res['seconds'] / 60:.1f} min" + (" (quick parameters)" if res["quick"] else "")],
             ["simulated pods", "many per process (`comfyfleet sim --count`)" if res["multi_pod_sim"]
              else "one process per pod (the multi-pod simulator is not in this checkout)"],
@@ -245,8 +248,8 @@ def markdown(res: dict[str, Any], notes: str) -> str:
         *[f"Added after the run: {', '.join(a['only'])} at {a['date']} (load {a['load']}).\n"
           for a in res.get("added", [])],
         f"The machine is shared with other work (load average {res['load_start']} at the start on "
-        f"{m['nproc']} CPUs), so absolute figures are noisy; the A/B figures alternate their two sides in one run "
-        "so that drift hits both.",
+        f"{m['nproc']} CPUs) and, as a virtual machine, with other guests (the steal row), so absolute figures are "
+        "noisy; the A/B figures alternate their two sides in one run so that drift hits both.",
         "",
         "## Goals",
         "",

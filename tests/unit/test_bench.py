@@ -13,6 +13,7 @@ import pytest
 # bench/ is a folder of scripts that import each other by plain name, not a package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 pct = importlib.import_module("common").pct
+steal_percent = importlib.import_module("common").steal_percent
 parse_wrk = importlib.import_module("frontdoor").parse_wrk
 goals = importlib.import_module("run").goals
 
@@ -84,3 +85,12 @@ def test_goal_rows_say_met_missed_and_not_measured():
     assert (scale["figure"], scale["goal"], scale["by"]) == ("45.0 s", "<= 30.0 s", "missed: 50 % above the goal")
     two = rows["front door req/s vs Express + Bull, 2 process(es)"]
     assert (two["figure"], two["by"]) == ("not measured", "not in this run")
+
+
+@pytest.mark.parametrize(("start", "end", "want"), [
+    ((10, 1000), (60, 2000), 5.0),  # 50 of 1000 ticks stolen
+    ((10, 1000), (10, 2000), 0.0),  # none stolen
+    ((10, 1000), (10, 1000), 0.0),  # no time passed: no division by zero
+])
+def test_steal_percent_is_the_stolen_share_of_the_ticks_between(start, end, want):
+    assert steal_percent(start, end) == pytest.approx(want)
