@@ -10,7 +10,8 @@ one fills.
 
 Each command gets its own reply, as Redis sends it (no redis-py response callbacks: PING gives b"PONG"), or
 its own error (a script error or NOSCRIPT fails that command only). A connection error fails every command
-of its batch and is not retried (a write may have landed); the next batch connects again.
+of its batch and is not retried (a write may have landed); a connection that went stale while idle (a Redis
+restart) is replaced before a batch is written on it, as redis-py's pool does.
 Not for commands that block (BLPOP, XREAD BLOCK) or change the connection (SELECT, SUBSCRIBE, MULTI).
 """
 
@@ -90,7 +91,10 @@ class CommandBatch:
         for args in commands:
             pack(args, conn.encoder, parts)
         try:
-            await conn.send_packed_command(b"".join(parts), check_health=False)  # connects when it is not
+            # As redis-py's pool checks a connection it hands out: one that went stale while idle (Redis
+            # restarted, a proxy dropped it) is replaced before anything is written on it.
+            await self.aconn.connection_pool.ensure_connection(conn)
+            await conn.send_packed_command(b"".join(parts), check_health=False)
             replies: list[Any] = []
             for _ in commands:
                 try:

@@ -96,24 +96,31 @@ async def test_a_caller_that_went_away_is_not_sent(aconn):
     assert await aconn.lrange(key, 0, -1) == [b"first", b"kept"]
 
 
-async def test_a_lost_connection_fails_its_batch_and_the_next_batch_reconnects(tmp_path):
+async def test_a_lost_connection_fails_its_batch_and_a_restarted_redis_is_used_at_once(tmp_path):
     port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
     argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save",
             "", "--appendonly", "no", "--dir", str(tmp_path)]
-    client = async_redis(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
+    client, probe = async_redis(url, socket_connect_timeout=1), async_redis(url, socket_connect_timeout=1)
     batch = CountingBatch(client)
     server = ManagedProcess(argv, log_path=tmp_path / "redis.log")
     try:
-        await _until(lambda: batch.execute_command("PING"))
+        await _until(lambda: batch.execute_command("PING"))  # the batch's connection is open, then idle
+        server.stop()
+        server = ManagedProcess(argv, log_path=tmp_path / "redis2.log")
+        await _until(probe.ping)
+        assert await batch.execute_command("SET", "k", "v") == b"OK", "the stale connection was replaced first"
         server.stop()
         results = await asyncio.gather(*(batch.execute_command("PING") for _ in range(5)), return_exceptions=True)
         assert all(isinstance(r, redis.ConnectionError) for r in results), results
-        server = ManagedProcess(argv, log_path=tmp_path / "redis2.log")
-        await _until(lambda: batch.execute_command("SET", "k", "v"))
-        assert await batch.execute_command("GET", "k") == b"v"
+        server = ManagedProcess(argv, log_path=tmp_path / "redis3.log")
+        await _until(probe.ping)
+        assert await batch.execute_command("GET", "k") is None  # a new server (no persistence), reached at once
     finally:
         server.stop()
         await client.aclose()
+        await probe.aclose()
+        await batch.aclose()
 
 
 async def _until(call: Any, attempts: int = 100) -> None:
