@@ -102,6 +102,9 @@ return n
 # How long a job whose prompt has just ended lets the pod's next prompt go first (the claim and the POST) before
 # it reads its own outputs: they compete for this process's CPU, and the GPU waits only for the former.
 HAND_ON_WAIT_SECONDS = 0.05
+# Cancel requests remembered for jobs not (yet) started here (see _cancel_heard): far more than can be between
+# a claim's read and its start, a few hundred KiB at most.
+EARLY_CANCELS_KEPT = 4096
 
 
 class EndpointLink:
@@ -153,6 +156,7 @@ class Engine:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.claims: dict[str, Claim] = {}
         self.cancel_events: dict[str, asyncio.Event] = {}
+        self.early_cancels: dict[str, None] = {}  # cancels heard before their job started here, oldest first
         self.posted: dict[str, asyncio.Event] = {}  # set once a job's prompt is on its pod
         self.rq_runs: dict[str, RQRun] = {}
         self.holding: set[str] = set()
@@ -295,9 +299,7 @@ class Engine:
                         if message["data"] != self._own_wake:  # our own end-of-job wake: already set locally
                             self.wake.set()
                     elif channel == self.keys.cancel:
-                        event = self.cancel_events.get(message["data"].decode())
-                        if event is not None:
-                            event.set()
+                        self._cancel_heard(message["data"].decode())
             except (redis.RedisError, OSError) as exc:
                 log.warning("dispatcher %s: subscription lost (%s); reconnecting", self.name, exc)
             finally:
@@ -305,6 +307,20 @@ class Engine:
                     await pubsub.aclose()
                     await aconn.aclose()
             await backoff.sleep()
+
+    def _cancel_heard(self, job_id: str) -> None:
+        """A cancel request on the channel: set its job's event, or, when no job of that id runs here (yet),
+        remember it. A claim reads the record (cancel flag included) when it commits; a cancel can land between
+        that read and the job's start here, and its message with it. Every dispatcher hears every cancel, so the
+        memory is bounded (oldest dropped first); a cancel is never taken back, so a remembered one is never
+        wrong."""
+        event = self.cancel_events.get(job_id)
+        if event is not None:
+            event.set()
+            return
+        self.early_cancels[job_id] = None
+        if len(self.early_cancels) > EARLY_CANCELS_KEPT:
+            del self.early_cancels[next(iter(self.early_cancels))]
 
     async def _claim_loop(self) -> None:
         backoff = Backoff()
@@ -455,7 +471,10 @@ class Engine:
         if claim.job_id in self.tasks:
             return
         self.claims[claim.job_id] = claim
-        self.cancel_events[claim.job_id] = asyncio.Event()
+        self.cancel_events[claim.job_id] = cancelled = asyncio.Event()
+        if claim.job_id in self.early_cancels:  # its cancel came between the claim's read of the record and now
+            del self.early_cancels[claim.job_id]
+            cancelled.set()
         self.posted[claim.job_id] = asyncio.Event()
         self.tasks[claim.job_id] = asyncio.create_task(self._drive(claim), name=f"job {claim.job_id}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import mimetypes
 import time
@@ -411,7 +412,9 @@ class JobRun:
             if job is None or job.state is JobState.RUNNING or not can_transition(job.state, JobState.RUNNING):
                 return
             try:
-                self.job = await self.durable(self.ctx.repo.write, job, transition(job, JobState.RUNNING))
+                # Guarded by the cancel flag as well: a cancel whose message this run missed shows here.
+                self.job = await self.durable(functools.partial(self.ctx.repo.write, guard=("cancel_requested",)),
+                                              job, transition(job, JobState.RUNNING))
                 return
             except JobNotFound:
                 return
