@@ -27,8 +27,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-# The most commands one pipeline carries; the rest wait for the next batch (bounds a reply's memory and the
-# time a batch holds its connection).
+# The most commands one batch carries; the rest wait for the next one (bounds a write's and its replies' memory
+# and the time a batch holds its connection).
 MAX_BATCH = 256
 
 
@@ -39,7 +39,7 @@ class Commands(Protocol):
 
 
 class CommandBatch:
-    """execute_command for the tasks of one event loop, batched onto one pipeline per round trip."""
+    """execute_command for the tasks of one event loop: the commands waiting go out as one write per round trip."""
 
     def __init__(self, aconn: aioredis.Redis, max_batch: int = MAX_BATCH):
         self.aconn = aconn

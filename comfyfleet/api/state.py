@@ -24,6 +24,7 @@ from comfyfleet.jobs.model import Job
 from comfyfleet.redisbatch import CommandBatch
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.jobevents import EventHub
+from comfyfleet.store.jobrepo import decode_job, is_quarantined
 from comfyfleet.store.outputs import OutputStore
 
 
@@ -55,6 +56,17 @@ class AppState:
         if self.job_tokens is None:  # Redis was unreachable since the start (the lifespan keeps trying)
             raise ApiError(503, "the API is starting: Redis is not reachable yet", headers={"Retry-After": "2"})
         return self.job_tokens
+
+    async def read_job(self, job_id: str) -> Job | None:
+        """The stored job, read on the event loop (the asyncio client: no thread hop); a record that cannot be
+        read comes back failed and is marked so in Redis by the repo (in a thread), as JobRepo.get does."""
+        raw = await self.aconn.hgetall(self.dispatcher.keys.job(job_id))
+        if not raw:
+            return None
+        job = decode_job(job_id, raw)
+        if is_quarantined(job):
+            await asyncio.to_thread(self.dispatcher.repo.quarantine, job)
+        return job
 
     def public(self, job: Job) -> JobPublic:
         """The job as the API returns it, with its access token and browser-loadable output URLs."""

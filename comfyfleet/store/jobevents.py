@@ -274,20 +274,25 @@ class EventHub:
 
     async def last_id(self, job_id: str) -> tuple[int, int]:
         """The id of the newest stored event of a job, (0, 0) if none."""
-        rows: list[Any] = await self.aconn.xrevrange(stream_key(self.keys, job_id), "+", "-", count=1) or []
-        return (parse_event_id(_text(rows[0][0])) or (0, 0)) if rows else (0, 0)
+        row = await self._newest_row(job_id)
+        return (parse_event_id(_text(row[0])) or (0, 0)) if row else (0, 0)
 
     async def newest(self, job_id: str) -> JobEvent | None:
         """The newest stored event of a job (its id and the job as that event left it), None if none is readable."""
-        rows: list[Any] = await self.aconn.xrevrange(stream_key(self.keys, job_id), "+", "-", count=1) or []
-        if not rows:
+        row = await self._newest_row(job_id)
+        if row is None:
             return None
-        raw_id, fields = rows[0]
+        raw_id, fields = row
         try:
             return JobEvent(_text(raw_id), _text(fields[b"event"]), parse_job(fields[b"job"]))
         except (KeyError, ValueError) as exc:
             log.warning("unreadable newest event of job %s: %s", job_id, exc)
             return None
+
+    async def _newest_row(self, job_id: str) -> Any:
+        """The newest entry of a job's stream as Redis returns it ([id, fields]), None if the stream is empty."""
+        rows: list[Any] = await self.aconn.xrevrange(stream_key(self.keys, job_id), "+", "-", count=1) or []
+        return rows[0] if rows else None
 
     async def snapshot(self, feed: JobFeed, read_job: Callable[[], Awaitable[Job]]) -> JobEvent:
         """The job as it is now, as a `state` event whose id the feed goes on after.

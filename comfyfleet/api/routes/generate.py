@@ -26,7 +26,6 @@ from comfyfleet.jobs.templates import UnknownTemplate, render_template
 from comfyfleet.jobs.validation import WorkflowTooLarge, check_bounds, merge_catalogs, validate_workflow
 from comfyfleet.jobs.workflow import NodeIssue, ParamError, apply_params, check_shape
 from comfyfleet.keys import as_text
-from comfyfleet.store.jobrepo import decode_job, is_quarantined
 from comfyfleet.store.outputs import StorageError
 
 log = logging.getLogger(__name__)
@@ -104,17 +103,11 @@ class Submission:
 
 async def _existing_job(state: AppState, owner: str, key: str) -> Job | None:
     """The job this user already created with this idempotency key, if it is still on record."""
-    aconn, keys = state.aconn, state.dispatcher.keys
-    job_id = await aconn.get(keys.idempotency(owner, key))
+    job_id = await state.aconn.get(state.dispatcher.keys.idempotency(owner, key))
     if not job_id:
         return None
-    raw = await aconn.hgetall(keys.job(as_text(job_id)))
-    if not raw:
-        return None
-    job = decode_job(as_text(job_id), raw)
-    if is_quarantined(job):
-        await io(state.dispatcher.repo.quarantine, job)
-    return job if job.owner == owner else None
+    job = await state.read_job(as_text(job_id))
+    return job if job is not None and job.owner == owner else None
 
 
 async def prepare(state: AppState, body: JobCreate, principal: Principal, idempotency_key: str | None) -> Submission:

@@ -22,25 +22,15 @@ from comfyfleet.api.tokens import TokenError
 from comfyfleet.jobs.model import Job
 from comfyfleet.jobs.states import InvalidTransition
 from comfyfleet.store.history import job_history
-from comfyfleet.store.jobrepo import JobNotFound, decode_job, is_quarantined
+from comfyfleet.store.jobrepo import JobNotFound
 from comfyfleet.store.outputs import StorageError
 
 router = APIRouter(prefix="/api/comfyui", tags=["jobs"],
                    responses=error_responses(401, 403, 404, 409, 413, 422, 503))  # reliability: documented errors
 
 
-async def read_job(state: AppState, job_id: str) -> Job | None:
-    """The stored job, read on the event loop (the asyncio client: no thread hop); an unreadable record goes
-    through the repo, which quarantines it."""
-    raw = await state.aconn.hgetall(state.dispatcher.keys.job(job_id))
-    if not raw:
-        return None
-    job = decode_job(job_id, raw)
-    return await io(state.dispatcher.repo.get, job_id) if is_quarantined(job) else job
-
-
 async def require_job(state: AppState, job_id: str) -> Job:
-    job = await read_job(state, job_id)
+    job = await state.read_job(job_id)
     if job is None:
         raise JobNotFound(job_id)
     return job
@@ -48,7 +38,7 @@ async def require_job(state: AppState, job_id: str) -> Job:
 
 async def load_job(state: AppState, job_id: str, principal: Principal) -> Job:
     """The job if the caller may see it; others' jobs are 404, as if they did not exist."""
-    job = await read_job(state, job_id)
+    job = await state.read_job(job_id)
     if job is None or (job.owner != principal.owner and not principal.admin):
         raise ApiError(404, f"no job {job_id}", details={"field": "jobId"})
     return job
@@ -84,7 +74,7 @@ async def stream_job(state: AppState, job_id: str, request: HTTPConnection, toke
     if token is None or request.headers.get("authorization"):
         principal = await principal_of(request, state)
         return await load_job(state, job_id, principal), principal.owner
-    job = await read_job(state, job_id)
+    job = await state.read_job(job_id)
     if job is None:
         raise ApiError(401, "the access token is not valid for this job", details={"field": "token"})
     try:
