@@ -4,6 +4,7 @@ from comfyfleet.comfy.client import ComfyClient, EventCallback
 from comfyfleet.comfy.errors import (
     ComfyError,
     ComfyPromptLost,
+    ComfyPromptWithdrawn,
     ComfyProtocolError,
     ComfyUnavailable,
     ComfyValidationError,
@@ -46,6 +47,7 @@ __all__ = [
     "ComfyError",
     "ComfyEvent",
     "ComfyPromptLost",
+    "ComfyPromptWithdrawn",
     "ComfyProtocolError",
     "ComfyUnavailable",
     "ComfyValidationError",

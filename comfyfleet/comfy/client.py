@@ -315,11 +315,13 @@ class ComfyClient:
         resume: bool = False,
         hub: WsHub | None = None,
         on_submitted: Callable[[], None] | None = None,
+        withdrawn: asyncio.Event | None = None,
     ) -> RunResult:
         """Submit prompt (or, with resume, attach to it if the server has it) and wait for its end.
 
         Raises ComfyValidationError (400), ComfyUnavailable (server gone), ComfyPromptLost (server
-        up, prompt gone), ComfyProtocolError. Without a hub, one run at a time per client (one clientId, one
+        up, prompt gone), ComfyProtocolError, ComfyPromptWithdrawn (`withdrawn` was set before the POST went
+        out: the server never had the prompt). Without a hub, one run at a time per client (one clientId, one
         socket); with the endpoint's shared hub (same clientId as this client), any number at once.
         """
         from comfyfleet.comfy.run import PromptRun
@@ -327,10 +329,10 @@ class ComfyClient:
         if hub is not None:
             if hub.client_id != self.client_id:
                 raise ValueError("the hub's clientId must be this client's")
-            return await PromptRun(self, prompt_id, on_event, silence_timeout, hub, on_submitted).execute(
-                prompt, resume=resume)
+            return await PromptRun(self, prompt_id, on_event, silence_timeout, hub, on_submitted,
+                                   withdrawn).execute(prompt, resume=resume)
         if self._run_lock.locked():
             raise RuntimeError("a run is already in progress on this ComfyClient; use one client per run")
         async with self._run_lock:
-            return await PromptRun(self, prompt_id, on_event, silence_timeout, None, on_submitted).execute(
-                prompt, resume=resume)
+            return await PromptRun(self, prompt_id, on_event, silence_timeout, None, on_submitted,
+                                   withdrawn).execute(prompt, resume=resume)

@@ -27,6 +27,17 @@ class ComfyPromptLost(ComfyError):
         return (type(self), (self.prompt_id, str(self)))
 
 
+class ComfyPromptWithdrawn(ComfyError):
+    """The run was withdrawn before its prompt was posted: the server never had it."""
+
+    def __init__(self, prompt_id: str):
+        self.prompt_id = prompt_id
+        super().__init__(f"prompt {prompt_id} was withdrawn before it was posted")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.prompt_id,))
+
+
 class ComfyProtocolError(ComfyError):
     """The server answered something we do not expect (500 text, 403 Origin check, bad JSON...)."""
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from comfyfleet.comfy.errors import ComfyPromptLost, ComfyUnavailable
+from comfyfleet.comfy.errors import ComfyPromptLost, ComfyPromptWithdrawn, ComfyUnavailable
 from comfyfleet.comfy.hub import ComfySocket, SocketClosed, SocketDropped, Subscription, WsHub, open_socket
 from comfyfleet.comfy.messages import (
     ComfyEvent,
@@ -58,10 +58,13 @@ class PromptRun:
     def __init__(
         self, client: ComfyClient, prompt_id: str, on_event: EventCallback | None, silence_timeout: float,
         hub: WsHub | None = None, on_submitted: Callable[[], None] | None = None,
+        withdrawn: asyncio.Event | None = None,
     ):
         self.client = client
         # Told once the prompt is on the server (posted, or found there on resume): its place in the queue is set.
         self.on_submitted = on_submitted
+        # Looked at right before the POST: once set, the prompt is never posted (ComfyPromptWithdrawn instead).
+        self.withdrawn = withdrawn
         # With a hub, events come from the endpoint's shared socket (our clientId); without, from our own.
         self.hub = hub
         self.sub: Subscription | None = None
@@ -91,6 +94,8 @@ class PromptRun:
                     self._submitted()
                     return await self._watch()
             await self._connect(self.client.client_id)
+            if self.withdrawn is not None and self.withdrawn.is_set():
+                raise ComfyPromptWithdrawn(self.prompt_id)
             self.submitted = await self.client.submit(prompt, self.prompt_id)
             self._submitted()
             self.prompt_id = self.submitted.prompt_id

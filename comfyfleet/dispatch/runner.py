@@ -121,6 +121,8 @@ class JobRun:
         self.endpoint = endpoint
         self.adopted = adopted
         self.cancelled = cancelled
+        # Set when the attempt gives up (cancel, timeout): a prompt not posted by then is never posted.
+        self.withdrawn = asyncio.Event()
         self.job: Job | None = None  # the stored record as this runner knows it (read, plus its own writes)
         self.outputs: list[OutputFile] | None = None  # stored outputs of a successful run, not yet on the record
         self.held_prompt = False
@@ -199,7 +201,8 @@ class JobRun:
                 await asyncio.wait_for(self.after.wait(), timeout=POST_ORDER_WAIT_SECONDS)
         run = asyncio.create_task(link.client.run(
             workflow, job.id, self._progress.on_event, silence_timeout=self.ctx.settings.silence_timeout_seconds,
-            resume=resume, hub=link.hub, on_submitted=self.posted.set), name=f"prompt {job.id}")
+            resume=resume, hub=link.hub, on_submitted=self.posted.set, withdrawn=self.withdrawn),
+            name=f"prompt {job.id}")
         result: RunResult | None = None
         try:
             result = await self._wait(run, link.client, job)
@@ -279,6 +282,9 @@ class JobRun:
         why = Ending(EndKind.CANCELLED, "" if began else "cancelled while queued on the pod") \
             if self.cancelled.is_set() else Ending(
             EndKind.TIMEOUT, f"job exceeded its timeout of {job.timeout_seconds} s")
+        if not await self._withdraw(run):  # the pod never had the prompt: nothing to interrupt
+            raise AttemptEnded(Ending(why.kind, "cancelled before it started") if why.kind is EndKind.CANCELLED
+                               else why)
         log.info("job %s: %s; interrupting it on %s", job.id, why.kind.value, client.base_url)
         try:
             await asyncio.wait_for(client.cancel(job.id), timeout=5)
@@ -288,6 +294,24 @@ class JobRun:
         if why.kind is EndKind.TIMEOUT and result.status != "success":
             raise AttemptEnded(why)
         return result
+
+    async def _withdraw(self, run: asyncio.Task[RunResult]) -> bool:
+        """Keep a prompt not posted yet off the pod; True if the pod has it (posted, or its POST landed while we
+        waited for it: an interrupt sent while the POST is on its way would reach the pod first and miss it)."""
+        self.withdrawn.set()
+        if self.posted.is_set() or run.done():
+            return self.posted.is_set()
+        posted = asyncio.create_task(self.posted.wait())
+        try:
+            await asyncio.wait({run, posted}, timeout=self.ctx.settings.cancel_grace_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            posted.cancel()
+        if run.done() and not run.cancelled():
+            run.exception()  # ComfyPromptWithdrawn or the error that ended it before its POST: retrieved here
+        # Still on its way after the grace period (a POST that hangs): treat it as posted, the interrupt and the
+        # queue checks that follow find it if it landed.
+        return self.posted.is_set() or not run.done()
 
     async def _after_interrupt(self, run: asyncio.Task[RunResult], client: ComfyClient, prompt_id: str,
                                why: Ending) -> RunResult:

@@ -20,6 +20,7 @@ from comfyfleet.comfy import (
     ComfyClient,
     ComfyEvent,
     ComfyPromptLost,
+    ComfyPromptWithdrawn,
     ComfyProtocolError,
     ComfyUnavailable,
     ComfyValidationError,
@@ -394,11 +395,28 @@ async def test_sim_cancel_interrupts_a_long_ksampler(sim_factory):
     assert result.interrupted is not None and result.interrupted.prompt_id == pid
 
 
+async def test_a_run_withdrawn_before_its_post_never_reaches_the_server(sim_factory):
+    sim = sim_factory(step_seconds=0.05)
+    withdrawn = asyncio.Event()
+    withdrawn.set()
+    pid = new_id()
+    async with ComfyClient(sim.url) as client:
+        with pytest.raises(ComfyPromptWithdrawn):
+            await client.run(txt2img(seed=8, steps=4), pid, withdrawn=withdrawn)
+        assert pid not in await client.queue()
+        assert await client.history(pid) is None
+        # Unset, the same client runs it as usual.
+        result = await client.run(txt2img(seed=8, steps=4), pid, withdrawn=asyncio.Event())
+    assert result.status == "success"
+
+
 async def test_sim_delete_pending_prompt(sim_factory):
     sim = sim_factory(step_seconds=0.2)
     running, pending = new_id(), new_id()
     async with ComfyClient(sim.url) as client:
         first = await client.submit(txt2img(seed=6, steps=200), running)
+        # ComfyUI's executor takes a prompt off the queue in its own thread, a moment after the POST answered.
+        await until(lambda: _running(sim.url, running), what="first prompt running")
         second = await client.submit(txt2img(seed=7, steps=200), pending)
         assert second.number > first.number
         state = await client.queue()

@@ -1,11 +1,16 @@
-"""A cancel request that reaches a dispatcher before the job it names has started there is not lost.
+"""A cancel request is not lost, however early it comes.
 
 A claim reads the job's record (its cancel flag included) when it commits; a cancel can land between that read
-and the job's start in the dispatcher, and its message with it. The dispatcher remembers such cancels."""
+and the job's start in the dispatcher, and its message with it. The dispatcher remembers such cancels. A cancel
+can also come while the job's prompt is on its way to the pod: an interrupt sent then would reach the pod
+before the prompt and miss it, so the runner waits for the POST to land (or keeps a prompt not sent yet off
+the pod)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 import uuid
 
 import redis
@@ -14,6 +19,8 @@ from comfyfleet.dispatch import engine as engine_module
 from comfyfleet.dispatch.engine import Engine
 from comfyfleet.dispatch.scheduler import Claim
 from comfyfleet.settings import DispatchSettings
+from tests.support.stack import auth, wait_until
+from tests.support.tcpproxy import TcpProxy
 
 
 def make_engine(redis_server, tmp_path) -> Engine:
@@ -67,3 +74,32 @@ def test_remembered_cancels_are_bounded_oldest_first(redis_server, tmp_path):
         engine._cancel_heard(f"job-{i}")
     assert len(engine.early_cancels) == kept
     assert "job-0" not in engine.early_cancels and f"job-{kept + 9}" in engine.early_cancels
+
+
+def test_a_cancel_while_the_prompt_is_being_posted_interrupts_it_once_it_landed(sim_factory, stack_factory):
+    sim = sim_factory(step_seconds=0.05)
+    proxy = TcpProxy("127.0.0.1", sim.port)  # the dispatcher reaches the pod through it
+    try:
+        stack = stack_factory([proxy.url], workers=1, env={"COMFYFLEET_DELETE_POD_HISTORY": "false"})
+        stack.wait_workers_ready(1)
+        proxy.hold(b"POST /prompt", 0.6)  # the prompt's POST takes 0.6 s to reach the pod
+        body = {"template": "txt2img", "params": {"seed": 700, "steps": 100, "width": 64, "height": 64}}  # 5 s
+        job_id = stack.generate(body).json()["jobId"]
+        assert proxy.held.wait(30), "the job's POST /prompt went out"
+        assert stack.http.delete(f"/api/comfyui/job/{job_id}", headers=auth()).status_code == 200
+        final = stack.wait_state(job_id, timeout=30)
+        assert final["state"] == "cancelled", final
+        wait_until(lambda: _sim_queue_empty(sim.url), timeout=20, what="the pod's queue empty")
+        with urllib.request.urlopen(f"{sim.url}/history/{job_id}", timeout=5) as resp:
+            history = json.loads(resp.read())
+        # The pod got the prompt after the cancel was heard and was still stopped: deleted while pending (no
+        # history) or interrupted; never run to the end.
+        assert job_id not in history or history[job_id]["status"]["status_str"] == "error", history
+    finally:
+        proxy.stop()
+
+
+def _sim_queue_empty(url: str) -> bool:
+    with urllib.request.urlopen(f"{url}/queue", timeout=5) as resp:
+        queue = json.loads(resp.read())
+    return not queue["queue_running"] and not queue["queue_pending"]

@@ -5,6 +5,7 @@
     proxy.delay(0.5)    # every chunk in both directions waits 0.5 s
     proxy.stall()       # connections stay open, no byte moves (a hung network path)
     proxy.reset()       # every open connection gets a TCP RST; new ones are reset on accept
+    proxy.hold(b"POST /prompt", 2.0)  # requests starting so wait 2 s on their way to the server (`held` is set)
     proxy.heal()        # back to passing traffic through
     proxy.stop()
 
@@ -33,6 +34,8 @@ class TcpProxy:
         self.host = listen_host
         self._mode = "pass"
         self._delay = 0.0
+        self._hold: tuple[bytes, float] | None = None
+        self.held = threading.Event()
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._stopped = threading.Event()
@@ -61,8 +64,13 @@ class TcpProxy:
         for conn in conns:
             _rst(conn)
 
+    def hold(self, prefix: bytes, seconds: float) -> None:
+        """Client bytes that begin with prefix (a request line: b"POST /prompt") wait `seconds` before they go on
+        to the server; `held` is set as one starts waiting. Other traffic passes as before."""
+        self._hold = (prefix, seconds)
+
     def heal(self) -> None:
-        self._mode, self._delay = "pass", 0.0
+        self._mode, self._delay, self._hold = "pass", 0.0, None
 
     def stop(self) -> None:
         self._stopped.set()
@@ -94,10 +102,10 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, outbound in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(src, dst, outbound), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
         src.settimeout(_POLL)
         try:
             while not self._stopped.is_set():
@@ -113,6 +121,10 @@ class TcpProxy:
                     return
                 if self._delay:
                     time.sleep(self._delay)
+                hold = self._hold
+                if outbound and hold is not None and data.startswith(hold[0]):
+                    self.held.set()
+                    time.sleep(hold[1])
                 dst.sendall(data)
         except OSError:
             _rst(dst)
