@@ -1,11 +1,14 @@
 """The job event transport: every change to a job record, in order, with an id a stream can resume from.
 
 Writer (JobRepo, inside the Lua script of each write: EMIT_LUA) XADDs the event to the job's capped Redis
-Stream `{prefix}:events:{job_id}` and PUBLISHes `<job_id> <stream id> <event> <json>` on ONE channel per
-install, `{prefix}:jobevents`.
+Stream `{prefix}:events:{job_id}` and PUBLISHes `<job_id> <stream id> <event> <json>` on the job's own
+channel, `{prefix}:jobevents:{job_id}` (nobody listens to most of them: a publish without subscribers costs
+next to nothing, and no process reads the events of jobs it does not stream).
 
 Readers (SSE, WebSocket, the sync endpoint): `EventHub`, one per process, holds the process's only
-pub/sub connection and fans messages out to local `JobFeed`s by job id. A feed resumes after a given
+pub/sub connection (always subscribed to `{prefix}:jobevents`, on which nothing is published, plus the
+channel of every job the process follows) and fans messages out to local `JobFeed`s by job id. A feed
+resumes after a given
 event id by reading the job's stream (XRANGE), so a client that reconnects to any API replica with its
 last event id loses nothing; when the stream no longer reaches back that far (capped, expired) the feed
 says so (`gap`) and the caller sends the current job instead. Events never carry the workflow.
@@ -54,9 +57,15 @@ EVENT_ARGC = 6
 ADD_EVENT = EMIT_LUA + "return emit(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])\n"
 
 
-def channel(keys: Keys) -> str:
-    """The one pub/sub channel of an install: every job's events."""
+def hub_channel(keys: Keys) -> str:
+    """The channel every EventHub stays subscribed to (nothing is published on it): it keeps the hub's one
+    connection in subscribe mode while the process follows no job, and counts the hubs of an install."""
     return f"{keys.prefix}:jobevents"
+
+
+def job_channel(keys: Keys, job_id: str) -> str:
+    """The pub/sub channel of one job's events."""
+    return f"{hub_channel(keys)}:{job_id}"
 
 
 def stream_key(keys: Keys, job_id: str) -> str:
@@ -87,7 +96,7 @@ def event_args(keys: Keys, job: Job, event: str, payload: str | None = None) -> 
     `payload`: the job's job_payload when the caller has it already."""
     if " " in event:
         raise ValueError(f"event names have no spaces: {event!r}")
-    return [STREAM_MAXLEN, STREAM_TTL_SECONDS, event, payload or job_payload(job), channel(keys), job.id]
+    return [STREAM_MAXLEN, STREAM_TTL_SECONDS, event, payload or job_payload(job), job_channel(keys, job.id), job.id]
 
 
 # ---- pure parts: event ids and messages ----
@@ -117,6 +126,12 @@ class JobEvent:
     @property
     def key(self) -> tuple[int, int]:
         return parse_event_id(self.id) or (0, 0)
+
+
+def _done() -> asyncio.Future[None]:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 def _text(value: object) -> str:
@@ -190,7 +205,8 @@ class JobFeed:
 
 
 class EventHub:
-    """A process's one pub/sub subscription to every job's events, shared by all its streams."""
+    """A process's one pub/sub connection, shared by all its streams: subscribed to the channel of each job that
+    some feed of the process follows, from the first feed's start until shortly after the last one ended."""
 
     def __init__(self, aconn: aioredis.Redis, keys: Keys):
         self.aconn = aconn
@@ -199,6 +215,11 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.reconnects = 0  # how often the subscription was lost and renewed
+        self._pubsub: Any = None  # the connected subscription (redis.asyncio PubSub), None while (re)connecting
+        # Jobs whose channel is subscribed (or being subscribed): done once Redis confirmed the subscription, or
+        # once the connection was lost (its successor subscribes every followed job again and resyncs feeds).
+        self._subscribed: dict[str, asyncio.Future[None]] = {}
+        self._idle: set[str] = set()  # subscribed jobs whose last feed ended: unsubscribed by the hub's loop
 
     async def start(self, wait_seconds: float = 5.0) -> None:
         """Subscribe in the background; wait a little for it, but start anyway while Redis is down."""
@@ -217,10 +238,19 @@ class EventHub:
         return sum(len(f) for f in self._feeds.values())
 
     async def _run(self) -> None:
+        prefix_len = len(job_channel(self.keys, ""))
         while True:
             pubsub = self.aconn.pubsub()
             try:
-                await pubsub.subscribe(channel(self.keys))
+                followed = set(self._feeds)
+                await pubsub.subscribe(hub_channel(self.keys), *(job_channel(self.keys, j) for j in followed))
+                self._pubsub = pubsub
+                self._idle.clear()
+                # Every followed job counts as subscribed from here on (the feeds are resynced below), those whose
+                # feed started while the subscribe above was on its way included.
+                self._subscribed = {j: _done() for j in self._feeds}
+                if late := [job_channel(self.keys, j) for j in self._feeds if j not in followed]:
+                    await pubsub.subscribe(*late)
                 if self._ready.is_set():
                     self.reconnects += 1
                 for feeds in self._feeds.values():  # feeds may have missed messages while unsubscribed
@@ -228,15 +258,56 @@ class EventHub:
                         feed._offer(_RESYNC)
                 self._ready.set()
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    if message and message.get("type") == "message":
-                        self._dispatch(message["data"])
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message:
+                        kind = message.get("type")
+                        if kind == "message":
+                            self._dispatch(message["data"])
+                        elif kind == "subscribe":
+                            confirmed = self._subscribed.get(_text(message["channel"])[prefix_len:])
+                            if confirmed is not None and not confirmed.done():
+                                confirmed.set_result(None)
+                    if self._idle:
+                        await self._unsubscribe_idle(pubsub)
             except (redis.RedisError, OSError) as exc:
                 log.warning("job event subscription lost (%s); reconnecting", exc)
                 await asyncio.sleep(0.5)
             finally:
+                self._pubsub = None
+                for waiting in self._subscribed.values():  # the next connection subscribes and resyncs them
+                    if not waiting.done():
+                        waiting.set_result(None)
                 with contextlib.suppress(redis.RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _subscribe(self, job_id: str) -> None:
+        """The job's channel subscribed before a feed reads anything, so no event can slip by (bounded wait: a
+        connection that dies meanwhile is replaced, and its successor resyncs every feed)."""
+        waiting = self._subscribed.get(job_id)
+        self._idle.discard(job_id)
+        if waiting is None:
+            waiting = self._subscribed[job_id] = asyncio.get_running_loop().create_future()
+            pubsub = self._pubsub
+            if pubsub is None:  # not connected: the next connection subscribes every followed job
+                waiting.set_result(None)
+            else:
+                try:
+                    await pubsub.subscribe(job_channel(self.keys, job_id))
+                except (redis.RedisError, OSError):
+                    if not waiting.done():
+                        waiting.set_result(None)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiting), 5.0)
+
+    async def _unsubscribe_idle(self, pubsub: Any) -> None:
+        """Unsubscribe the channels of jobs no feed follows any more (the hub's loop alone unsubscribes, so an
+        UNSUBSCRIBE never overtakes the SUBSCRIBE of a feed that started meanwhile)."""
+        idle = [j for j in self._idle if j not in self._feeds]
+        self._idle.clear()
+        for job_id in idle:
+            del self._subscribed[job_id]
+        if idle:
+            await pubsub.unsubscribe(*(job_channel(self.keys, j) for j in idle))
 
     def _dispatch(self, data: bytes) -> None:
         try:
@@ -321,8 +392,9 @@ class EventHub:
         """
         start = after if after is not None else (0, 0)
         feed = JobFeed(self, job_id, start)
-        self._feeds.setdefault(job_id, set()).add(feed)  # registered before reading, so nothing slips by
+        self._feeds.setdefault(job_id, set()).add(feed)  # registered and subscribed before reading: nothing slips by
         try:
+            await self._subscribe(job_id)
             if after is None:
                 feed.last = await self.last_id(job_id)
             else:
@@ -334,6 +406,8 @@ class EventHub:
                 feeds.discard(feed)
                 if not feeds:
                     del self._feeds[job_id]
+                    if job_id in self._subscribed:
+                        self._idle.add(job_id)
 
 
 async def wait_until_final(feed: JobFeed, current: Job, timeout: float) -> Job:

@@ -186,8 +186,9 @@ def test_streams_share_one_subscription_are_capped_per_user_and_end_after_their_
         _, code, reason = ws_events(stack.url, f"jobId={job['jobId']}&token={job['accessToken']}")
         assert code == 4429 and "at most 2" in reason
         assert stack.http.get(url, headers=auth(ADMIN)).status_code == 200, "other users are not affected"
-        [(channel, subscribers)] = conn.pubsub_numsub(f"{stack.prefix}:jobevents")
-        assert subscribers == 1, "all streams of the API process share its one subscription"
+        [(_, hubs), (_, subscribers)] = conn.pubsub_numsub(f"{stack.prefix}:jobevents",
+                                                           f"{stack.prefix}:jobevents:{job['jobId']}")
+        assert hubs == subscribers == 1, "all streams of the API process share its one subscription"
 
         # The job is still queued (no workers): the stream ends by itself once its lifetime is up.
         events = read_sse(a)

@@ -15,7 +15,7 @@ from comfyfleet.api.events import follow_job
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.keys import Keys
 from comfyfleet.store import jobevents
-from comfyfleet.store.jobevents import EventHub, channel
+from comfyfleet.store.jobevents import EventHub, hub_channel, job_channel
 from comfyfleet.store.jobrepo import JobRepo
 from tests.support.procs import ManagedProcess, free_port
 
@@ -92,7 +92,7 @@ async def test_a_lost_subscription_is_renewed_and_the_feed_catches_up(redis_serv
     await hub.start()
     try:
         async with hub.follow("job-1") as feed:
-            assert conn.pubsub_numsub(channel(keys))[0][1] == 1
+            assert conn.pubsub_numsub(job_channel(keys, "job-1"))[0][1] == 1
             killed = 0
             for client in conn.client_list():
                 if int(client.get("sub", 0)) > 0:
@@ -112,6 +112,40 @@ async def test_a_lost_subscription_is_renewed_and_the_feed_catches_up(redis_serv
         await aconn.aclose()
 
 
+def _subscribers(conn: redis.Redis, keys, job_id: str) -> int:
+    return int(conn.pubsub_numsub(job_channel(keys, job_id))[0][1])
+
+
+async def test_a_process_subscribes_only_to_the_jobs_it_follows(redis_server, keys):
+    conn = redis.Redis.from_url(redis_server.url)
+    aconn = aioredis.Redis.from_url(redis_server.url)
+    hub = EventHub(aconn, keys)
+    await hub.start()
+    try:
+        assert _subscribers(conn, keys, "job-1") == 0, "nobody follows it yet"
+        async with hub.follow("job-1") as first, hub.follow("job-1") as second:
+            assert _subscribers(conn, keys, "job-1") == 1, "one subscription for both feeds"
+            assert _subscribers(conn, keys, "job-2") == 0, "the events of other jobs never reach this process"
+            write(conn, keys, job_at(1))
+            a, b = await first.next(10), await second.next(10)
+            assert a is not None and b is not None and a.id == b.id
+        for _ in range(200):  # bounded: the hub's loop unsubscribes within its 5 s read timeout
+            if _subscribers(conn, keys, "job-1") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert _subscribers(conn, keys, "job-1") == 0, "unsubscribed once its last feed ended"
+        # Followed again at once after the last feed ended: its events still arrive, before and after the
+        # hub's loop has swept the idle channel.
+        for progress in (2, 3):
+            async with hub.follow("job-1") as again:
+                write(conn, keys, job_at(progress))
+                item = await again.next(10)
+            assert item is not None and item.job.progress.value == progress
+    finally:
+        await hub.stop()
+        await aconn.aclose()
+
+
 async def test_the_hub_starts_while_redis_is_down_and_subscribes_once_it_answers(tmp_path, keys):
     port = free_port()
     aconn = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
@@ -123,7 +157,7 @@ async def test_the_hub_starts_while_redis_is_down_and_subscribes_once_it_answers
         conn = redis.Redis(port=port)
         for _ in range(150):  # a bounded async poll: the hub retries every 0.5 s
             with contextlib.suppress(redis.ConnectionError):
-                if conn.pubsub_numsub(channel(keys))[0][1] == 1:
+                if conn.pubsub_numsub(hub_channel(keys))[0][1] == 1:
                     break
             await asyncio.sleep(0.1)
         async with hub.follow("job-1") as feed:
