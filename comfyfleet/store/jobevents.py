@@ -128,12 +128,6 @@ class JobEvent:
         return parse_event_id(self.id) or (0, 0)
 
 
-def _done() -> asyncio.Future[None]:
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    done.set_result(None)
-    return done
-
-
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -216,9 +210,10 @@ class EventHub:
         self._ready = asyncio.Event()
         self.reconnects = 0  # how often the subscription was lost and renewed
         self._pubsub: Any = None  # the connected subscription (redis.asyncio PubSub), None while (re)connecting
-        # Jobs whose channel is subscribed (or being subscribed): done once Redis confirmed the subscription, or
-        # once the connection was lost (its successor subscribes every followed job again and resyncs feeds).
-        self._subscribed: dict[str, asyncio.Future[None]] = {}
+        # Jobs whose channel is subscribed on the current connection, or asked for: no feed waits for Redis to
+        # confirm; once it has, each feed of the job re-reads its stream (an event published before the
+        # subscription took effect is in the stream).
+        self._subscribed: set[str] = set()
         self._idle: set[str] = set()  # subscribed jobs whose last feed ended: unsubscribed by the hub's loop
 
     async def start(self, wait_seconds: float = 5.0) -> None:
@@ -246,9 +241,9 @@ class EventHub:
                 await pubsub.subscribe(hub_channel(self.keys), *(job_channel(self.keys, j) for j in followed))
                 self._pubsub = pubsub
                 self._idle.clear()
-                # Every followed job counts as subscribed from here on (the feeds are resynced below), those whose
-                # feed started while the subscribe above was on its way included.
-                self._subscribed = {j: _done() for j in self._feeds}
+                # Every followed job is subscribed from here on (the feeds are resynced below), those whose feed
+                # started while the subscribe above was on its way included.
+                self._subscribed = set(self._feeds)
                 if late := [job_channel(self.keys, j) for j in self._feeds if j not in followed]:
                     await pubsub.subscribe(*late)
                 if self._ready.is_set():
@@ -263,10 +258,9 @@ class EventHub:
                         kind = message.get("type")
                         if kind == "message":
                             self._dispatch(message["data"])
-                        elif kind == "subscribe":
-                            confirmed = self._subscribed.get(_text(message["channel"])[prefix_len:])
-                            if confirmed is not None and not confirmed.done():
-                                confirmed.set_result(None)
+                        elif kind == "subscribe":  # the job's channel is live: its feeds catch up from the stream
+                            for feed in self._feeds.get(_text(message["channel"])[prefix_len:], ()):
+                                feed._offer(_RESYNC)
                     if self._idle:
                         await self._unsubscribe_idle(pubsub)
             except (redis.RedisError, OSError) as exc:
@@ -274,38 +268,26 @@ class EventHub:
                 await asyncio.sleep(0.5)
             finally:
                 self._pubsub = None
-                for waiting in self._subscribed.values():  # the next connection subscribes and resyncs them
-                    if not waiting.done():
-                        waiting.set_result(None)
+                self._subscribed = set()  # the next connection subscribes every followed job and resyncs its feeds
                 with contextlib.suppress(redis.RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _subscribe(self, job_id: str) -> None:
-        """The job's channel subscribed before a feed reads anything, so no event can slip by (bounded wait: a
-        connection that dies meanwhile is replaced, and its successor resyncs every feed)."""
-        waiting = self._subscribed.get(job_id)
+        """Ask for the job's channel (sent, not waited for: Redis's confirmation resyncs the job's feeds)."""
         self._idle.discard(job_id)
-        if waiting is None:
-            waiting = self._subscribed[job_id] = asyncio.get_running_loop().create_future()
-            pubsub = self._pubsub
-            if pubsub is None:  # not connected: the next connection subscribes every followed job
-                waiting.set_result(None)
-            else:
-                try:
-                    await pubsub.subscribe(job_channel(self.keys, job_id))
-                except (redis.RedisError, OSError):
-                    if not waiting.done():
-                        waiting.set_result(None)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(waiting), 5.0)
+        pubsub = self._pubsub
+        if job_id in self._subscribed or pubsub is None:  # not connected: the next connection subscribes it
+            return
+        self._subscribed.add(job_id)
+        with contextlib.suppress(redis.RedisError, OSError):  # the hub's loop sees the connection go, and renews it
+            await pubsub.subscribe(job_channel(self.keys, job_id))
 
     async def _unsubscribe_idle(self, pubsub: Any) -> None:
         """Unsubscribe the channels of jobs no feed follows any more (the hub's loop alone unsubscribes, so an
         UNSUBSCRIBE never overtakes the SUBSCRIBE of a feed that started meanwhile)."""
         idle = [j for j in self._idle if j not in self._feeds]
         self._idle.clear()
-        for job_id in idle:
-            del self._subscribed[job_id]
+        self._subscribed.difference_update(idle)
         if idle:
             await pubsub.unsubscribe(*(job_channel(self.keys, j) for j in idle))
 
@@ -392,7 +374,7 @@ class EventHub:
         """
         start = after if after is not None else (0, 0)
         feed = JobFeed(self, job_id, start)
-        self._feeds.setdefault(job_id, set()).add(feed)  # registered and subscribed before reading: nothing slips by
+        self._feeds.setdefault(job_id, set()).add(feed)  # registered before reading, so nothing slips by
         try:
             await self._subscribe(job_id)
             if after is None:
