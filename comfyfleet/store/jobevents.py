@@ -223,10 +223,16 @@ class EventHub:
             await asyncio.wait_for(asyncio.shield(self._ready.wait()), wait_seconds)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Cancel the subscription's task and wait for it. redis-py can swallow a cancel that lands while it
+        reconnects a killed connection (the task then goes on), so the cancel is repeated until the task ends."""
+        task = self._task
+        if task is None:
+            return
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.2)
+        with contextlib.suppress(asyncio.CancelledError, redis.RedisError, OSError):
+            task.result()
 
     @property
     def feed_count(self) -> int:

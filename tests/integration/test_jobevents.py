@@ -242,3 +242,24 @@ async def test_a_fresh_follow_of_a_job_without_stored_events_reads_the_record(st
                                                                  "state"))
     _in_order(got)
     assert [v for _, _, v in got] == [5, 8], got
+
+
+async def test_the_hub_stops_even_while_its_connection_is_being_renewed(redis_server, keys):
+    """redis-py can swallow a cancel that lands while it reconnects a killed connection; stop() still ends the
+    hub's task (before, an API process shutting down at that moment hung: seen at one of these delays)."""
+    conn = redis.Redis.from_url(redis_server.url)
+    for delay in (0, 0.001, 0.005, 0.02, 0.2, 0.55):
+        aconn = aioredis.Redis.from_url(redis_server.url)
+        hub = EventHub(aconn, keys)
+        await hub.start()
+        try:
+            async with hub.follow("job-1"):
+                await _until_subscribers(conn, keys, "job-1", 1)
+                for client in conn.client_list():
+                    if int(client.get("sub", 0)) > 0:
+                        conn.client_kill_filter(_id=client["id"])
+                await asyncio.sleep(delay)
+            await asyncio.wait_for(hub.stop(), 10)
+            assert hub._task is not None and hub._task.done(), f"still running after a kill and {delay} s"
+        finally:
+            await aconn.aclose()
