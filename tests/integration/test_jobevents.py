@@ -130,30 +130,23 @@ async def _until_subscribers(conn: redis.Redis, keys, job_id: str, count: int) -
     return _subscribers(conn, keys, job_id)
 
 
-async def test_a_process_subscribes_only_to_the_jobs_it_follows(redis_server, keys):
-    conn = redis.Redis.from_url(redis_server.url)
-    aconn = aioredis.Redis.from_url(redis_server.url)
-    hub = EventHub(aconn, keys)
-    await hub.start()
-    try:
-        assert _subscribers(conn, keys, "job-1") == 0, "nobody follows it yet"
-        async with hub.follow("job-1") as first, hub.follow("job-1") as second:
-            assert await _until_subscribers(conn, keys, "job-1", 1) == 1, "one subscription for both feeds"
-            assert _subscribers(conn, keys, "job-2") == 0, "the events of other jobs never reach this process"
-            write(conn, keys, job_at(1))
-            a, b = await first.next(10), await second.next(10)
-            assert a is not None and b is not None and a.id == b.id
-        assert await _until_subscribers(conn, keys, "job-1", 0) == 0, "unsubscribed once its last feed ended"
-        # Followed again at once after the last feed ended: its events still arrive, before and after the
-        # hub's loop has swept the idle channel.
-        for progress in (2, 3):
-            async with hub.follow("job-1") as again:
-                write(conn, keys, job_at(progress))
-                item = await again.next(10)
-            assert item is not None and item.job.progress.value == progress
-    finally:
-        await hub.stop()
-        await aconn.aclose()
+async def test_a_process_subscribes_only_to_the_jobs_it_follows(started_hub, keys):
+    conn, hub = started_hub
+    assert _subscribers(conn, keys, "job-1") == 0, "nobody follows it yet"
+    async with hub.follow("job-1") as first, hub.follow("job-1") as second:
+        assert await _until_subscribers(conn, keys, "job-1", 1) == 1, "one subscription for both feeds"
+        assert _subscribers(conn, keys, "job-2") == 0, "the events of other jobs never reach this process"
+        write(conn, keys, job_at(1))
+        a, b = await first.next(10), await second.next(10)
+        assert a is not None and b is not None and a.id == b.id
+    assert await _until_subscribers(conn, keys, "job-1", 0) == 0, "unsubscribed once its last feed ended"
+    # Followed again at once after the last feed ended: its events still arrive, before and after the hub's loop
+    # has swept the idle channel.
+    for progress in (2, 3):
+        async with hub.follow("job-1") as again:
+            write(conn, keys, job_at(progress))
+            item = await again.next(10)
+        assert item is not None and item.job.progress.value == progress
 
 
 async def test_the_hub_starts_while_redis_is_down_and_subscribes_once_it_answers(tmp_path, keys):
