@@ -299,15 +299,14 @@ class JobRun:
         """Keep a prompt not posted yet off the pod; True if the pod has it (posted, or its POST landed while we
         waited for it: an interrupt sent while the POST is on its way would reach the pod first and miss it)."""
         self.withdrawn.set()
-        if self.posted.is_set() or run.done():
-            return self.posted.is_set()
-        posted = asyncio.create_task(self.posted.wait())
-        try:
-            await asyncio.wait({run, posted}, timeout=self.ctx.settings.cancel_grace_seconds,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            posted.cancel()
-        if run.done() and not run.cancelled():
+        if not self.posted.is_set() and not run.done():
+            posted = asyncio.create_task(self.posted.wait())
+            try:
+                await asyncio.wait({run, posted}, timeout=self.ctx.settings.cancel_grace_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                posted.cancel()
+        if run.done() and not run.cancelled() and not self.posted.is_set():
             run.exception()  # ComfyPromptWithdrawn or the error that ended it before its POST: retrieved here
         # Still on its way after the grace period (a POST that hangs): treat it as posted, the interrupt and the
         # queue checks that follow find it if it landed.
