@@ -4,8 +4,12 @@
   would, and submit it through the shared `Dispatcher` with idempotency key = metadata.uid. An
   operator that crashes after queueing but before kopf records the handler as done runs create
   again on restart and gets the first job back: exactly one job per GenerationJob.
-- timer (while a job is in flight): copy state, progress, outputs, error, attempts and times from
-  the job record into status; it stops by itself once the phase is final (its `when` filter).
+- timer (until the phase is final): copy state, progress, outputs, error, attempts and times from
+  the job record into status; it stops by itself once the phase is final (its `when` filter). The
+  job is found by status.jobId or, when status has none, by the idempotency key: kopf records the
+  create handler as done in one PATCH (metadata) and writes its status in a second (the status
+  subresource), so an operator killed between the two leaves a queued job that status does not name
+  and that create, recorded as done, never runs again to name.
 - delete (kopf's finalizer): cancel a job that has not finished; a finished one is left alone.
 """
 
@@ -19,6 +23,7 @@ from typing import Any
 import kopf
 import redis
 
+from comfyfleet.jobs.model import Job
 from comfyfleet.jobs.states import InvalidTransition
 from comfyfleet.observability.logs import bind_job
 from comfyfleet.operator.job_spec import InvalidJobSpec, build_job, owner_for, parse_spec
@@ -28,9 +33,9 @@ from comfyfleet.operator.runtime import Runtime
 from comfyfleet.store.jobrepo import JobNotFound
 
 
-def job_in_flight(status: Mapping[str, Any], **_: Any) -> bool:
-    """`when` filter of the status timer: queued (has a jobId) and not final yet."""
-    return bool(status.get("jobId")) and not is_terminal(status.get("phase"))
+def job_not_final(status: Mapping[str, Any], **_: Any) -> bool:
+    """`when` filter of the status timer: the phase is not final yet (with or without a jobId in status)."""
+    return not is_terminal(status.get("phase"))
 
 
 async def generationjob_create(
@@ -63,16 +68,19 @@ async def generationjob_create(
 
 
 async def generationjob_sync(
-    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namespace: str | None, uid: str, patch: kopf.Patch,
+    memo: kopf.Memo, **_: Any,
 ) -> None:
     """Timer: mirror the job record into status until the job is final."""
     rt: Runtime = memo.runtime
-    job_id = str(status["jobId"])
+    known = status.get("jobId")
     try:
-        job = await asyncio.to_thread(rt.dispatcher.repo.get, job_id)
+        job_id, job = await asyncio.to_thread(_find_job, rt, namespace_of(namespace), uid, known)
     except redis.RedisError as exc:
-        raise kopf.TemporaryError(f"could not read job {job_id}: {exc}",
+        raise kopf.TemporaryError(f"could not read job {known or 'of ' + uid}: {exc}",
                                   delay=rt.settings.job_sync_interval_seconds) from exc
+    if job_id is None:
+        return  # not queued yet: the create handler has not run, or not that far
     now, generation = time.time(), meta.get("generation")
     if job is not None:
         bind_job(job)
@@ -111,6 +119,12 @@ async def generationjob_delete(
                                   delay=rt.settings.job_sync_interval_seconds) from exc
     bind_job(job)
     logger.info("cancelled job %s (%s)", job.id, job.state.value)
+
+
+def _find_job(rt: Runtime, namespace: str, uid: str, known: str | None) -> tuple[str | None, Job | None]:
+    """The job status names (`known`), else the one queued for this GenerationJob; its record (None if gone)."""
+    job_id = known or _job_id_for(rt, namespace, uid)
+    return job_id, rt.dispatcher.repo.get(job_id) if job_id else None
 
 
 def _job_id_for(rt: Runtime, namespace: str, uid: str) -> str | None:

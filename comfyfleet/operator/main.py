@@ -85,7 +85,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     sync = settings.job_sync_interval_seconds
     on.create(*job, id="generationjob_create", backoff=sync, registry=registry)(job_handlers.generationjob_create)
     on.delete(*job, id="generationjob_delete", backoff=sync, registry=registry)(job_handlers.generationjob_delete)
-    kopf.timer(*job, id="generationjob_sync", interval=sync, backoff=sync, when=job_handlers.job_in_flight,
+    kopf.timer(*job, id="generationjob_sync", interval=sync, backoff=sync, when=job_handlers.job_not_final,
                registry=registry)(job_handlers.generationjob_sync)
 
     # Pods turning Ready (or going away) are published (withdrawn) at once, between timer ticks.

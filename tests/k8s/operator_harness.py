@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kopf
 import redis
 import yaml
 from kubernetes.client import CoreV1Api
 
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.jobs.model import Job
+from comfyfleet.operator.main import ANNOTATION_PREFIX, FINALIZER
 from comfyfleet.settings import DispatchSettings
 from tests.k8s.envtest import ControlPlane
 from tests.k8s.kubelet import COMFY_PORT, loopback_block, loopback_ip, mark_pod_failed, mark_pod_ready
@@ -421,6 +423,18 @@ class OperatorFleet:
         if not self.operator.alive():
             raise AssertionError(f"the operator exited:\n{self.operator_log()}")
         return httpx.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2).is_success
+
+    def record_create_handled(self, namespace: str, name: str) -> None:
+        """Leave a GenerationJob as an operator killed between kopf's two PATCHes of a create leaves it: the
+        first (metadata: our finalizer, kopf's last-handled-configuration annotation, which marks the create
+        handler done) applied, the second (the status subresource, with the jobId) never sent."""
+        body = kopf.Body(self.get("generationjob", name, namespace))
+        storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)  # as operator.main.build_settings
+        patch = kopf.Patch()
+        storage.store(body=body, patch=patch, essence=storage.build(body=body))
+        metadata = {"annotations": dict(patch["metadata"]["annotations"]), "finalizers": [FINALIZER]}
+        kubectl_ok(self.plane, "patch", "generationjob", name, "-n", namespace, "--type", "merge",
+                   "-p", json.dumps({"metadata": metadata}))
 
     def kill_operator(self) -> None:
         """SIGKILL, as a node loss or OOM would: no cleanup, no graceful handler completion."""

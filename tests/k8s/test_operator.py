@@ -242,18 +242,20 @@ def test_operator_restart_mid_run_keeps_pods_and_jobs_single(fleet: OperatorFlee
     apply_yaml(fleet.plane, [txt2img_job(f"r-{i}", "steady", steps=30, seed=i) for i in range(3)], namespace)
     fleet.wait_job_phase(namespace, "r-0", ("Queued", "Dispatched", "Running"), timeout=20)
     fleet.kill_operator()
-    apply_yaml(fleet.plane, [txt2img_job("while-down", "steady", steps=5)], namespace)
+    apply_yaml(fleet.plane, [txt2img_job("while-down", "steady", steps=5),
+                             txt2img_job("half-recorded", "steady", steps=5)], namespace)
     # The dead operator had queued "while-down" but died before kopf recorded it (the crash window
     # between Dispatcher.submit and the status patch): the restarted one must find that job, not add one.
-    body = fleet.get("generationjob", "while-down", namespace)
-    early = build_job(parse_spec(body), uid=body["metadata"]["uid"], namespace=namespace,
-                      defaults=JobDefaults(max_attempts=3, timeout_seconds=300))
-    early, created = fleet.dispatcher.submit(early)
-    assert created
+    early = queue_as_the_operator(fleet, namespace, "while-down")
+    # It had queued "half-recorded" too and died between kopf's two PATCHes: the create is recorded as
+    # handled (not run again), but status has no jobId; the restarted one must still mirror that job.
+    half = queue_as_the_operator(fleet, namespace, "half-recorded")
+    fleet.record_create_handled(namespace, "half-recorded")
     fleet.start_operator()
-    assert fleet.wait_job_phase(namespace, "while-down", ("Succeeded",), timeout=30)["status"]["jobId"] == early.id
+    assert fleet.wait_job_phase(namespace, "while-down", ("Succeeded",), timeout=30)["status"]["jobId"] == early
+    assert fleet.wait_job_phase(namespace, "half-recorded", ("Succeeded",), timeout=30)["status"]["jobId"] == half
 
-    names = [f"r-{i}" for i in range(3)] + ["while-down"]
+    names = [f"r-{i}" for i in range(3)] + ["while-down", "half-recorded"]
     for name in names:
         status = fleet.wait_job_phase(namespace, name, ("Succeeded", "Failed"), timeout=60)["status"]
         assert status["phase"] == "Succeeded", (name, status)
@@ -263,6 +265,16 @@ def test_operator_restart_mid_run_keeps_pods_and_jobs_single(fleet: OperatorFlee
     assert len({j.idempotency_key for j in jobs}) == len(names)
     assert fleet.pod_names(namespace, "steady") == pods_before
     assert fleet.operator_log().count("Traceback") == 0, fleet.operator_log()
+
+
+def queue_as_the_operator(fleet: OperatorFleet, namespace: str, name: str) -> str:
+    """Queue a GenerationJob's job as the operator's create handler does (same idempotency key); its id."""
+    body = fleet.get("generationjob", name, namespace)
+    job = build_job(parse_spec(body), uid=body["metadata"]["uid"], namespace=namespace,
+                    defaults=JobDefaults(max_attempts=3, timeout_seconds=300))
+    job, created = fleet.dispatcher.submit(job)
+    assert created
+    return job.id
 
 
 def test_deleting_a_comfyuiworker_cleans_up(fleet: OperatorFleet, namespace: str) -> None:
