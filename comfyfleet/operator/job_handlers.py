@@ -28,14 +28,18 @@ from comfyfleet.jobs.states import InvalidTransition
 from comfyfleet.observability.logs import bind_job
 from comfyfleet.operator.job_spec import InvalidJobSpec, build_job, owner_for, parse_spec
 from comfyfleet.operator.job_status import invalid_spec_status, is_terminal, lost_job_status, status_for_job
-from comfyfleet.operator.models import namespace_of
+from comfyfleet.operator.models import CREATE_RECORDED_ANNOTATION, namespace_of
 from comfyfleet.operator.runtime import Runtime
 from comfyfleet.store.jobrepo import JobNotFound
 
 
-def job_not_final(status: Mapping[str, Any], **_: Any) -> bool:
-    """`when` filter of the status timer: the phase is not final yet (with or without a jobId in status)."""
-    return not is_terminal(status.get("phase"))
+def job_not_final(status: Mapping[str, Any], annotations: Mapping[str, str], **_: Any) -> bool:
+    """`when` filter of the status timer: the phase is not final yet, and the job was queued (status names it)
+    or the create handler is recorded done (status may not name it yet). Never before that: a tick between the
+    queueing and create's own status write could set a phase the write then takes back."""
+    if is_terminal(status.get("phase")):
+        return False
+    return bool(status.get("jobId")) or CREATE_RECORDED_ANNOTATION in annotations
 
 
 async def generationjob_create(

@@ -19,14 +19,13 @@ import redis
 from comfyfleet.observability.logs import setup_logging
 from comfyfleet.operator import job_handlers, reaction, registration, workers
 from comfyfleet.operator.builders import LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY
-from comfyfleet.operator.models import GROUP, JOB_PLURAL, VERSION, WORKER_PLURAL
+from comfyfleet.operator.models import ANNOTATION_PREFIX, GROUP, JOB_PLURAL, VERSION, WORKER_PLURAL
 from comfyfleet.operator.runtime import Runtime
 from comfyfleet.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
 FINALIZER = f"{GROUP}/finalizer"
-ANNOTATION_PREFIX = GROUP
 LIVENESS_PATH = "/healthz"
 # Watch requests are cut by the server after this long and re-established by kopf, so a silently
 # dropped connection (load balancer idle timeout) can never leave the operator deaf for long.

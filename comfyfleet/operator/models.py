@@ -23,6 +23,10 @@ from comfyfleet.jobs.params import GenerateParams
 GROUP = "comfyfleet.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+# kopf keeps its progress and last-handled spec in annotations under this prefix (operator/main.py); the
+# last-handled one appears once a create handler is recorded done.
+ANNOTATION_PREFIX = GROUP
+CREATE_RECORDED_ANNOTATION = f"{ANNOTATION_PREFIX}/last-handled-configuration"
 WORKER_KIND = "ComfyUIWorker"
 WORKER_PLURAL = "comfyuiworkers"
 JOB_KIND = "GenerationJob"

@@ -38,7 +38,8 @@ from kubernetes.client import CoreV1Api
 
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.jobs.model import Job
-from comfyfleet.operator.main import ANNOTATION_PREFIX, FINALIZER
+from comfyfleet.operator.main import FINALIZER
+from comfyfleet.operator.models import ANNOTATION_PREFIX
 from comfyfleet.settings import DispatchSettings
 from tests.k8s.envtest import ControlPlane
 from tests.k8s.kubelet import COMFY_PORT, loopback_block, loopback_ip, mark_pod_failed, mark_pod_ready
