@@ -21,6 +21,7 @@ from comfyfleet.api.tokens import JobTokens
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.fairuse.limits import FairUse, Limits
 from comfyfleet.jobs.model import Job
+from comfyfleet.jobs.validation import TemplateChecks
 from comfyfleet.redisbatch import CommandBatch
 from comfyfleet.settings import ApiSettings
 from comfyfleet.store.jobevents import EventHub
@@ -43,6 +44,7 @@ class AppState:
     _catalogs: dict[str | None, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
     # Catalog reads in flight, by pool: requests that miss the cache meanwhile wait for the same read.
     catalog_loads: dict[str | None, asyncio.Future[dict[str, Any] | None]] = field(default_factory=dict)
+    template_checks: TemplateChecks = field(default_factory=TemplateChecks)  # templated graphs, validated per shape
     _pools: tuple[float, frozenset[str]] = (0.0, frozenset())
     # (job id, queue deadline) of the jobs this process queued, for its queue-timeout sweeper (which drains it).
     queued_deadlines: deque[tuple[str, datetime]] = field(default_factory=lambda: deque(maxlen=QUEUED_NOTES_MAX))

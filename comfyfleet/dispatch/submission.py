@@ -26,6 +26,7 @@ from rq.utils import now as rq_now
 
 from comfyfleet.fairuse.limits import ADMIT_LUA, FairUse
 from comfyfleet.jobs.model import Job
+from comfyfleet.jsontext import dumps
 from comfyfleet.keys import Keys, as_text
 from comfyfleet.luascript import Arg, LuaScript
 from comfyfleet.store.jobrepo import CREATE_LUA, JobRepo
@@ -170,7 +171,7 @@ def submit_call(job: Job, repo: JobRepo, keys: Keys, shapes: RQJobShapes, fair: 
     if fair is not None:
         admit_keys, admit_args = fair.admit_call(job, now)
         header["admit_keys"], header["admit_args"] = admit_keys, [_lua_text(a) for a in admit_args]
-    return [], [json.dumps(header), fields_json, data, *record_args]
+    return [], [dumps(header), fields_json, data, *record_args]
 
 
 def _lua_text(value: Arg) -> str:

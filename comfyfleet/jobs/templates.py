@@ -6,7 +6,7 @@ import secrets
 
 from comfyfleet.jobs.model import Workflow
 from comfyfleet.jobs.params import MAX_SEED, GenerateParams
-from comfyfleet.jobs.workflow import apply_params
+from comfyfleet.jobs.workflow import Slot, apply_params
 
 _TXT2IMG: Workflow = {
     "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
@@ -52,10 +52,11 @@ class UnknownTemplate(KeyError):
         return f"unknown template {self.name!r}; known: {', '.join(sorted(TEMPLATES))}"
 
 
-def render_template(name: str, params: GenerateParams) -> Workflow:
-    """The template's graph with params applied; a txt2img without a seed gets a random one."""
+def render_template(name: str, params: GenerateParams, written: list[Slot] | None = None) -> Workflow:
+    """The template's graph with params applied; a txt2img without a seed gets a random one. `written`: as
+    apply_params's."""
     if name not in TEMPLATES:
         raise UnknownTemplate(name)
     if name == "txt2img" and params.seed is None:
         params = params.model_copy(update={"seed": secrets.randbelow(MAX_SEED)})
-    return apply_params(TEMPLATES[name], params)  # apply_params writes into its own copy
+    return apply_params(TEMPLATES[name], params, written)  # apply_params writes into its own copy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,7 +130,12 @@ def _next_node_id(workflow: Workflow) -> str:
     return str(max(numeric, default=0) + 1)
 
 
-def insert_lora(workflow: Workflow, lora: str, strength: float) -> Workflow:
+# Where a parameter was written: (node id, input name). apply_params lists them for jobs/validation.py's
+# TemplateChecks, which then checks only the values there on every later request with the same parameters.
+Slot = tuple[str, str]
+
+
+def insert_lora(workflow: Workflow, lora: str, strength: float, written: list[Slot] | None = None) -> Workflow:
     """Put a LoraLoader after the checkpoint loader and rewire every consumer of its MODEL and CLIP."""
     loaders = _nodes_of(workflow, CHECKPOINT_LOADERS)
     if not loaders:
@@ -150,23 +156,30 @@ def insert_lora(workflow: Workflow, lora: str, strength: float) -> Workflow:
             "strength_clip": strength,
         },
     }
+    if written is not None:
+        written.extend((lora_id, name) for name in ("lora_name", "strength_model", "strength_clip"))
     return workflow
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def copy_json(value: Any) -> Any:
-    """A deep copy of JSON data (dicts, lists and immutable scalars): a third of copy.deepcopy's cost, which
-    the front door pays on every templated request."""
+    """A deep copy of JSON data (dicts, lists and immutable scalars): a sixth of copy.deepcopy's cost, which
+    the front door pays on every templated request (scalars, most of a graph, are taken without a call)."""
     if isinstance(value, dict):
-        return {k: copy_json(v) for k, v in value.items()}
+        return {k: v if type(v) in _LEAVES else copy_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [copy_json(v) for v in value]
+        return [v if type(v) in _LEAVES else copy_json(v) for v in value]
     return value
 
 
-def apply_params(workflow: Workflow, params: GenerateParams) -> Workflow:
+def apply_params(workflow: Workflow, params: GenerateParams, written: list[Slot] | None = None) -> Workflow:
     """Return a copy of workflow with params written into the nodes they belong to.
 
-    Raises ParamError naming the parameter when the graph has no node it could apply to.
+    Raises ParamError naming the parameter when the graph has no node it could apply to. With `written`, every
+    (node, input) a parameter's value went to is appended to it: which ones depends only on the graph and the
+    names of the parameters given, never on their values.
     """
     wf: Workflow = copy_json(workflow)
     given = params.given()
@@ -177,12 +190,17 @@ def apply_params(workflow: Workflow, params: GenerateParams) -> Workflow:
             raise ParamError(param, f"the workflow has no {what} node to apply it to")
         return nodes
 
+    def put(node_id: str, input_name: str, value: Any) -> None:
+        wf[node_id]["inputs"][input_name] = value
+        if written is not None:
+            written.append((node_id, input_name))
+
     for param in ("prompt", "negative_prompt"):
         if param in given:
             side = "positive" if param == "prompt" else "negative"
             targets = [t for s in samplers if (t := _linked(wf, s, side)) and "text" in wf[t]["inputs"]]
             for t in require(targets, param, f"text encoder linked to a sampler's {side} input"):
-                wf[t]["inputs"]["text"] = given[param]
+                put(t, "text", given[param])
     sampler_fields = {"seed": None, "steps": "steps", "cfg": "cfg", "sampler_name": "sampler_name",
                       "scheduler": "scheduler", "denoise": "denoise"}
     for param, input_name in sampler_fields.items():
@@ -191,25 +209,26 @@ def apply_params(workflow: Workflow, params: GenerateParams) -> Workflow:
                 name = SAMPLERS[wf[s]["class_type"]] if input_name is None else input_name
                 if param == "denoise" and wf[s]["class_type"] != "KSampler":
                     continue
-                wf[s]["inputs"][name] = given[param]
+                put(s, name, given[param])
     for param in ("width", "height", "batch_size"):
         if param in given:
             for n in require(_nodes_of(wf, LATENT_SOURCES), param, "EmptyLatentImage or EmptyImage"):
-                wf[n]["inputs"][param] = given[param]
+                put(n, param, given[param])
     if "checkpoint" in given:
         for n in require(_nodes_of(wf, CHECKPOINT_LOADERS), "checkpoint", "checkpoint loader"):
-            wf[n]["inputs"][CHECKPOINT_LOADERS[wf[n]["class_type"]]] = given["checkpoint"]
+            put(n, CHECKPOINT_LOADERS[wf[n]["class_type"]], given["checkpoint"])
     if "image" in given:
         for n in require(_nodes_of(wf, {"LoadImage"}), "image", "LoadImage"):
-            wf[n]["inputs"]["image"] = given["image"]
+            put(n, "image", given["image"])
     if "filename_prefix" in given:
         for n in require(_nodes_of(wf, {"SaveImage"}), "filename_prefix", "SaveImage"):
-            wf[n]["inputs"]["filename_prefix"] = given["filename_prefix"]
-    _apply_lora(wf, given)
+            put(n, "filename_prefix", given["filename_prefix"])
+    _apply_lora(wf, given, put, written)
     return wf
 
 
-def _apply_lora(wf: Workflow, given: dict[str, Any]) -> None:
+def _apply_lora(wf: Workflow, given: dict[str, Any], put: Callable[[str, str, Any], None],
+                written: list[Slot] | None) -> None:
     if "lora" not in given and "lora_strength" not in given:
         return
     existing = _nodes_of(wf, {"LoraLoader"})
@@ -217,12 +236,12 @@ def _apply_lora(wf: Workflow, given: dict[str, Any]) -> None:
     if existing:
         for n in existing:
             if "lora" in given:
-                wf[n]["inputs"]["lora_name"] = given["lora"]
+                put(n, "lora_name", given["lora"])
             if strength is not None:
-                wf[n]["inputs"]["strength_model"] = strength
-                wf[n]["inputs"]["strength_clip"] = strength
+                put(n, "strength_model", strength)
+                put(n, "strength_clip", strength)
     elif "lora" in given:
-        insert_lora(wf, given["lora"], 1.0 if strength is None else strength)
+        insert_lora(wf, given["lora"], 1.0 if strength is None else strength, written)
     else:
         raise ParamError("lora_strength", "the workflow has no LoraLoader and no lora was given")
 

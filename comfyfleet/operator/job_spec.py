@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from comfyfleet.jobs.model import Job
 from comfyfleet.jobs.params import GenerateParams
 from comfyfleet.jobs.templates import UnknownTemplate, render_template
-from comfyfleet.jobs.validation import DEFAULT_BOUNDS, WorkflowTooLarge, check_bounds
+from comfyfleet.jobs.validation import DEFAULT_BOUNDS, WorkflowRefused, check_bounds
 from comfyfleet.jobs.workflow import NodeIssue, ParamError, apply_params, check_shape
 from comfyfleet.operator.models import GenerationJobSpec, spec_problem
 
@@ -67,7 +67,7 @@ def build_workflow(spec: GenerationJobSpec) -> tuple[dict[str, Any], dict[str, A
     params = spec_params(spec)
     try:  # reliability: the API's bounds, so no GenerationJob stores a record that cannot be read back
         check_bounds(spec.workflow or {}, **DEFAULT_BOUNDS)
-    except WorkflowTooLarge as exc:
+    except WorkflowRefused as exc:
         raise InvalidJobSpec(f"spec.{exc}") from None
     if spec.workflow is not None:
         _require_shape(spec.workflow)  # before apply_params, which expects API-format nodes

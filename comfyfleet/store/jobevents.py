@@ -29,6 +29,7 @@ import redis
 import redis.asyncio as aioredis
 
 from comfyfleet.jobs.model import Job
+from comfyfleet.jsontext import dumps
 from comfyfleet.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -77,13 +78,10 @@ def job_payload(job: Job) -> str:
     return payload_of(job.model_dump(mode="json", exclude={"workflow"}))
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(..., separators=...) builds one per call
-
-
 def payload_of(dump: dict[str, Any]) -> str:
     """job_payload from a job's model_dump(mode="json"), with or without its workflow (a writer that dumped the
     whole job for its record dumps it once)."""
-    return _ENCODE({k: v for k, v in dump.items() if k != "workflow"} if "workflow" in dump else dump)
+    return dumps({k: v for k, v in dump.items() if k != "workflow"} if "workflow" in dump else dump)
 
 
 def parse_job(payload: str | bytes) -> Job:

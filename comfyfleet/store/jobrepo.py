@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
 from comfyfleet.jobs.workflow import model_needs
+from comfyfleet.jsontext import dumps
 from comfyfleet.keys import Keys, as_text
 from comfyfleet.luascript import Arg, LuaScript
 from comfyfleet.store import jobevents
@@ -123,7 +124,8 @@ _ENCODE_TEXT: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 def _json(value: Any) -> str:
     """json.dumps(value, separators=(",", ":")), character for character, at a fraction of its cost for the
-    None / bool / int / text / empty values most fields hold (json.dumps builds an encoder per call)."""
+    None / bool / int / text / empty values most fields hold (json.dumps builds an encoder per call). Writers
+    compare some fields' stored text with this (the state, guarded fields), so every version writes the same."""
     kind = type(value)
     if value is None:
         return "null"
@@ -228,11 +230,13 @@ class JobRepo:
     def create_call(self, job: Job) -> tuple[list[str], list[Arg]]:
         """CREATE_LUA's create_record(keys, args) for this job."""
         dump = job.model_dump(mode="json")  # once, for the record's fields and the event's payload
-        fields = {k: _json(v) for k, v in dump.items()}
-        fields[NEEDS_FIELD] = json.dumps(needs_of(job))
+        fields = {k: _json(v) for k, v in dump.items() if k != "workflow"}
+        # The workflow, the largest field, is written once and never compared as text: orjson's (jsontext.py).
+        fields["workflow"] = dumps(dump["workflow"])
+        fields[NEEDS_FIELD] = dumps(needs_of(job))
         idem = self.keys.idempotency(job.owner, job.idempotency_key) if job.idempotency_key else ""
         args: list[Arg] = [job.id, job.created_at.timestamp(), self.finished_ttl, int(self.track_dirty),
-                           self.keys.job(""), json.dumps(fields),
+                           self.keys.job(""), dumps(fields),
                            *jobevents.event_args(self.keys, job, "state", jobevents.payload_of(dump))]
         keys = [self.keys.job(job.id), idem, self.keys.owner_jobs(job.owner), self.keys.all_jobs, self.keys.stats,
                 self.keys.dirty if self.track_dirty else "", jobevents.stream_key(self.keys, job.id)]

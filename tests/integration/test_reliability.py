@@ -72,6 +72,20 @@ def test_deep_nesting_is_refused_at_the_door_naming_the_field(stack_factory):
     assert stack.http.get("/api/queue/stats", headers=auth()).json()["created"] == 0
 
 
+def test_numbers_json_cannot_carry_are_refused_naming_the_field(stack_factory):
+    """NaN, Infinity (json.loads reads them, JSON has none) and integers beyond 64 bits: a 422 naming where,
+    never a record that stores something else."""
+    stack = stack_factory([], workers=0)
+    for bad in ("NaN", "-Infinity", str(2**64), str(-(2**63) - 1)):
+        body = '{"workflow": {"1": {"class_type": "SaveImage", "inputs": {"x": [1, BAD]}}}}'.replace("BAD", bad)
+        r = stack.http.post("/api/comfyui/generate", content=body,
+                            headers={**auth(), "content-type": "application/json"})
+        assert r.status_code == 422, (bad, r.text)
+        err = error_of(r)
+        assert err["code"] == "invalid_workflow" and err["details"][0]["field"] == "workflow.1.inputs.x.1", (bad, err)
+    assert stack.http.get("/api/queue/stats", headers=auth()).json()["created"] == 0
+
+
 def test_malformed_input_is_a_4xx_and_the_connection_stays_usable(stack_factory):
     stack = stack_factory([], workers=0)
     cases = [

@@ -23,8 +23,8 @@ from comfyfleet.fairuse.pools import known_pools
 from comfyfleet.fairuse.queue_timeout import queue_deadline
 from comfyfleet.jobs.model import ErrorCode, Job, JobState
 from comfyfleet.jobs.templates import UnknownTemplate, render_template
-from comfyfleet.jobs.validation import WorkflowTooLarge, check_bounds, merge_catalogs, validate_workflow
-from comfyfleet.jobs.workflow import NodeIssue, ParamError, apply_params, check_shape
+from comfyfleet.jobs.validation import WorkflowRefused, check_bounds, merge_catalogs, validate_workflow
+from comfyfleet.jobs.workflow import NodeIssue, ParamError, Slot, apply_params, check_shape
 from comfyfleet.keys import as_text
 from comfyfleet.store.outputs import StorageError
 
@@ -118,12 +118,14 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
         existing = await _existing_job(state, principal.owner, key)
         if existing is not None:
             return Submission(job=existing, existing=True)
-    try:  # before anything walks the graph: a value nested thousands deep must not reach a recursive copy
-        check_bounds(body.workflow or {}, max_depth=settings.max_workflow_depth,
-                     max_nodes=settings.max_workflow_nodes, max_bytes=settings.max_workflow_bytes)
-    except WorkflowTooLarge as exc:
-        raise _invalid(exc.field, str(exc).split(": ", 1)[-1], code="workflow_too_large") from None
-    workflow = _render(body)
+    if body.workflow is not None:
+        try:  # before anything walks the graph: a value nested thousands deep must not reach a recursive copy
+            check_bounds(body.workflow, max_depth=settings.max_workflow_depth,
+                         max_nodes=settings.max_workflow_nodes, max_bytes=settings.max_workflow_bytes)
+        except WorkflowRefused as exc:
+            raise _invalid(exc.field, str(exc).split(": ", 1)[-1], code=exc.code) from None
+    written: list[Slot] = []
+    workflow = _render(body, written)
     check_image_names(body.input_images)
     try:  # HOOK(integrations): images by URL or data URL, webhook and output options
         images, extras = await job_integrations(state.settings, body, principal.owner)
@@ -132,7 +134,11 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
     if body.pool is not None:
         await check_pool(state, body.pool)
     catalog = await catalog_for(state, body.pool)
-    issues = validate_workflow(workflow, catalog, frozenset(images), strict_files=False)
+    if body.template is not None and not images:
+        names = tuple(body.params.given())
+        issues = state.template_checks.validate(body.pool, body.template, names, workflow, written, catalog)
+    else:
+        issues = validate_workflow(workflow, catalog, frozenset(images), strict_files=False)
     if issues:
         raise _node_issues(issues)
     job = Job(
@@ -145,10 +151,10 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
     return Submission(job=job, images=images)
 
 
-def _render(body: JobCreate) -> dict[str, Any]:
+def _render(body: JobCreate, written: list[Slot]) -> dict[str, Any]:
     try:
         if body.template is not None:
-            return render_template(body.template, body.params)
+            return render_template(body.template, body.params, written)
         workflow = body.workflow or {}
         if body.params.given():
             # Parameters are written into nodes: the graph must have the right shape first.

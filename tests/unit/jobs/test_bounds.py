@@ -7,6 +7,7 @@ import pytest
 
 from comfyfleet.jobs.validation import (
     DEFAULT_BOUNDS,
+    WorkflowRefused,
     WorkflowTooLarge,
     check_bounds,
     check_meta,
@@ -40,6 +41,19 @@ def test_too_deep_or_too_big_names_where(workflow, field):
     with pytest.raises(WorkflowTooLarge) as err:
         check_bounds(workflow, **BOUNDS)
     assert err.value.field.startswith(field)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 2**64, -(2**63) - 1])
+def test_numbers_json_and_records_cannot_carry_are_refused(value):
+    with pytest.raises(WorkflowRefused) as err:
+        check_bounds({"1": node(x=[0, value])}, **BOUNDS)
+    assert err.value.field == "workflow.1.inputs.x.1" and err.value.code == "invalid_workflow"
+    assert not isinstance(err.value, WorkflowTooLarge)
+
+
+@pytest.mark.parametrize("value", [2**64 - 1, -(2**63), 1e308, -0.0, True])
+def test_64_bit_integers_and_finite_floats_pass(value):
+    check_bounds({"1": node(seed=value)}, **BOUNDS)
 
 
 def test_a_real_workflow_passes_the_bounds():
