@@ -124,7 +124,14 @@ def pack(args: tuple[Any, ...], encoder: Encoder, parts: list[bytes]) -> None:
     encode: Callable[[Any], bytes] = encoder.encode
     for arg in args:
         kind = type(arg)
-        data = arg if kind is bytes else arg.encode() if kind is str and utf8 else encode(arg)
+        if kind is bytes:
+            data = arg
+        elif kind is str and utf8:
+            data = arg.encode()
+        elif kind is int:  # what the encoder writes for an int (repr), without its checks
+            data = b"%d" % arg
+        else:
+            data = encode(arg)
         parts.append(b"$%d\r\n" % len(data))
         parts.append(data)
         parts.append(b"\r\n")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from comfyfleet import gctune
 from comfyfleet.comfy.client import ComfyClient
 from comfyfleet.comfy.hub import WsHub
 from comfyfleet.dispatch.probe import ProbeServer
@@ -645,9 +645,7 @@ def run(settings: DispatchSettings) -> None:
     from comfyfleet.comfy.client import warm_up
 
     warm_up()
-    # What start-up loaded (modules, settings, clients) lives as long as the process: keep it out of the
-    # collector's full passes, which otherwise walk all of it again and again while jobs run.
-    gc.freeze()
+    gctune.settle()  # out of the collector's full passes: what start-up loaded; fewer young passes
 
     async def main() -> None:
         engine = Engine(settings)

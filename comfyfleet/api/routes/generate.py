@@ -126,6 +126,7 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
             raise _invalid(exc.field, str(exc).split(": ", 1)[-1], code=exc.code) from None
     written: list[Slot] = []
     workflow = _render(body, written)
+    given = body.params.given()
     check_image_names(body.input_images)
     try:  # HOOK(integrations): images by URL or data URL, webhook and output options
         images, extras = await job_integrations(state.settings, body, principal.owner)
@@ -135,15 +136,14 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
         await check_pool(state, body.pool)
     catalog = await catalog_for(state, body.pool)
     if body.template is not None and not images:
-        names = tuple(body.params.given())
-        issues = state.template_checks.validate(body.pool, body.template, names, workflow, written, catalog)
+        issues = state.template_checks.validate(body.pool, body.template, tuple(given), workflow, written, catalog)
     else:
         issues = validate_workflow(workflow, catalog, frozenset(images), strict_files=False)
     if issues:
         raise _node_issues(issues)
     job = Job(
         owner=principal.owner, workflow=workflow, template=body.template,
-        params=body.params.given(), priority=body.priority, pool=body.pool,
+        params=given, priority=body.priority, pool=body.pool,
         max_attempts=settings.max_attempts, timeout_seconds=body.timeout_seconds or settings.job_timeout_seconds,
         queue_timeout_seconds=body.queue_timeout_seconds or settings.queue_timeout_seconds,
         idempotency_key=key, source="api", **extras,
