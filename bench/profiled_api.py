@@ -13,10 +13,11 @@ import sys
 import uvicorn
 from profiled_dispatcher import install
 
+from comfyfleet.api.server import HttpProtocol
 from comfyfleet.settings import ApiSettings
 
 if __name__ == "__main__":
     install(sys.argv[1])
     settings = ApiSettings()
     uvicorn.run("comfyfleet.api.app:create_app", factory=True, host=settings.host, port=settings.port,
-                loop="uvloop", http="httptools", log_level="warning", access_log=False)
+                loop="uvloop", http=HttpProtocol, log_level="warning", access_log=False)

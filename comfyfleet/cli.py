@@ -28,6 +28,7 @@ def _logging(level: str = "INFO") -> None:
 def cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from comfyfleet.api.server import HttpProtocol
     from comfyfleet.settings import ApiSettings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("api_workers", args.workers))
@@ -37,11 +38,12 @@ def cmd_api(args: argparse.Namespace) -> None:
     # Each uvicorn worker builds its app (and its logging) from the environment through an import-string
     # factory, so workers can be spawned; the flags reach them as the settings they override. uvloop +
     # httptools: faster than the plain asyncio loop and h11, and with several workers the plain loop loses
-    # TCP_NODELAY (uvicorn #3149). log_config=None: uvicorn's lines go through our handler (JSON or text).
+    # TCP_NODELAY (uvicorn #3149); HttpProtocol: httptools with each response in one write (api/server.py).
+    # log_config=None: uvicorn's lines go through our handler (JSON or text).
     os.environ.update({"COMFYFLEET_HOST": settings.host, "COMFYFLEET_PORT": str(settings.port),
                        "COMFYFLEET_API_WORKERS": str(settings.api_workers)})
     uvicorn.run("comfyfleet.cli:api_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.api_workers, loop="uvloop", http="httptools",
+                workers=settings.api_workers, loop="uvloop", http=HttpProtocol,
                 log_level=settings.log_level.lower(), access_log=False, log_config=None)
 
 
