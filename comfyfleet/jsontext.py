@@ -17,7 +17,9 @@ from typing import Any
 
 import orjson
 
-_FALLBACK: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
+# json.dumps(value, separators=(",", ":")) to the character, without building an encoder per call: the text of
+# record fields that writers compare, and what orjson refuses.
+json_text: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def dumps(value: Any) -> str:
@@ -25,4 +27,4 @@ def dumps(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # an integer beyond 64 bits (or a type json knows and orjson does not)
-        return _FALLBACK(value)
+        return json_text(value)

@@ -56,11 +56,10 @@ def validate_workflow(workflow: Workflow, catalog: dict[str, Any] | None,
 def _check_inputs(workflow: Workflow, node_id: str, cls: str, inputs: dict[str, Any], info: dict[str, Any],
                   catalog: dict[str, Any], skip: set[str], strict_files: bool = True) -> list[NodeIssue]:
     issues: list[NodeIssue] = []
-    spec = info.get("input", {})
-    for name in spec.get("required") or {}:
+    for name in info.get("input", {}).get("required") or {}:
         if name not in inputs:
             issues.append(NodeIssue(node_id, "required input is missing", cls, name, type="required_input_missing"))
-    declared = {**(spec.get("required") or {}), **(spec.get("optional") or {})}
+    declared = _declared_inputs(info)
     for name, value in inputs.items():
         if name not in declared or name in skip:
             continue  # ComfyUI ignores unknown inputs; skipped ones are checked by the pod
@@ -74,6 +73,12 @@ def _check_inputs(workflow: Workflow, node_id: str, cls: str, inputs: dict[str, 
             continue
         issues.extend(_check_literal(node_id, cls, name, value, input_spec, strict_files))
     return issues
+
+
+def _declared_inputs(info: dict[str, Any]) -> dict[str, Any]:
+    """A node type's inputs by name, required and optional, with their specs."""
+    spec = info.get("input", {})
+    return {**(spec.get("required") or {}), **(spec.get("optional") or {})}
 
 
 def _check_literal(node_id: str, cls: str, name: str, value: Any, input_spec: Any,
@@ -146,9 +151,8 @@ def _plan(workflow: Workflow, written: list[tuple[str, str]], catalog: dict[str,
     planned = []
     for node_id, name in dict.fromkeys(written):  # each slot once, in the order written
         cls = workflow[node_id]["class_type"]
-        spec = (catalog.get(cls) or {}).get("input", {})
-        declared = {**(spec.get("required") or {}), **(spec.get("optional") or {})}
-        planned.append((node_id, cls, name, declared.get(name)))  # None: an input ComfyUI ignores
+        spec = _declared_inputs(catalog.get(cls) or {}).get(name)
+        planned.append((node_id, cls, name, spec))  # None: an input ComfyUI ignores
     return _Plan(tuple(planned))
 
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
 from comfyfleet.jobs.workflow import model_needs
-from comfyfleet.jsontext import dumps
+from comfyfleet.jsontext import dumps, json_text
 from comfyfleet.keys import Keys, as_text
 from comfyfleet.luascript import Arg, LuaScript
 from comfyfleet.store import jobevents
@@ -118,7 +118,6 @@ class StateChanged(Exception):
     """A compare-and-set write found the job in another state than the writer expected."""
 
 
-_ENCODE: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
 _ENCODE_TEXT: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
@@ -137,7 +136,7 @@ def _json(value: Any) -> str:
         return _ENCODE_TEXT(value)
     if (kind is list or kind is dict) and not value:
         return "[]" if kind is list else "{}"
-    return _ENCODE(value)
+    return json_text(value)
 
 
 def encode_fields(job: Job, names: Iterable[str] | None = None) -> dict[str, str]:
@@ -342,7 +341,7 @@ class JobRepo:
     def set_progress(self, job: Job) -> None:
         """Write only the progress of a running job (no state check: a late tick on a finished job is harmless
         to its state) and publish it, in one script call."""
-        progress = json.dumps(job.progress.model_dump(mode="json"), separators=(",", ":"))
+        progress = json_text(job.progress.model_dump(mode="json"))
         self._progress(keys=[self.keys.job(job.id), jobevents.stream_key(self.keys, job.id)],
                        args=[*jobevents.event_args(self.keys, job, "progress"), progress])
 

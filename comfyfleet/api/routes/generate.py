@@ -124,9 +124,9 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
                          max_nodes=settings.max_workflow_nodes, max_bytes=settings.max_workflow_bytes)
         except WorkflowRefused as exc:
             raise _invalid(exc.field, str(exc).split(": ", 1)[-1], code=exc.code) from None
-    written: list[Slot] = []
-    workflow = _render(body, written)
     given = body.params.given()
+    written: list[Slot] = []
+    workflow = _render(body, given, written)
     check_image_names(body.input_images)
     try:  # HOOK(integrations): images by URL or data URL, webhook and output options
         images, extras = await job_integrations(state.settings, body, principal.owner)
@@ -151,12 +151,12 @@ async def prepare(state: AppState, body: JobCreate, principal: Principal, idempo
     return Submission(job=job, images=images)
 
 
-def _render(body: JobCreate, written: list[Slot]) -> dict[str, Any]:
+def _render(body: JobCreate, given: dict[str, object], written: list[Slot]) -> dict[str, Any]:
     try:
         if body.template is not None:
             return render_template(body.template, body.params, written)
         workflow = body.workflow or {}
-        if body.params.given():
+        if given:
             # Parameters are written into nodes: the graph must have the right shape first.
             shape = check_shape(workflow)
             if shape:
