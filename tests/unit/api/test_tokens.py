@@ -69,3 +69,15 @@ def test_issued_tokens_live_at_least_the_ttl_and_repeat_within_a_minute():
 ])
 def test_only_our_own_output_urls_get_the_token(url, token, expected):
     assert with_token(url, token) == expected
+
+
+@pytest.mark.parametrize("secret", [SECRET, b"x" * 32, b"k" * 100])
+def test_the_signature_is_the_documented_hmac_whatever_was_signed_before(secret):
+    import base64
+    import hashlib
+    import hmac
+
+    for job, owner, expires in [("job-1", "alice", 1), ("job-2", "bob", 2), ("job-1", "alice", 1)]:
+        digest = hmac.new(secret, f"v1|{job}|{owner}|{expires}".encode(), hashlib.sha256).digest()
+        expected = f"{expires}." + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        assert sign(secret, job, owner, expires) == expected
