@@ -25,7 +25,7 @@ from comfyfleet.api.deps import principal_of
 from comfyfleet.api.errors import http_error_response, redis_error_response, unexpected_response
 from comfyfleet.api.metrics import BodyTooLarge
 from comfyfleet.api.routes.generate import GENERATE_PATH, IDEMPOTENCY_KEY_MAX, job_location, queue_generation
-from comfyfleet.api.schemas import JobCreate
+from comfyfleet.api.schemas import JobCreate, public_json
 from comfyfleet.observability import tracing
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ class FrontDoor:
             except ValidationError:  # FastAPI's 422 names every field
                 await self.app(scope, _replay(body, receive), send)
                 return
-            public, created = await queue_generation(state, request, principal, key)
+            job, created = await queue_generation(state, request, principal, key)
+            content = public_json(job, state.tokens)  # the route's JobPublic, as its response_model writes it
         except StarletteHTTPException as exc:
             await self._answer(http_error_response(exc), scope, receive, send, started)
             return
@@ -123,12 +124,11 @@ class FrontDoor:
         except Exception as exc:
             await self._answer(unexpected_response(exc, "POST", GENERATE_PATH), scope, receive, send, started)
             raise  # as Starlette's ServerErrorMiddleware does: the server logs it too
-        content = public.model_dump_json(by_alias=True).encode()  # the route's response_model serialisation
         status = 202 if created else 200
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-length", str(len(content)).encode()),
                                 (b"content-type", b"application/json"),
-                                (b"location", job_location(public.job_id).encode("latin-1"))]})
+                                (b"location", job_location(job.id).encode("latin-1"))]})
         await send({"type": "http.response.body", "body": content})
         self._observe(status, started)
 

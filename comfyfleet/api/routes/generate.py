@@ -233,15 +233,14 @@ def check_image_names(encoded: dict[str, str]) -> None:
 
 
 async def queue_generation(state: AppState, body: JobCreate, principal: Principal,
-                           idempotency_key: str | None) -> tuple[JobPublic, bool]:
-    """What POST /generate does once its request is read: (the job as returned, created). An idempotent repeat
-    is (the first job, False). Both the route below and the front door's fast path (api/frontdoor.py) call it."""
+                           idempotency_key: str | None) -> tuple[Job, bool]:
+    """What POST /generate does once its request is read: (the job, created); the caller answers with its
+    public view. An idempotent repeat is (the first job, False). Both the route below and the front door's fast
+    path (api/frontdoor.py) call it."""
     sub = await prepare(state, body, principal, idempotency_key)
     if sub.existing:
-        job, created = sub.job, False
-    else:
-        job, created = await commit(state, sub)
-    return state.public(job), created  # browser: with its access token
+        return sub.job, False
+    return await commit(state, sub)
 
 
 def job_location(job_id: str) -> str:
@@ -256,11 +255,11 @@ async def generate(body: JobCreate, principal: PrincipalDep, request: Request, r
     """Queue a generation and return at once with its jobId (202)."""
     # Served by the front door's fast path (api/frontdoor.py) unless a request needs FastAPI's own handling.
     state: AppState = request.app.state.cf  # not StateDep: each dependency level costs FastAPI time per request
-    public, created = await queue_generation(state, body, principal, idempotency_key)
+    job, created = await queue_generation(state, body, principal, idempotency_key)
     if not created:
         response.status_code = 200
-    response.headers["Location"] = job_location(public.job_id)
-    return public
+    response.headers["Location"] = job_location(job.id)
+    return state.public(job)  # browser: with its access token
 
 
 @router.post("/generate/sync", response_model=JobPublic, responses=error_responses(504))
