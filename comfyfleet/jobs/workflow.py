@@ -181,7 +181,11 @@ def apply_params(workflow: Workflow, params: GenerateParams, written: list[Slot]
     (node, input) a parameter's value went to is appended to it: which ones depends only on the graph and the
     names of the parameters given, never on their values.
     """
-    wf: Workflow = copy_json(workflow)
+    return write_params(copy_json(workflow), params, written)
+
+
+def write_params(wf: Workflow, params: GenerateParams, written: list[Slot] | None = None) -> Workflow:
+    """apply_params on a graph the caller owns (a copy already): written into in place, and returned."""
     given = params.given()
     samplers = _nodes_of(wf, SAMPLERS)
 

@@ -107,6 +107,12 @@ REQUESTS: list[tuple[str, dict[str, Any]]] = [
     ("a node no pod has", {"json": {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}},
                            "headers": auth()}),
     ("unknown pool", {"json": {**TEMPLATE, "pool": "nowhere"}, "headers": auth()}),
+    # JSON that Python's json.loads reads and orjson refuses: the fast path hands it to the application
+    ("NaN", {"content": b'{"template": "weightless", "params": {"width": NaN}}', "headers": {**auth(), **JSON}}),
+    ("an integer beyond 64 bits", {"content": b'{"template": "weightless", "priority": 1180591620717411303424}',
+                                   "headers": {**auth(), **JSON}}),
+    ("UTF-16", {"content": '{"template": "no-such-template"}'.encode("utf-16"), "headers": {**auth(), **JSON}}),
+    ("a lone surrogate", {"content": b'{"template": "\\ud800"}', "headers": {**auth(), **JSON}}),
     ("text/plain", {"content": b'{"template": "weightless"}', "headers": {**auth(), "content-type": "text/plain"}}),
     ("no content type", {"content": b'{"template": "weightless"}', "headers": auth()}),
     ("over the limit by Content-Length", {"content": b" " * (MAX_BODY + 1), "headers": {**auth(), **JSON}}),
@@ -128,6 +134,7 @@ def test_the_fast_path_answers_as_the_route_does(two_apis):
     for what, request in REQUESTS:
         mine, theirs = answer(post(fast, **fresh(request))), answer(post(full, **fresh(request)))
         assert mine == theirs, what
+        assert mine[0] < 500, what  # every bad request is the client's: a 4xx naming what is wrong
     assert mine[0] == 429 and mine[2]["retry-after"], "the last request is over the in-flight limit"
 
     def generate_counts(client: httpx.Client) -> dict[str, str]:

@@ -36,6 +36,26 @@ def test_rendering_never_changes_the_template():
     assert all(n["class_type"] != "LoraLoader" for n in b.values())
 
 
+@pytest.mark.parametrize(("name", "params"), [
+    ("weightless", GenerateParams()),
+    ("weightless", GenerateParams(width=64, height=128, filename_prefix="p")),
+    ("txt2img", GenerateParams(seed=7)),
+    ("txt2img", GenerateParams(seed=1, steps=3, lora="x.safetensors", lora_strength=0.5, prompt="ünïcode \u2028")),
+])
+def test_a_rendered_template_is_apply_params_on_the_template_and_its_own(name, params):
+    written, expected_written = [], []
+    rendered = render_template(name, params, written)
+    assert rendered == apply_params(TEMPLATES[name], params, expected_written) and written == expected_written
+    # nothing in it is shared with the template or with the next render
+    again = render_template(name, params)
+    for node_id, node in rendered.items():
+        assert node is not TEMPLATES.get(node_id) and node is not again[node_id]
+        assert node["inputs"] is not again[node_id]["inputs"]
+        for key, value in node["inputs"].items():
+            if isinstance(value, list):
+                assert value is not again[node_id]["inputs"][key]
+
+
 def test_copy_json_shares_nothing_mutable():
     data = {"a": [1, {"b": [2, 3]}], "c": {"d": "e"}, "f": None}
     copied = copy_json(data)
