@@ -12,14 +12,26 @@ refuse them at the edge (jobs/validation.py check_bounds), and params are bounde
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-# json.dumps(value, separators=(",", ":")) to the character, without building an encoder per call: the text of
-# record fields that writers compare, and what orjson refuses.
-json_text: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+# json's C encoder built once, without the circular-reference check (it needs a fresh dict per call; the values
+# written here come from parsers and pydantic dumps and hold no cycles): JSONEncoder.encode builds one per call.
+_make_c_encoder: Callable[..., Callable[[Any, int], Sequence[str]]] | None = getattr(json.encoder, "c_make_encoder",
+                                                                                     None)
+_c_encode = (_make_c_encoder(None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False,
+                             False, True) if _make_c_encoder is not None else None)
+
+
+def json_text(value: Any) -> str:
+    """json.dumps(value, separators=(",", ":")) to the character: the text of record fields that writers compare,
+    and what orjson refuses."""
+    if _c_encode is None or isinstance(value, str):
+        return _ENCODER.encode(value)
+    return "".join(_c_encode(value, 0))
 
 
 def dumps(value: Any) -> str:
