@@ -113,6 +113,9 @@ REQUESTS: list[tuple[str, dict[str, Any]]] = [
                                    "headers": {**auth(), **JSON}}),
     ("UTF-16", {"content": '{"template": "no-such-template"}'.encode("utf-16"), "headers": {**auth(), **JSON}}),
     ("a lone surrogate", {"content": b'{"template": "\\ud800"}', "headers": {**auth(), **JSON}}),
+    ("an integer of 65 bits in a graph", {"content": b'{"workflow": {"1": {"class_type": "EmptyImage", "inputs": '
+                                                     b'{"width": 18446744073709551616}}}}',
+                                          "headers": {**auth(), **JSON}}),
     ("text/plain", {"content": b'{"template": "weightless"}', "headers": {**auth(), "content-type": "text/plain"}}),
     ("no content type", {"content": b'{"template": "weightless"}', "headers": auth()}),
     ("over the limit by Content-Length", {"content": b" " * (MAX_BODY + 1), "headers": {**auth(), **JSON}}),
