@@ -17,7 +17,7 @@ from comfyfleet.comfy.models import (  # the one reader of ComfyUI's catalog for
     literal_value,
 )
 from comfyfleet.jobs.model import Workflow
-from comfyfleet.jobs.workflow import NodeIssue, check_shape, is_link
+from comfyfleet.jobs.workflow import NodeIssue, Slot, check_shape, is_link
 
 _SCALARS: dict[str, type | tuple[type, ...]] = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}
 
@@ -123,7 +123,7 @@ class TemplateChecks:
         self._plans: dict[tuple[str | None, str, tuple[str, ...]], _Plan | None] = {}
 
     def validate(self, pool: str | None, template: str, names: tuple[str, ...], workflow: Workflow,
-                 written: list[tuple[str, str]], catalog: dict[str, Any] | None) -> list[NodeIssue]:
+                 written: list[Slot], catalog: dict[str, Any] | None) -> list[NodeIssue]:
         if not catalog:
             return validate_workflow(workflow, catalog, strict_files=False)
         if self._catalogs.get(pool) is not catalog:
@@ -142,7 +142,7 @@ class TemplateChecks:
         return validate_workflow(workflow, catalog, strict_files=False)
 
 
-def _plan(workflow: Workflow, written: list[tuple[str, str]], catalog: dict[str, Any],
+def _plan(workflow: Workflow, written: list[Slot], catalog: dict[str, Any],
           issues: list[NodeIssue]) -> _Plan | None:
     """The plan of a rendered graph and its validation; None when an issue lies outside the slots."""
     slots = set(written)

@@ -166,7 +166,8 @@ _LEAVES = frozenset({str, int, float, bool, type(None)})
 
 def copy_json(value: Any) -> Any:
     """A deep copy of JSON data (dicts, lists and immutable scalars): a sixth of copy.deepcopy's cost, which
-    the front door pays on every templated request (scalars, most of a graph, are taken without a call)."""
+    the front door pays when a request's own graph comes with params (scalars, most of a graph, are taken
+    without a call; templates are parsed afresh from their JSON text instead, jobs/templates.py)."""
     if isinstance(value, dict):
         return {k: v if type(v) in _LEAVES else copy_json(v) for k, v in value.items()}
     if isinstance(value, list):

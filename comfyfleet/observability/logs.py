@@ -55,27 +55,33 @@ def job_fields(job: Job | None = None, *, endpoint: str | None = None, pool: str
     if pool is not None:
         fields["pool"] = pool
     fields.update(more)
+    return _known(fields)
+
+
+def _known(fields: dict[str, Any]) -> dict[str, Any]:
+    """The log fields among these (a new dict): known names, values given."""
     return {k: v for k, v in fields.items() if k in FIELDS and v is not None}
+
+
+def _add(known: dict[str, Any]) -> None:
+    """Set the context to the current one plus `known` (a new dict of known fields, kept as it is)."""
+    current = _context.get()
+    _context.set({**current, **known} if current else known)
 
 
 def bind(**fields: Any) -> None:
     """Add fields to the current context (this task or thread and what it starts from now on)."""
-    current = dict(_context.get() or {})
-    current.update({k: v for k, v in fields.items() if k in FIELDS and v is not None})
-    _context.set(current)
+    _add(_known(fields))
 
 
 def bind_job(job: Job, *, endpoint: str | None = None, pool: str | None = None) -> None:
-    fields = job_fields(job, endpoint=endpoint, pool=pool)  # a new dict, known fields only: bind's work done
-    current = _context.get()
-    _context.set({**current, **fields} if current else fields)
+    _add(job_fields(job, endpoint=endpoint, pool=pool))
 
 
 @contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Fields for the lines logged inside the block only."""
-    known = {k: v for k, v in fields.items() if k in FIELDS and v is not None}
-    token = _context.set({**(_context.get() or {}), **known})
+    token = _context.set({**(_context.get() or {}), **_known(fields)})
     try:
         yield
     finally:
