@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -106,18 +106,34 @@ def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def cpu_ticks() -> tuple[int, int]:
-    """(steal, all) clock ticks of all CPUs since boot, from /proc/stat: steal is time a virtual machine's
-    CPUs were ready to run but the hypervisor ran something else."""
+class CpuTicks(NamedTuple):
+    """Clock ticks of all CPUs since boot, from /proc/stat: steal is time a virtual machine's CPUs were ready
+    to run but the hypervisor ran something else; idle counts iowait too."""
+
+    steal: int
+    total: int
+    idle: int = 0
+
+
+def cpu_ticks() -> CpuTicks:
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    steal = fields[7] if len(fields) > 7 else 0
-    return steal, sum(fields[:8])  # guest time is counted inside user time already
+    fields += [0] * (8 - len(fields))
+    # guest time is counted inside user time already
+    return CpuTicks(steal=fields[7], total=sum(fields[:8]), idle=fields[3] + fields[4])
 
 
-def steal_percent(start: tuple[int, int], end: tuple[int, int]) -> float:
+def _share(part: int, total: int) -> float:
+    return 100.0 * part / total if total > 0 else 0.0
+
+
+def steal_percent(start: tuple[int, ...], end: tuple[int, ...]) -> float:
     """The share of CPU time stolen by the hypervisor between two cpu_ticks() readings (pure)."""
-    total = end[1] - start[1]
-    return 100.0 * (end[0] - start[0]) / total if total > 0 else 0.0
+    return _share(end[0] - start[0], end[1] - start[1])
+
+
+def idle_percent(start: CpuTicks, end: CpuTicks) -> float:
+    """The share of CPU time no process used between two cpu_ticks() readings (pure)."""
+    return _share(end.idle - start.idle, end.total - start.total)
 
 
 # --- processes ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -32,10 +33,13 @@ from common import (
     Procs,
     Unavailable,
     cpu_seconds,
+    cpu_ticks,
     free_port,
+    idle_percent,
     median,
     rss_mib,
     start_pods,
+    steal_percent,
     wait_until,
     workspace,
 )
@@ -124,6 +128,12 @@ class RssSampler(threading.Thread):
             self.peak = max(self.peak, rss_mib(self.pid))
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's reaped children (wrk, once subprocess.run has waited for it)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def one_run(kind: str, processes: int, procs: Procs, tmp: Path, app: Path, sim_url: str, wrk: str,
             duration: int, connections: int) -> dict[str, Any]:
     binary = shutil.which("redis-server")
@@ -170,12 +180,14 @@ def one_run(kind: str, processes: int, procs: Procs, tmp: Path, app: Path, sim_u
     sampler = RssSampler(server.pid)
     calls0 = redis_calls(redis_port)
     cpu0, redis_cpu0 = cpu_seconds(server.pid), cpu_seconds(redis.pid)
+    ticks0, wrk0 = cpu_ticks(), _children_cpu()
     sampler.start()
     out = subprocess.run([wrk, "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
                           f"{url}/api/comfyui/generate"], capture_output=True, text=True, timeout=duration + 120)
     sampler.stop_flag.set()
     sampler.join()
     cpu, redis_cpu = cpu_seconds(server.pid) - cpu0, cpu_seconds(redis.pid) - redis_cpu0
+    ticks1, wrk_cpu = cpu_ticks(), _children_cpu() - wrk0
     calls1 = redis_calls(redis_port)
     per_cmd = {k: (v - calls0.get(k, 0)) / max(1, result_requests(out.stdout)) for k, v in calls1.items()}
     per_cmd["info"] = per_cmd.get("info", 0.0) - 1 / max(1, result_requests(out.stdout))  # the INFO itself
@@ -186,6 +198,10 @@ def one_run(kind: str, processes: int, procs: Procs, tmp: Path, app: Path, sim_u
     return {"kind": kind, "processes": processes, **result, "idle_rss_mib": idle_rss, "load_rss_mib": sampler.peak,
             "cpu_ms_per_req": cpu / max(1, result["requests"]) * 1000,
             "redis_cpu_ms_per_req": redis_cpu / max(1, result["requests"]) * 1000,
+            "wrk_cpu_ms_per_req": wrk_cpu / max(1, result["requests"]) * 1000,
+            # CPU time of the whole machine no process used, or the hypervisor took: with the server, Redis and
+            # wrk sharing the cores, idle time means the server waited rather than ran out of CPU
+            "idle_percent": idle_percent(ticks0, ticks1), "steal_percent": steal_percent(ticks0, ticks1),
             # background traffic (health monitor, Bull's timers, event hub) is counted too: small at these rates
             "redis_cmds_per_req": calls,
             "redis_top_cmds_per_req": dict(sorted(((k, round(v, 2)) for k, v in per_cmd.items() if v >= 0.05),
@@ -219,6 +235,8 @@ def run(duration: int = 15, rounds: int = 1, processes: tuple[int, ...] = (1, 2)
             "comfyfleet_p99_ms": median([r["p99_ms"] for r in cf]), "express_p99_ms": median([r["p99_ms"] for r in ex]),
             "comfyfleet_cpu_ms_per_req": median([r["cpu_ms_per_req"] for r in cf]),
             "express_cpu_ms_per_req": median([r["cpu_ms_per_req"] for r in ex]),
+            "comfyfleet_idle_percent": median([r["idle_percent"] for r in cf]),
+            "express_idle_percent": median([r["idle_percent"] for r in ex]),
         }
         summary[n]["ratio"] = summary[n]["comfyfleet_rps"] / summary[n]["express_rps"]
     return {"duration_s": duration, "connections": connections, "rounds": rounds, "runs": runs,
@@ -228,13 +246,15 @@ def run(duration: int = 15, rounds: int = 1, processes: tuple[int, ...] = (1, 2)
 def report(r: dict[str, Any]) -> str:
     lines = [f"{x['kind']} x{x['processes']}: {x['rps']:.0f} req/s (p50 {x['p50_ms']:.1f} ms, "
              f"p99 {x['p99_ms']:.1f} ms, {x['cpu_ms_per_req']:.2f} ms CPU/req, "
-             f"{x['redis_cmds_per_req']:.1f} Redis commands/req)" for x in r["runs"]] if not r["summary"] else []
+             f"{x['redis_cmds_per_req']:.1f} Redis commands/req, machine {x['idle_percent']:.0f} % idle)"
+             for x in r["runs"]] if not r["summary"] else []
     for n, s in r["summary"].items():
         lines.append(
             f"{n} process(es): comfyfleet {s['comfyfleet_rps']:.0f} req/s (p50 {s['comfyfleet_p50_ms']:.1f} ms, "
-            f"p99 {s['comfyfleet_p99_ms']:.1f} ms, {s['comfyfleet_cpu_ms_per_req']:.2f} ms CPU/req) vs Express + "
-            f"Bull {s['express_rps']:.0f} req/s (p50 {s['express_p50_ms']:.1f} ms, p99 {s['express_p99_ms']:.1f} ms, "
-            f"{s['express_cpu_ms_per_req']:.2f} ms CPU/req): {s['ratio']:.2f}x (goal >= 1.0)")
+            f"p99 {s['comfyfleet_p99_ms']:.1f} ms, {s['comfyfleet_cpu_ms_per_req']:.2f} ms CPU/req, "
+            f"{s['comfyfleet_idle_percent']:.0f} % idle) vs Express + Bull {s['express_rps']:.0f} req/s (p50 "
+            f"{s['express_p50_ms']:.1f} ms, p99 {s['express_p99_ms']:.1f} ms, {s['express_cpu_ms_per_req']:.2f} ms "
+            f"CPU/req, {s['express_idle_percent']:.0f} % idle): {s['ratio']:.2f}x (goal >= 1.0)")
     bad = [x for x in r["runs"] if x["non_2xx"] or x["socket_errors"]]
     for x in bad:
         lines.append(f"  note: {x['kind']} x{x['processes']}: {x['non_2xx']} non-2xx, "

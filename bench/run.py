@@ -378,8 +378,9 @@ def markdown(res: dict[str, Any], notes: str) -> str:
         fd = ok["frontdoor"]
         rows = [[x["kind"], x["processes"], _f(x["rps"], "{:.0f}"), _f(x["p50_ms"]), _f(x["p99_ms"]),
                  _f(x["cpu_ms_per_req"], "{:.2f}"), _f(x["redis_cpu_ms_per_req"], "{:.2f}"),
-                 _f(x.get("redis_cmds_per_req"), "{:.1f}"), x["requests"],
-                 x["non_2xx"], x["socket_errors"]] for x in fd["runs"]]
+                 _f(x.get("redis_cmds_per_req"), "{:.1f}"), _f(x.get("wrk_cpu_ms_per_req"), "{:.2f}"),
+                 _f(x.get("idle_percent"), "{:.0f}"), x["requests"], x["non_2xx"], x["socket_errors"]]
+                for x in fd["runs"]]
         parts += [
             "## Front door vs Express 5 + Bull 4 (issue 14)",
             "",
@@ -389,10 +390,13 @@ def markdown(res: dict[str, Any], notes: str) -> str:
             "(jobs only queue). comfyfleet: `comfyfleet api --workers N` (uvloop + httptools), one healthy simulator, "
             "so the graph is validated against its node catalog. Express: `bench/express/server.js` (same fields "
             "and limits, a Bull queue per priority), node cluster for 2. Runs in the order listed; the goal rows "
-            "compare the medians of each side's runs.",
+            "compare the medians of each side's runs. `idle %`: the machine's CPU time that no process used during "
+            "the run (server, Redis and wrk share the cores, so idle time means the server waited, not that it "
+            "ran out of CPU).",
             "",
             table(rows, ["server", "processes", "req/s", "p50 ms", "p99 ms", "server ms CPU/req",
-                         "Redis ms CPU/req", "Redis commands/req", "requests", "non-2xx", "socket errors"]),
+                         "Redis ms CPU/req", "Redis commands/req", "wrk ms CPU/req", "idle %", "requests",
+                         "non-2xx", "socket errors"]),
             "",
             "Redis commands per request by command (INFO commandstats over the measured 15 s; background "
             "traffic included), first run of each:",

@@ -1,23 +1,27 @@
-"""Redis commands of many concurrent tasks of one event loop, sent together (group commit, issue 14).
+"""Redis commands of many concurrent tasks of one event loop, pipelined on one connection (issue 14).
 
 redis-py's asyncio client spends ~100 µs of Python per standalone command (a pooled connection taken and
 given back, the retry wrapper, its generic packing, one write and one read each), more than Redis spends
-running the API's whole submit script. Under load the API has many requests waiting on Redis at once: here
-each command joins the batch that goes out next, and a batch is one write of all its commands on the batch's
-own connection, whose replies are read in order (hiredis parses them). A command that comes while no batch is
-on the wire goes out at once, so a lone request waits for nothing; while one batch is on the wire the next
-one fills.
+running the API's whole submit script. Here every command goes on the pipe's own connection: the commands
+called while the event loop runs one round of callbacks go out together in one write, at once, without waiting
+for the replies of earlier writes, and one reader task takes the replies in order (hiredis parses them), as
+ioredis and Bull use a Redis connection. A lone request waits for nothing; under load the API never idles
+waiting for Redis to answer a batch before it sends the next one (with one batch in flight at a time, each
+API process waited while Redis ran its batch, and the machine idled: 7-8 % of the CPU in bench/frontdoor.py
+runs with 2 processes).
 
 Each command gets its own reply, as Redis sends it (no redis-py response callbacks: PING gives b"PONG"), or
 its own error (a script error or NOSCRIPT fails that command only). A connection error fails every command
-of its batch and is not retried (a write may have landed); a connection that went stale while idle (a Redis
-restart) is replaced before a batch is written on it, as redis-py's pool does.
+written and not yet answered, none of which is retried (a write may have landed); commands not yet written go
+out on a new connection. A connection that went stale while nothing was in flight (a Redis restart) is
+replaced before anything is written on it, as redis-py's pool does.
 Not for commands that block (BLPOP, XREAD BLOCK) or change the connection (SELECT, SUBSCRIBE, MULTI).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,8 +31,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-# The most commands one batch carries; the rest wait for the next one (bounds a write's and its replies' memory
-# and the time a batch holds its connection).
+# The most commands one write carries; the rest go in the next one (bounds a write's memory).
 MAX_BATCH = 256
 
 
@@ -39,81 +42,116 @@ class Commands(Protocol):
 
 
 class CommandBatch:
-    """execute_command for the tasks of one event loop: the commands waiting go out as one write per round trip."""
+    """execute_command for the tasks of one event loop, pipelined on one connection."""
 
     def __init__(self, aconn: aioredis.Redis, max_batch: int = MAX_BATCH):
         self.aconn = aconn
         self.max_batch = max_batch
-        self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._sender: asyncio.Task[None] | None = None
-        # The batch's own connection, with the client's settings (address, auth, TLS, database, timeouts).
-        self._conn: AbstractConnection = aconn.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []  # called, not yet written
+        self._sent: deque[asyncio.Future[Any]] = deque()  # written, in order, replies still to read
+        self._writer: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._conn = self._new_connection()  # the pipe's own
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        if options:  # response options (e.g. NEVER_DECODE) are per command: not batched
+        if options:  # response options (e.g. NEVER_DECODE) are per command: not pipelined
             return await self.aconn.execute_command(*args, **options)  # type: ignore[no-untyped-call]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((args, future))
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send(), name="redis-batch")
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="redis-pipe-writer")
         return await future
 
-    async def _send(self) -> None:
+    async def _write(self) -> None:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
                 live = [(args, future) for args, future in batch if not future.done()]  # a caller gone: not sent
                 if not live:
                     continue
+                conn = self._conn
                 try:
-                    replies = await self._round_trip([args for args, _ in live])
-                except BaseException as exc:
-                    for _, future in live:
-                        if not future.done():
-                            future.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(repr(exc)))
-                    if not isinstance(exc, Exception):  # cancelled (shutdown): the rest fail too, then stop
-                        self._fail_waiting(exc)
-                        raise
-                    continue
-                for (_, future), reply in zip(live, replies, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(reply, Exception):
-                        future.set_exception(reply)
-                    else:
-                        future.set_result(reply)
+                    if not self._sent:  # nothing in flight: the connection may have gone stale while idle
+                        await self.aconn.connection_pool.ensure_connection(conn)
+                    self._sent.extend(future for _, future in live)
+                    if self._reader is None:
+                        self._reader = asyncio.create_task(self._read(conn), name="redis-pipe-reader")
+                    await self._send(conn, [args for args, _ in live])
+                except Exception as exc:  # noqa: BLE001 - each caller gets the error as its command's
+                    for _, future in live:  # not yet in flight when connecting failed
+                        _fail_one(future, exc)
+                    await self._lose_connection(exc)
+        except BaseException as exc:  # cancelled (shutdown): what waits or is in flight fails too, then stop
+            self._fail_waiting(exc)
+            await self._lose_connection(exc)
+            raise
         finally:
-            self._sender = None
+            self._writer = None
 
-    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        conn = self._conn
+    async def _send(self, conn: AbstractConnection, commands: list[tuple[Any, ...]]) -> None:
+        """One write of these commands."""
         parts: list[bytes] = []
         for args in commands:
             pack(args, conn.encoder, parts)
+        await conn.send_packed_command(b"".join(parts), check_health=False)
+
+    async def _read(self, conn: AbstractConnection) -> None:
         try:
-            # As redis-py's pool checks a connection it hands out: one that went stale while idle (Redis
-            # restarted, a proxy dropped it) is replaced before anything is written on it.
-            await self.aconn.connection_pool.ensure_connection(conn)
-            await conn.send_packed_command(b"".join(parts), check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
+            while self._sent:
                 try:
-                    replies.append(await conn.read_response())
+                    reply: Any = await conn.read_response()
                 except ResponseError as exc:  # that command's own error; the replies after it are still read
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            await conn.disconnect(nowait=True)  # replies half read: the connection cannot be trusted again
-            raise
+                    reply = exc
+                future = self._sent.popleft()
+                if future.done():  # its caller went away
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except asyncio.CancelledError:
+            raise  # by _lose_connection, which failed what was in flight, or at shutdown
+        except Exception as exc:  # noqa: BLE001 - every command in flight gets the error
+            await self._lose_connection(exc)
+        finally:
+            if self._reader is asyncio.current_task():
+                self._reader = None
+
+    async def _lose_connection(self, exc: BaseException) -> None:
+        """Fail every command in flight (replies half read: the connection cannot be trusted again) and drop the
+        connection; the next write goes on a new one. A new connection object, not the old one reopened: the
+        cancelled reader still closes the connection it was reading from (redis-py does on any error)."""
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        sent, self._sent = self._sent, deque()
+        for future in sent:
+            _fail_one(future, exc)
+        old, self._conn = self._conn, self._new_connection()
+        await old.disconnect(nowait=True)
+
+    def _new_connection(self) -> AbstractConnection:
+        """A connection with the client's settings (address, auth, TLS, database, timeouts)."""
+        return self.aconn.connection_pool.make_connection()  # type: ignore[no-untyped-call,no-any-return]
 
     async def aclose(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+        self._fail_waiting(RedisConnectionError("Redis pipe closed"))
         await self._conn.disconnect()
 
     def _fail_waiting(self, exc: BaseException) -> None:
         waiting, self._waiting = self._waiting, []
-        for _, future in waiting:
-            if not future.done():
-                future.set_exception(RedisConnectionError(f"Redis batch stopped: {exc!r}"))
+        sent, self._sent = self._sent, deque()
+        for future in [f for _, f in waiting] + list(sent):
+            _fail_one(future, RedisConnectionError(f"Redis pipe stopped: {exc!r}"))
+
+
+def _fail_one(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(repr(exc)))
 
 
 def pack(args: tuple[Any, ...], encoder: Encoder, parts: list[bytes]) -> None:

@@ -39,7 +39,7 @@ class AppState:
     store: OutputStore
     hub: EventHub  # the process's one subscription to job events (started by the app's lifespan)
     streams: StreamGate  # open SSE/WebSocket streams per user
-    batch: CommandBatch = field(init=False)  # aconn's commands of concurrent requests, sent together
+    batch: CommandBatch = field(init=False)  # the requests' Redis commands, pipelined on one connection
     job_tokens: JobTokens | None = None  # set by the lifespan once the shared secret is read from Redis
     _catalogs: dict[str | None, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
     # Catalog reads in flight, by pool: requests that miss the cache meanwhile wait for the same read.

@@ -1,4 +1,5 @@
-"""CommandBatch on a real redis-server: concurrent commands share round trips, each keeps its own reply or error."""
+"""CommandBatch on a real redis-server: concurrent commands share writes, a write never waits for the replies of
+earlier ones, each command keeps its own reply or error."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 
 from comfyfleet.luascript import LuaScript
 from comfyfleet.redisbatch import CommandBatch
@@ -18,15 +20,24 @@ from tests.support.procs import ManagedProcess, free_port
 
 
 class CountingBatch(CommandBatch):
-    """A CommandBatch that records the size of each round trip."""
+    """A CommandBatch that records the size of each write."""
 
     def __init__(self, aconn: aioredis.Redis, max_batch: int = 256):
         super().__init__(aconn, max_batch)
         self.sizes: list[int] = []
 
-    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _send(self, conn: AbstractConnection, commands: list[tuple[Any, ...]]) -> None:
         self.sizes.append(len(commands))
-        return await super()._round_trip(commands)
+        await super()._send(conn, commands)
+
+
+# Keeps Redis busy for ARGV[1] milliseconds (its own clock), then answers 'done'.
+BUSY = LuaScript("""
+local function now() local t = redis.call('TIME') return t[1] * 1000 + t[2] / 1000 end
+local stop = now() + tonumber(ARGV[1])
+while now() < stop do end
+return 'done'
+""")
 
 
 @pytest.fixture
@@ -38,14 +49,14 @@ async def aconn(redis_server):
         await client.aclose()
 
 
-async def test_concurrent_commands_share_round_trips_and_keep_their_own_replies(aconn):
+async def test_concurrent_commands_share_writes_and_keep_their_own_replies(aconn):
     batch = CountingBatch(aconn)
     key = "rb:" + uuid.uuid4().hex
     replies = await asyncio.gather(*(batch.execute_command("RPUSH", key, str(i)) for i in range(200)))
     assert sorted(replies) == list(range(1, 201)), "each command gets its own reply"
     assert await aconn.lrange(key, 0, -1) == [str(i).encode() for i in range(200)], "sent in the order called"
     assert sum(batch.sizes) == 200
-    assert len(batch.sizes) < 20, f"200 concurrent commands took {len(batch.sizes)} round trips"
+    assert len(batch.sizes) < 20, f"200 concurrent commands took {len(batch.sizes)} writes"
 
 
 async def test_a_lone_command_goes_out_at_once(aconn):
@@ -83,17 +94,43 @@ async def test_a_script_runs_through_a_batch_and_is_loaded_on_a_miss(aconn):
     assert await aconn.script_exists(script.sha) == [True]
 
 
+async def test_a_write_does_not_wait_for_the_replies_of_earlier_writes(aconn):
+    batch = CountingBatch(aconn)
+    await batch.execute_command("PING")  # connected
+    busy = asyncio.create_task(BUSY.run_async(batch, [], ["400"]))
+    await asyncio.sleep(0.1)  # written (EVALSHA, then EVAL on this server's first sight of it): Redis runs it
+    writes = len(batch.sizes)
+    ping = asyncio.create_task(batch.execute_command("PING"))
+    await asyncio.sleep(0.1)
+    assert not busy.done()
+    assert len(batch.sizes) == writes + 1, "the PING went out while the script's reply was still to come"
+    assert await busy == b"done" and await ping == b"PONG"
+
+
 async def test_a_caller_that_went_away_is_not_sent(aconn):
     batch = CountingBatch(aconn)
     key = "rb:" + uuid.uuid4().hex
-    first = asyncio.create_task(batch.execute_command("RPUSH", key, "first"))
-    await asyncio.sleep(0)  # its batch is on the wire
+    await batch.execute_command("RPUSH", key, "first")
     gone = asyncio.create_task(batch.execute_command("RPUSH", key, "gone"))
     kept = asyncio.create_task(batch.execute_command("RPUSH", key, "kept"))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # both called; their write is the next thing the loop runs
     gone.cancel()
-    await asyncio.gather(first, kept)
+    await kept
     assert await aconn.lrange(key, 0, -1) == [b"first", b"kept"]
+    assert batch.sizes == [1, 1]
+
+
+async def test_a_caller_that_goes_away_after_its_write_leaves_the_replies_in_order(aconn):
+    batch = CountingBatch(aconn)
+    busy = asyncio.create_task(BUSY.run_async(batch, [], ["200"]))
+    await asyncio.sleep(0.05)
+    gone = asyncio.create_task(batch.execute_command("ECHO", "gone"))
+    kept = asyncio.create_task(batch.execute_command("ECHO", "kept"))
+    await asyncio.sleep(0.05)  # both written, behind the script
+    gone.cancel()
+    assert await kept == b"kept", "the cancelled caller's reply was read and dropped, not given to the next"
+    assert await busy == b"done"
+    assert await batch.execute_command("ECHO", "after") == b"after"
 
 
 async def test_a_lost_connection_fails_its_batch_and_a_restarted_redis_is_used_at_once(tmp_path):
@@ -110,7 +147,13 @@ async def test_a_lost_connection_fails_its_batch_and_a_restarted_redis_is_used_a
         server = ManagedProcess(argv, log_path=tmp_path / "redis2.log")
         await _until(probe.ping)
         assert await batch.execute_command("SET", "k", "v") == b"OK", "the stale connection was replaced first"
-        server.stop()
+        busy = asyncio.create_task(BUSY.run_async(batch, [], ["2000"]))
+        await asyncio.sleep(0.2)
+        behind = asyncio.create_task(batch.execute_command("PING"))
+        await asyncio.sleep(0.05)  # written behind the script
+        server.kill()  # the connection drops with both in flight
+        results = await asyncio.gather(busy, behind, return_exceptions=True)
+        assert all(isinstance(r, redis.ConnectionError) for r in results), results
         results = await asyncio.gather(*(batch.execute_command("PING") for _ in range(5)), return_exceptions=True)
         assert all(isinstance(r, redis.ConnectionError) for r in results), results
         server = ManagedProcess(argv, log_path=tmp_path / "redis3.log")

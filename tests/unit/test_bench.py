@@ -13,7 +13,9 @@ import pytest
 # bench/ is a folder of scripts that import each other by plain name, not a package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 pct = importlib.import_module("common").pct
-steal_percent = importlib.import_module("common").steal_percent
+_common = importlib.import_module("common")
+steal_percent, idle_percent = _common.steal_percent, _common.idle_percent
+CpuTicks, cpu_ticks = _common.CpuTicks, _common.cpu_ticks
 parse_wrk = importlib.import_module("frontdoor").parse_wrk
 goals = importlib.import_module("run").goals
 
@@ -94,3 +96,19 @@ def test_goal_rows_say_met_missed_and_not_measured():
 ])
 def test_steal_percent_is_the_stolen_share_of_the_ticks_between(start, end, want):
     assert steal_percent(start, end) == pytest.approx(want)
+
+
+@pytest.mark.parametrize(("start", "end", "want"), [
+    (CpuTicks(steal=0, total=1000, idle=100), CpuTicks(steal=0, total=2000, idle=350), 25.0),
+    (CpuTicks(steal=5, total=1000, idle=100), CpuTicks(steal=9, total=2000, idle=100), 0.0),  # busy all along
+    (CpuTicks(steal=5, total=1000, idle=100), CpuTicks(steal=5, total=1000, idle=100), 0.0),  # no time passed
+])
+def test_idle_percent_is_the_unused_share_of_the_ticks_between(start, end, want):
+    assert idle_percent(start, end) == pytest.approx(want)
+
+
+def test_cpu_ticks_reads_this_machine():
+    start = cpu_ticks()
+    end = cpu_ticks()
+    assert 0 <= end.idle - start.idle <= end.total - start.total
+    assert 0 <= steal_percent(start, end) <= 100 and 0 <= idle_percent(start, end) <= 100
