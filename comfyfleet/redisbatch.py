@@ -21,6 +21,7 @@ Not for commands that block (BLPOP, XREAD BLOCK) or change the connection (SELEC
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from redis._parsers.encoders import Encoder
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # The most commands one write carries; the rest go in the next one (bounds a write's memory).
 MAX_BATCH = 256
@@ -51,6 +53,9 @@ class CommandBatch:
         self._sent: deque[asyncio.Future[Any]] = deque()  # written, in order, replies still to read
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._replies = 0  # read so far: the watchdog's measure of progress
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._timed_out: asyncio.Task[None] | None = None
         self._conn = self._new_connection()  # the pipe's own
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
@@ -96,12 +101,16 @@ class CommandBatch:
         await conn.send_packed_command(b"".join(parts), check_health=False)
 
     async def _read(self, conn: AbstractConnection) -> None:
+        # No timer per reply (redis-py's read timeout sets one up and cancels it for every read): a watchdog
+        # drops the connection instead when a socket timeout passes with replies due and none read.
+        self._arm(conn)
         try:
             while self._sent:
                 try:
-                    reply: Any = await conn.read_response()
+                    reply: Any = await conn.read_response(timeout=math.inf)
                 except ResponseError as exc:  # that command's own error; the replies after it are still read
                     reply = exc
+                self._replies += 1
                 future = self._sent.popleft()
                 if future.done():  # its caller went away
                     continue
@@ -116,6 +125,25 @@ class CommandBatch:
         finally:
             if self._reader is asyncio.current_task():
                 self._reader = None
+                if self._watchdog is not None:
+                    self._watchdog.cancel()
+                    self._watchdog = None
+
+    def _arm(self, conn: AbstractConnection) -> None:
+        """The watchdog's next look at conn's reader, a socket timeout from now."""
+        if conn.socket_timeout:
+            self._watchdog = asyncio.get_running_loop().call_later(conn.socket_timeout, self._look, conn,
+                                                                   self._replies)
+
+    def _look(self, conn: AbstractConnection, seen: int) -> None:
+        self._watchdog = None
+        if conn is not self._conn or self._reader is None:  # that reader is gone
+            return
+        if self._replies == seen and self._sent:  # as redis-py's read timeout: the connection is dropped
+            error = RedisTimeoutError(f"no reply from Redis in {conn.socket_timeout} s")
+            self._timed_out = asyncio.create_task(self._lose_connection(error), name="redis-pipe-timeout")
+            return
+        self._arm(conn)
 
     async def _lose_connection(self, exc: BaseException) -> None:
         """Fail every command in flight (replies half read: the connection cannot be trusted again) and drop the

@@ -133,6 +133,28 @@ async def test_a_caller_that_goes_away_after_its_write_leaves_the_replies_in_ord
     assert await batch.execute_command("ECHO", "after") == b"after"
 
 
+async def test_replies_that_do_not_come_within_the_socket_timeout_fail_and_the_pipe_recovers(redis_server):
+    client = async_redis(redis_server.url, socket_timeout=0.2)
+    batch = CountingBatch(client)
+    try:
+        await BUSY.run_async(batch, [], ["1"])  # loaded, connected
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(BUSY.run_async(batch, [], ["900"]), batch.execute_command("PING"),
+                                       return_exceptions=True)
+        waited = loop.time() - started
+        assert all(isinstance(r, redis.TimeoutError) for r in results), results
+        assert waited < 0.7, f"failed after {waited:.2f} s; the socket timeout is 0.2 s"
+        await asyncio.sleep(0.9)  # the script ends
+        for _ in range(3):  # replies that come in time, on a new connection; no watchdog fires between them
+            assert await batch.execute_command("PING") == b"PONG"
+            await asyncio.sleep(0.15)
+        assert await batch.execute_command("ECHO", "x") == b"x"
+    finally:
+        await batch.aclose()
+        await client.aclose()
+
+
 async def test_a_lost_connection_fails_its_batch_and_a_restarted_redis_is_used_at_once(tmp_path):
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
