@@ -126,9 +126,9 @@ def _share(part: int, total: int) -> float:
     return 100.0 * part / total if total > 0 else 0.0
 
 
-def steal_percent(start: tuple[int, ...], end: tuple[int, ...]) -> float:
+def steal_percent(start: CpuTicks, end: CpuTicks) -> float:
     """The share of CPU time stolen by the hypervisor between two cpu_ticks() readings (pure)."""
-    return _share(end[0] - start[0], end[1] - start[1])
+    return _share(end.steal - start.steal, end.total - start.total)
 
 
 def idle_percent(start: CpuTicks, end: CpuTicks) -> float:

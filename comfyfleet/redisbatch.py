@@ -55,7 +55,7 @@ class CommandBatch:
         self._reader: asyncio.Task[None] | None = None
         self._replies = 0  # read so far: the watchdog's measure of progress
         self._watchdog: asyncio.TimerHandle | None = None
-        self._timed_out: asyncio.Task[None] | None = None
+        self._timed_out: asyncio.Task[None] | None = None  # the watchdog's drop, held while it runs
         self._conn = self._new_connection()  # the pipe's own
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
@@ -125,15 +125,19 @@ class CommandBatch:
         finally:
             if self._reader is asyncio.current_task():
                 self._reader = None
-                if self._watchdog is not None:
-                    self._watchdog.cancel()
-                    self._watchdog = None
+                self._disarm()
 
     def _arm(self, conn: AbstractConnection) -> None:
         """The watchdog's next look at conn's reader, a socket timeout from now."""
         if conn.socket_timeout:
             self._watchdog = asyncio.get_running_loop().call_later(conn.socket_timeout, self._look, conn,
                                                                    self._replies)
+
+    def _disarm(self) -> None:
+        """No more looks: the reader they watch is gone."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _look(self, conn: AbstractConnection, seen: int) -> None:
         self._watchdog = None
@@ -152,6 +156,7 @@ class CommandBatch:
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
+        self._disarm()  # the dropped reader's watchdog, which would otherwise fire on (and drop) its successor's
         sent, self._sent = self._sent, deque()
         for future in sent:
             _fail_one(future, exc)

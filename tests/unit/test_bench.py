@@ -90,9 +90,9 @@ def test_goal_rows_say_met_missed_and_not_measured():
 
 
 @pytest.mark.parametrize(("start", "end", "want"), [
-    ((10, 1000), (60, 2000), 5.0),  # 50 of 1000 ticks stolen
-    ((10, 1000), (10, 2000), 0.0),  # none stolen
-    ((10, 1000), (10, 1000), 0.0),  # no time passed: no division by zero
+    (CpuTicks(10, 1000), CpuTicks(60, 2000), 5.0),  # 50 of 1000 ticks stolen
+    (CpuTicks(10, 1000), CpuTicks(10, 2000), 0.0),  # none stolen
+    (CpuTicks(10, 1000), CpuTicks(10, 1000), 0.0),  # no time passed: no division by zero
 ])
 def test_steal_percent_is_the_stolen_share_of_the_ticks_between(start, end, want):
     assert steal_percent(start, end) == pytest.approx(want)
