@@ -94,6 +94,12 @@ class Keys:
         """Hash: job id -> the dispatcher that runs it (only the owner may renew its deadline)."""
         return f"{self.prefix}:inflight:owner"
 
+    @property
+    def queue_deadlines(self) -> str:
+        """Sorted set: queued job id -> the earliest its queue timeout can fall due (unix s); the sweep reads only
+        the due ones (fairuse/queue_timeout.py)."""
+        return f"{self.prefix}:queue-deadlines"
+
     def parked(self, pool: str) -> str:
         """Sorted set: queued jobs for a pool with no healthy endpoint at all, kept out of the claim scan."""
         return f"{self.prefix}:parked:{pool}"

@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "token", "dev", "example"}
+# The shortest queue timeout a job or the server default may have (the queue-timeout index relies on it).
+QUEUE_TIMEOUT_MIN_SECONDS = 5
 
 
 def _split_csv(value: object) -> object:
@@ -178,7 +180,7 @@ class DispatchSettings(CommonSettings):
     # --- reliability (issue 9) ---
     # A job that has not started within this many seconds of being queued fails with queue_timeout
     # (a request may set its own queueTimeoutSeconds): an hour covers a cold scale-from-zero pool.
-    queue_timeout_seconds: int = Field(3600, ge=5, le=7 * 24 * 3600)
+    queue_timeout_seconds: int = Field(3600, ge=QUEUE_TIMEOUT_MIN_SECONDS, le=7 * 24 * 3600)
 
     @field_validator("webhook_secret")
     @classmethod

@@ -104,7 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics.registry.register(MirrorCollector(mirror))
             await _run_in_background(stack, mirror.run_forever(), "firestore-mirror")
         await _run_in_background(stack, queue_timeout_sweeper(  # HOOK(reliability): queue timeouts
-            dispatcher, settings.queue_timeout_seconds, settings.queue_sweep_interval_seconds, state.queued_deadlines),
+            dispatcher, settings.queue_timeout_seconds, settings.queue_sweep_interval_seconds),
             "queue-timeouts")
         # Without it each full collection paused the event loop 60-100 ms under load (the front door's p99),
         # and young-generation passes cost ~8 % of a request's CPU.

@@ -14,6 +14,7 @@ from comfyfleet.api.tokens import JobTokens
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.jobs.params import GenerateParams
 from comfyfleet.observability.tracing import trace_id_of
+from comfyfleet.settings import QUEUE_TIMEOUT_MIN_SECONDS
 
 
 class ApiModel(BaseModel):
@@ -45,7 +46,7 @@ class JobCreate(ApiModel):
     pool: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     timeout_seconds: int | None = Field(None, ge=5, le=24 * 3600)
     queue_timeout_seconds: int | None = Field(
-        None, ge=5, le=7 * 24 * 3600,
+        None, ge=QUEUE_TIMEOUT_MIN_SECONDS, le=7 * 24 * 3600,
         description="fail the job (queue_timeout) if it has not started this many seconds after it was queued")
     idempotency_key: str | None = Field(None, min_length=1, max_length=128)
     input_images: dict[str, str] = Field(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import redis
@@ -46,8 +44,6 @@ class AppState:
     catalog_loads: dict[str | None, asyncio.Future[dict[str, Any] | None]] = field(default_factory=dict)
     template_checks: TemplateChecks = field(default_factory=TemplateChecks)  # templated graphs, validated per shape
     _pools: tuple[float, frozenset[str]] = (0.0, frozenset())
-    # (job id, queue deadline) of the jobs this process queued, for its queue-timeout sweeper (which drains it).
-    queued_deadlines: deque[tuple[str, datetime]] = field(default_factory=lambda: deque(maxlen=QUEUED_NOTES_MAX))
     _fair_use: FairUse | None = None
 
     def __post_init__(self) -> None:
@@ -115,8 +111,5 @@ class AppState:
 # (fairuse/pools.py DECLARATION_TTL_SECONDS, 10 min) or their last endpoint goes, so a few seconds late is
 # harmless; an unknown name is always looked up again.
 POOLS_TTL_SECONDS = 5.0
-# Notes kept for the sweeper at most (a few sweeps' worth at thousands of submits a second); a job whose note
-# fell off is read by the sweep instead.
-QUEUED_NOTES_MAX = 100_000
 # Pods refresh their catalog every ~minute; 30 s keeps validation current without parsing it per request.
 CATALOG_TTL_SECONDS = 30.0

@@ -381,6 +381,7 @@ class Scheduler:
                                             "updated_at": json.dumps(now.isoformat()), "error": "null"})
                 pipe.hincrby(job_key, "attempts", 1)
                 pipe.zadd(self.keys.inflight, {c.job_id: stamp + self.lease_ttl})
+                pipe.zrem(self.keys.queue_deadlines, c.job_id)  # started: no queue timeout any more
                 pipe.hset(self.keys.inflight_owner, c.job_id, owner)
                 self._compact.pop(c.job_id, None)
             # EVAL, not the registered script: a pipeline with scripts asks SCRIPT EXISTS first (a round trip).
@@ -443,6 +444,7 @@ class Scheduler:
             pipe.lrem(self.queue_key(self.keys.queue_name(priority)), 0, job_id)
             if pool is not None:
                 pipe.zrem(self.keys.parked(pool), job_id)
+            pipe.zrem(self.keys.queue_deadlines, job_id)
             pipe.execute()
         self._compact.pop(job_id, None)
 

@@ -1,5 +1,5 @@
 """The submit as ONE atomic Redis call: fair-use admit (optional), the job record and its `state` event, the RQ
-job and its queue entry, the scheduler's wake-up.
+job and its queue entry, its queue-timeout index entry, the scheduler's wake-up.
 
 The parts are the Lua of their own modules (fairuse/limits.py ADMIT_LUA, store/jobrepo.py CREATE_LUA) plus the
 writes of RQ 3.0's `Queue.enqueue_job` for a job without dependencies, TTL or rate limit
@@ -29,10 +29,12 @@ from comfyfleet.jobs.model import Job
 from comfyfleet.jsontext import dumps
 from comfyfleet.keys import Keys, as_text
 from comfyfleet.luascript import Arg, LuaScript
+from comfyfleet.settings import QUEUE_TIMEOUT_MIN_SECONDS
 from comfyfleet.store.jobrepo import CREATE_LUA, JobRepo
 
 # ARGV: a JSON header {record_keys (create_record's keys), rq_job (the RQ job's key), rq_queues (rq:queues), queue
-# (the RQ queue's key), wake (the channel), and with fair use admit_keys, admit_args (admit's)}, the RQ job's
+# (the RQ queue's key), deadlines (the queue-timeout index) and deadline (the job's score there), wake (the
+# channel), and with fair use admit_keys, admit_args (admit's)}, the RQ job's
 # fields but `data` (a JSON object), its `data`, then create_record's args as they are (ARGV[4] on).
 # Every key travels in the header, not in KEYS: redis-py packs each argument in Python, and 50 of them cost
 # the API more than the rest of the call. Fine on a single Redis (RQ needs one); a cluster would need KEYS.
@@ -55,6 +57,7 @@ end
 redis.call('HSET', h.rq_job, 'data', ARGV[3], unpack(flat_pairs(ARGV[2])))
 redis.call('SADD', h.rq_queues, h.queue)
 redis.call('RPUSH', h.queue, id)
+redis.call('ZADD', h.deadlines, h.deadline, id)
 redis.call('PUBLISH', h.wake, '1')
 return {'created', id}
 """)
@@ -174,12 +177,19 @@ def submit_call(job: Job, repo: JobRepo, keys: Keys, shapes: RQJobShapes, fair: 
     header: dict[str, object] = {
         "record_keys": record_keys,
         "rq_job": RQJob.key_for(job.id), "rq_queues": Queue.redis_queues_keys, "queue": queue_key,
-        "wake": keys.wake,
+        "deadlines": keys.queue_deadlines, "deadline": repr(earliest_queue_deadline(job)), "wake": keys.wake,
     }
     if fair is not None:
         admit_keys, admit_args = fair.admit_call(job, now)
         header["admit_keys"], header["admit_args"] = admit_keys, [_lua_text(a) for a in admit_args]
     return [], [dumps(header), fields_json, data, *record_args]
+
+
+def earliest_queue_deadline(job: Job) -> float:
+    """The job's score in the queue-timeout index: its queue deadline when the job names its timeout, else the
+    earliest any server default can make it (the sweep reads the record then and moves the entry to the
+    deadline its own default gives)."""
+    return job.created_at.timestamp() + (job.queue_timeout_seconds or QUEUE_TIMEOUT_MIN_SECONDS)
 
 
 def _lua_text(value: Arg) -> str:

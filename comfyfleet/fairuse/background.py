@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from datetime import datetime
 
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.fairuse.queue_timeout import sweep_queue_timeouts
@@ -13,19 +11,14 @@ from comfyfleet.fairuse.queue_timeout import sweep_queue_timeouts
 log = logging.getLogger(__name__)
 
 
-async def queue_timeout_sweeper(dispatcher: Dispatcher, default_seconds: int, interval: float,
-                                queued: deque[tuple[str, datetime]] | None = None) -> None:
+async def queue_timeout_sweeper(dispatcher: Dispatcher, default_seconds: int, interval: float) -> None:
     """Every interval, fail the queued jobs past their deadline (several API replicas may run it: it is idempotent).
-
-    `queued`: (job id, queue deadline) of the jobs this process queued since the last sweep, appended by its
-    submit path; the sweep then need not read them to learn their deadlines."""
-    deadlines: dict[str, datetime] = {}  # of the jobs queued at the last sweep: each is read once, then when due
+    The first sweep reads every queued job (and indexes it); the later ones only the jobs the index says are due."""
+    full = True
     while True:
-        while queued:  # on the event loop, like the appends: the sweep's thread is not running now
-            job_id, deadline = queued.popleft()
-            deadlines[job_id] = deadline
         try:
-            expired = await asyncio.to_thread(sweep_queue_timeouts, dispatcher, default_seconds, None, deadlines)
+            expired = await asyncio.to_thread(sweep_queue_timeouts, dispatcher, default_seconds, None, full)
+            full = False
             if expired:
                 log.info("queue timeout: failed %d job(s)", len(expired))
         except Exception:  # noqa: BLE001 - Redis down or a bad record must not end the sweeper; it retries

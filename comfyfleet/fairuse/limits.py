@@ -5,7 +5,9 @@ Counts live in Redis next to the jobs, so every API replica enforces the same nu
   looks full are the records read to drop finished ones);
 - submissions per user per minute: a sliding window;
 - queued jobs in all (the RQ queues' lengths, plus jobs parked for a pool with no endpoint) and per target
-  pool (a sorted set pruned like the first).
+  pool (a sorted set pruned like the first). The total is counted exactly when it is near the limit or its
+  estimate (the last exact count plus the admits since) is older than DEPTH_ESTIMATE_MS; in between each
+  admit only counts itself up, so a busy API does not read every queue's length on every submit.
 Every limit is checked, and the job's place reserved under each, by ONE script call (`admit`), so a normal
 submit costs one round trip; concurrent submits never admit more than a limit, and a refusal reserves
 nothing. Only when a pruned set looks full do the records get read (then the script runs once more).
@@ -38,24 +40,39 @@ ANY_POOL = "*"
 # The ids reserved in the last seconds may not be written yet (inputs uploading): a prune keeps them.
 FRESH_SECONDS = 30
 
+# How long an exact count of the queued jobs stands in for the total, counted up by each admit. The estimate
+# only errs high for the admits it counts (a job that leaves the queue, or an admit refused later in the same
+# call, is not taken off), so near the limit the count is exact; it errs low only by what enters the queues
+# without an admit within this window (a retry put back), a few jobs against a limit of thousands.
+DEPTH_ESTIMATE_MS = 1000
+
 # Lua functions for scripts that admit a job (FairUse.admit, and the dispatcher's one-call submit).
-# admit(keys, args): keys = {pool set, in-flight set, rate window, parked-pools set, then every RQ queue};
-# args = {now, job id, then the limits (0 = off) queue depth, per pool, in flight, per minute, the rate window
-# (s), the parked-set key prefix} (admit_call). Returns nil with the job's place reserved under every limit, or
-# {limit name, value} having reserved nothing: the count found (queue depth, pool, in flight) or the oldest
-# submission's time (rate). release(keys, id) gives the reservation back.
+# admit(keys, args): keys = {pool set, in-flight set, rate window, parked-pools set, the queue-depth estimate,
+# then every RQ queue}; args = {now, job id, then the limits (0 = off) queue depth, per pool, in flight, per
+# minute, the rate window (s), the parked-set key prefix, the estimate's lifetime (ms)} (admit_call). Returns
+# nil with the job's place reserved under every limit, or {limit name, value} having reserved nothing: the
+# count found (queue depth, pool, in flight) or the oldest submission's time (rate). release(keys, id) gives
+# the reservation back.
 ADMIT_LUA = """
 local function admit(keys, args)
   local now, id = args[1], args[2]
   local depth, per_pool, in_flight, per_minute = tonumber(args[3]), tonumber(args[4]), tonumber(args[5]),
     tonumber(args[6])
   if depth > 0 then
-    local waiting = 0
-    for i = 5, #keys do waiting = waiting + redis.call('LLEN', keys[i]) end
-    for _, pool in ipairs(redis.call('SMEMBERS', keys[4])) do
-      waiting = waiting + redis.call('ZCARD', args[8] .. pool)
+    -- INCR answers 1 only when there is no estimate (it is set to a count + 1 >= 1 or to a count >= depth)
+    local estimate = redis.call('INCR', keys[5])
+    if estimate == 1 or estimate >= depth then
+      local waiting = 0
+      for i = 6, #keys do waiting = waiting + redis.call('LLEN', keys[i]) end
+      for _, pool in ipairs(redis.call('SMEMBERS', keys[4])) do
+        waiting = waiting + redis.call('ZCARD', args[8] .. pool)
+      end
+      if waiting >= depth then
+        redis.call('SET', keys[5], waiting, 'PX', args[9])
+        return {'max_queue_depth', tostring(waiting)}
+      end
+      redis.call('SET', keys[5], waiting + 1, 'PX', args[9])
     end
-    if waiting >= depth then return {'max_queue_depth', tostring(waiting)} end
   end
   local reserved = {}
   local function refuse(name, value)
@@ -177,6 +194,11 @@ class FairUse:
     def pool_key(self, pool: str | None) -> str:
         return f"{self.keys.prefix}:fair:queued:{pool or ANY_POOL}"
 
+    @property
+    def depth_key(self) -> str:
+        """The estimate of the queued total (ADMIT_LUA)."""
+        return f"{self.keys.prefix}:fair:depth"
+
     def admit(self, job: Job, now: float | None = None) -> None:
         """Reserve the job's place under every limit, or raise LimitExceeded having reserved nothing."""
         now = time.time() if now is None else now
@@ -204,10 +226,10 @@ class FairUse:
         """ADMIT_LUA's admit(keys, args) for this job."""
         limits = self.limits
         keys = [self.pool_key(job.pool), self.in_flight_key(job.owner), self.rate_key(job.owner),
-                self.keys.parked_pools, *self._queue_keys]
+                self.keys.parked_pools, self.depth_key, *self._queue_keys]
         args: list[Arg] = [repr(now), job.id, limits.queue_depth, limits.queue_depth_per_pool,
                            limits.in_flight_per_user, limits.submissions_per_minute, RATE_WINDOW_SECONDS,
-                           self.keys.parked("")]
+                           self.keys.parked(""), DEPTH_ESTIMATE_MS]
         return keys, args
 
     def next_prune(self, limit: str, value: str, job: Job, now: float, pruned: set[str]) -> tuple[str, bool]:

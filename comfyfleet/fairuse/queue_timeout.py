@@ -16,12 +16,14 @@ from comfyfleet.dispatch.scheduler import drop_rq_job, signals_deferred
 from comfyfleet.dispatch.service import Dispatcher
 from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState, utcnow
 from comfyfleet.jobs.states import transition
-from comfyfleet.keys import PRIORITIES
+from comfyfleet.keys import PRIORITIES, as_text
 
 log = logging.getLogger(__name__)
 
-# Queued ids are read and checked this many at a time.
+# Queued ids are read and checked this many at a time, in at most MAX_ROUNDS batches a sweep (the rest of a
+# large wave of due jobs waits for the next sweep).
 BATCH = 500
+MAX_ROUNDS = 20
 
 
 def queue_deadline(job: Job, default_seconds: int) -> datetime:
@@ -68,55 +70,72 @@ def queue_timeout_error(job: Job, default_seconds: int) -> JobError:
                     details={"queueTimeoutSeconds": seconds, "pool": job.pool})
 
 
-def row_deadline(row: list[bytes | None], default_seconds: int) -> datetime | None:
-    """The queue deadline from a record's SWEEP_FIELDS, or None when there is no record or it does not read."""
+def waiting_deadline(row: list[bytes | None], default_seconds: int) -> datetime | None:
+    """The queue deadline from a record's SWEEP_FIELDS while the job can still time out in the queue (queued,
+    never started), else None (no record, started, or a value that does not read)."""
     if row[0] is None:
         return None
     try:
-        created, timeout = json.loads(row[2] or b"null"), json.loads(row[3] or b"null")
+        values: list[Any] = [json.loads(v) if v is not None else None for v in row]
+        state, attempts, created, timeout = values
+        if JobState(state) is not JobState.QUEUED or int(attempts or 0) != 0:
+            return None
         return datetime.fromisoformat(created) + timedelta(seconds=int(timeout) if timeout else default_seconds)
     except (ValueError, TypeError, RecursionError):
         return None
 
 
 def sweep_queue_timeouts(dispatcher: Dispatcher, default_seconds: int, now: datetime | None = None,
-                         deadlines: dict[str, datetime] | None = None) -> list[str]:
-    """Fail every queued job (in its RQ queue or parked for a pool with no healthy endpoint) past its
-    queue deadline; returns their ids.
+                         full: bool = False) -> list[str]:
+    """Fail every queued job (in its RQ queue or parked for a pool with no healthy endpoint) past its queue
+    deadline; returns their ids.
 
-    `deadlines`, kept by the caller from one sweep to the next: the queue deadline of each queued job read so
-    far (a job's never changes), so a job is read once and then again only when its deadline has passed. Without
-    it every queued job is read at every sweep: the API sweeps every few seconds, and with thousands of jobs
-    queued that was a tenth of its CPU under load."""
+    The jobs to look at come from the queue-timeout index (`Keys.queue_deadlines`: the submit adds each job with
+    the earliest its deadline can be, a claim or a cancel takes it out), so a sweep reads only the jobs due by
+    then, not every queued id: with tens of thousands queued, reading them all every few seconds was most of
+    the API's background CPU and held Redis for milliseconds each time. A due entry is checked against the
+    record: the job fails, or (still waiting, deadline not reached under this server's default) its entry moves
+    to that deadline, or (started, cancelled, gone) it leaves the index.
+    `full`: read every queued job instead (and index each one still waiting): at a process's first sweep, for
+    jobs queued before the index existed or whose entry was lost."""
     now = now or utcnow()
-    ids = [i for p in PRIORITIES for i in dispatcher.queue(p).get_job_ids()] + dispatcher.scheduler.parked_ids()
-    if deadlines is not None:
-        queued = set(ids)
-        for gone in [i for i in deadlines if i not in queued]:
-            del deadlines[gone]
-        ids = [i for i in ids if (deadline := deadlines.get(i)) is None or deadline <= now]
+    if full:
+        ids = [i for p in PRIORITIES for i in dispatcher.queue(p).get_job_ids()] + dispatcher.scheduler.parked_ids()
+        return [job_id for start in range(0, len(ids), BATCH)
+                for job_id in _sweep(dispatcher, ids[start:start + BATCH], default_seconds, now, full=True)]
     failed: list[str] = []
-    for start in range(0, len(ids), BATCH):
-        chunk = ids[start:start + BATCH]
-        with dispatcher.conn.pipeline(transaction=False) as pipe:
-            for job_id in chunk:
-                pipe.hmget(dispatcher.keys.job(job_id), SWEEP_FIELDS)
-            rows = pipe.execute()
-        verdicts: dict[str, bool | None] = {}
-        for job_id, row in zip(chunk, rows, strict=True):
-            if deadlines is not None and job_id not in deadlines:
-                deadline = row_deadline(row, default_seconds)
-                if deadline is not None:
-                    deadlines[job_id] = deadline
-                    if deadline > now:  # not due: the rest of the record does not matter yet
-                        verdicts[job_id] = False
-                        continue
-            verdicts[job_id] = expired_fields(row, now, default_seconds)
-        unclear = [i for i, v in verdicts.items() if v is None]
-        for job_id, job in zip(unclear, dispatcher.repo.get_many(unclear), strict=True):
-            verdicts[job_id] = expired(job, now, default_seconds)
-        due = [i for i in chunk if verdicts[i]]
-        failed += [job_id for job_id in due if _fail_if_still_due(dispatcher, job_id, default_seconds, now)]
+    for _ in range(MAX_ROUNDS):
+        due = [as_text(i) for i in dispatcher.conn.zrangebyscore(dispatcher.keys.queue_deadlines, "-inf",
+                                                                  now.timestamp(), start=0, num=BATCH)]
+        if not due:
+            break
+        failed += _sweep(dispatcher, due, default_seconds, now, full=False)
+    return failed
+
+
+def _sweep(dispatcher: Dispatcher, chunk: list[str], default_seconds: int, now: datetime, full: bool) -> list[str]:
+    """Decide on these jobs from their SWEEP_FIELDS (the whole record where those do not read), fail the expired
+    ones, and write each job's index entry: its deadline while it waits, none once it no longer does."""
+    conn = dispatcher.conn
+    with conn.pipeline(transaction=False) as pipe:
+        for job_id in chunk:
+            pipe.hmget(dispatcher.keys.job(job_id), SWEEP_FIELDS)
+        rows = pipe.execute()
+    verdicts = {job_id: expired_fields(row, now, default_seconds) for job_id, row in zip(chunk, rows, strict=True)}
+    unclear = [i for i, v in verdicts.items() if v is None]
+    for job_id, job in zip(unclear, dispatcher.repo.get_many(unclear), strict=True):
+        verdicts[job_id] = expired(job, now, default_seconds)
+    failed = [job_id for job_id in chunk if verdicts[job_id]
+              and _fail_if_still_due(dispatcher, job_id, default_seconds, now)]
+    waiting = {job_id: deadline for job_id, row in zip(chunk, rows, strict=True)
+               if not verdicts[job_id] and (deadline := waiting_deadline(row, default_seconds)) is not None}
+    with conn.pipeline(transaction=False) as pipe:
+        if waiting:
+            pipe.zadd(dispatcher.keys.queue_deadlines, {i: d.timestamp() for i, d in waiting.items()})
+        done = [i for i in chunk if i not in waiting]
+        if done and not full:
+            pipe.zrem(dispatcher.keys.queue_deadlines, *done)
+        pipe.execute()
     return failed
 
 

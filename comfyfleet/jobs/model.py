@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 Workflow = dict[str, Any]
 """A ComfyUI API-format graph: {node_id: {"class_type": str, "inputs": {...}}}."""
@@ -175,3 +175,29 @@ class Job(BaseModel):
     # W3C traceparent of the API request that created the job (tracing on only): the dispatcher's spans join
     # that trace, and log lines show its trace id (comfyfleet.observability.tracing).
     traceparent: str | None = None
+
+
+def _dumped_defaults() -> dict[str, Any]:
+    """Each Job field's default as model_dump(mode="json") writes it, for the fields whose default is one fixed
+    value (not the id or the clock, which a default_factory makes anew)."""
+    out: dict[str, Any] = {}
+    for name, info in Job.model_fields.items():
+        if info.is_required() or name in ("id", "created_at", "updated_at"):
+            continue
+        adapter: TypeAdapter[Any] = TypeAdapter(info.annotation)  # type: ignore[arg-type]  # set on every field
+        out[name] = adapter.dump_python(info.get_default(call_default_factory=True), mode="json")
+    return out
+
+
+# The stored forms of a job (its Redis record, its events' payloads) leave out the fields that hold their
+# default: at creation most do (no error, no outputs, no endpoint yet). A reader takes a missing field as its
+# default (Job.model_validate does; single-field readers use FIELD_DEFAULTS).
+FIELD_DEFAULTS: dict[str, Any] = _dumped_defaults()
+# Fields stored whatever they hold: the required ones, those without one fixed default, `state` (a record
+# without it is no record to every script) and `priority` (the claim pass and the queues read it).
+ALWAYS_STORED = frozenset({"id", "owner", "workflow", "state", "priority", "created_at", "updated_at"})
+
+
+def without_defaults(dump: dict[str, Any]) -> dict[str, Any]:
+    """A job's model_dump(mode="json") (whole or part) less the fields that hold their default."""
+    return {k: v for k, v in dump.items() if k in ALWAYS_STORED or v != FIELD_DEFAULTS[k]}

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from comfyfleet.jobs.model import Job
+from comfyfleet.jobs.model import Job, without_defaults
 from comfyfleet.jsontext import dumps
 from comfyfleet.keys import Keys
 
@@ -79,9 +79,9 @@ def job_payload(job: Job) -> str:
 
 
 def payload_of(dump: dict[str, Any]) -> str:
-    """job_payload from a job's model_dump(mode="json"), with or without its workflow (a writer that dumped the
-    whole job for its record dumps it once)."""
-    return dumps({k: v for k, v in dump.items() if k != "workflow"} if "workflow" in dump else dump)
+    """job_payload from a job's model_dump(mode="json") without its workflow (a writer that dumped the job for
+    its record dumps it once); the fields at their default left out (parse_job fills them in)."""
+    return dumps(without_defaults(dump))
 
 
 def parse_job(payload: str | bytes) -> Job:

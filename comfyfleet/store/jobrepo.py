@@ -3,6 +3,8 @@
 A record is one hash, one field per top-level field of `Job` (JSON values), so a state change or a progress
 tick writes only what changed — never the workflow again — and a field that cannot be parsed (a poisoned or
 truncated value) spoils only itself: readers still get the job, marked failed, and never crash on it.
+A new record leaves out the fields that hold their default (jobs/model.py `without_defaults`; at creation most
+do): every reader takes a missing field as its default, and a write stores a field once it changes.
 Besides the Job fields the hash holds `needs` (the pool, checkpoints and LoRAs the scheduler matches on),
 written once at creation so a claim pass never parses workflows.
 """
@@ -17,7 +19,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from comfyfleet.jobs.model import ErrorCode, Job, JobError, JobState
+from comfyfleet.jobs.model import FIELD_DEFAULTS, ErrorCode, Job, JobError, JobState, without_defaults
 from comfyfleet.jobs.workflow import model_needs
 from comfyfleet.jsontext import dumps, json_text
 from comfyfleet.keys import Keys, as_text
@@ -36,14 +38,15 @@ GUARDED_FIELDS = frozenset({"webhook_deliveries"})
 # The fields a claim pass reads for each queued job (never the workflow).
 COMPACT_FIELDS = ("state", "pool", "owner", "priority", NEEDS_FIELD, "endpoint", "timeout_seconds")
 
+
 # Lua functions for scripts that create a record (JobRepo.create, and the dispatcher's one-call submit).
 # create_record(keys, args) creates it unless the (owner, idempotency key) slot already names a live job: atomic,
-# so two concurrent requests with one key create one job; the new record's `state` event is recorded and
-# published in the same call. keys = {job, idem (or ""), owner index, all-jobs index, stats, dirty (or ""),
+# so two concurrent requests with one key create one job; the new record's `state` event is recorded in the
+# same call. keys = {job, idem (or ""), owner index, all-jobs index, stats, dirty (or ""),
 # event stream}; args = {job id, score, idem ttl, track dirty (0/1), job key prefix, the fields as one JSON
 # object of JSON values, then the 6 event_args of store/jobevents.py} (JobRepo.create_call). Returns nil once
 # created, else the id of the live job the key names.
-CREATE_LUA = jobevents.EMIT_LUA + """
+CREATE_LUA = """
 local function flat_pairs(json_object)
   local flat = {}
   for name, value in pairs(cjson.decode(json_object)) do
@@ -66,7 +69,10 @@ local function create_record(keys, args)
   redis.call('ZADD', keys[4], args[2], id)
   redis.call('HINCRBY', keys[5], 'created', 1)
   if args[4] == '1' then redis.call('SADD', keys[6], id) end
-  emit(keys[7], args[7], args[8], args[9], args[10], args[11], args[12])
+  -- the event goes to the job's stream only: nobody can follow a job before its id is made, so its channel
+  -- has no subscriber yet (a PUBLISH would only build the message)
+  redis.call('XADD', keys[7], 'MAXLEN', '~', args[7], '*', 'event', args[9], 'job', args[10])
+  redis.call('EXPIRE', keys[7], args[8])
   return nil
 end
 """
@@ -79,7 +85,8 @@ return create_record(KEYS, ARGV) or ARGV[1]
 # writers change, e.g. webhook deliveries); then emit the job event, in the same step. KEYS: job, stats, dirty,
 # event stream. ARGV: expected state JSON ('' = any), ttl (0 = none), count terminal (0/1), mark dirty (0/1),
 # new state value (for the stats counter), job id, number of guards n, the event's 6 arguments
-# (jobevents.event_args), n (field, expected value) pairs, then field/value pairs.
+# (jobevents.event_args), n (field, expected value, 1 if the expected value is the field's default so a record
+# without the field holds it, else 0) triples, then field/value pairs.
 # Returns 1 written, 0 state or a guarded field moved meanwhile, -1 no such job.
 _CAS = jobevents.EMIT_LUA + """
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -87,10 +94,12 @@ if not cur then return -1 end
 if ARGV[1] ~= '' and cur ~= ARGV[1] then return 0 end
 local n = tonumber(ARGV[7])
 for i = 0, n - 1 do
-  local now = redis.call('HGET', KEYS[1], ARGV[14 + 2 * i]) or ''
-  if now ~= ARGV[15 + 2 * i] then return 0 end
+  local now = redis.call('HGET', KEYS[1], ARGV[14 + 3 * i])
+  if now then
+    if now ~= ARGV[15 + 3 * i] then return 0 end
+  elseif ARGV[16 + 3 * i] ~= '1' then return 0 end
 end
-local first = 14 + 2 * n
+local first = 14 + 3 * n
 if #ARGV >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first)) end
 if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[5], 1) end
@@ -137,6 +146,10 @@ def _json(value: Any) -> str:
     if (kind is list or kind is dict) and not value:
         return "[]" if kind is list else "{}"
     return json_text(value)
+
+
+# FIELD_DEFAULTS as the record stores them (a guard compares stored text).
+FIELD_DEFAULT_TEXT: dict[str, str] = {k: _json(v) for k, v in FIELD_DEFAULTS.items()}
 
 
 def encode_fields(job: Job, names: Iterable[str] | None = None) -> dict[str, str]:
@@ -231,7 +244,8 @@ class JobRepo:
         # Once, for the record's fields and the event's payload. The workflow, the largest field, is JSON data
         # already (a request's body or a template with params written in) that pydantic would walk value by
         # value: orjson writes it as it is, once, and it is never compared as text (jsontext.py).
-        dump = job.model_dump(mode="json", exclude={"workflow"})
+        # The record and its first event leave out the fields at their default.
+        dump = without_defaults(job.model_dump(mode="json", exclude={"workflow"}))
         fields = {k: _json(v) for k, v in dump.items()}
         fields["workflow"] = dumps(job.workflow)
         fields[NEEDS_FIELD] = dumps(needs_of(job))
@@ -264,8 +278,8 @@ class JobRepo:
         return [self._decode(j, r) if r else None for j, r in zip(job_ids, raws, strict=True)]
 
     def compact_many(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
-        """The scheduler's view of each job (COMPACT_FIELDS, JSON-decoded), None for a missing record; a field
-        that cannot be decoded comes back as the key `corrupt`."""
+        """The scheduler's view of each job (COMPACT_FIELDS, JSON-decoded; a field the record leaves out is its
+        default), None for a missing record; a field that cannot be decoded comes back as the key `corrupt`."""
         if not job_ids:
             return []
         with self.conn.pipeline(transaction=False) as pipe:
@@ -280,7 +294,7 @@ class JobRepo:
             item: dict[str, Any] = {}
             for name, value in zip(COMPACT_FIELDS, row, strict=True):
                 try:
-                    item[name] = json.loads(value) if value is not None else None
+                    item[name] = json.loads(value) if value is not None else FIELD_DEFAULTS.get(name)
                 except (ValueError, RecursionError):
                     item["corrupt"] = name
             out.append(item)
@@ -368,7 +382,7 @@ class JobRepo:
                            int(dirty and self.track_dirty), new_state.value if new_state else "", job_id,
                            len(guards or {}), *jobevents.event_args(self.keys, job, event)]
         for k, v in (guards or {}).items():
-            args += [k, v]
+            args += [k, v, 1 if FIELD_DEFAULT_TEXT.get(k) == v else 0]
         for k, v in fields.items():
             args += [k, v]
         return int(self._cas(keys=[self.keys.job(job_id), self.keys.stats, self.keys.dirty,

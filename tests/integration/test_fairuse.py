@@ -89,22 +89,32 @@ def test_sweep_fails_only_jobs_past_their_queue_deadline(dispatcher):
     assert old.id not in dispatcher.queue(old.priority).get_job_ids()
     assert {dispatcher.repo.require(j.id).state for j in (young, default)} == {JobState.QUEUED}
     assert sweep_queue_timeouts(dispatcher, default_seconds=3600) == [], "idempotent"
-    assert sweep_queue_timeouts(dispatcher, default_seconds=5) == [default.id]
+    # a server whose default is 5 s: its first sweep reads every queued job
+    assert sweep_queue_timeouts(dispatcher, default_seconds=5, full=True) == [default.id]
 
 
-def test_sweep_with_remembered_deadlines_still_fails_each_job_when_it_is_due(dispatcher):
+def index_of(dispatcher) -> dict[str, float]:
+    return {k.decode(): v for k, v in dispatcher.conn.zrange(dispatcher.keys.queue_deadlines, 0, -1, withscores=True)}
+
+
+def test_the_sweep_reads_only_due_jobs_from_the_index_and_keeps_it_to_the_waiting_ones(dispatcher):
     young = parked(queue_timeout_seconds=10)
-    default = parked()  # the server default applies
+    default = parked()  # the server default applies: indexed at the earliest any default allows
     for j in (young, default):
         dispatcher.submit(j)
-    deadlines: dict = {}
-    assert sweep_queue_timeouts(dispatcher, default_seconds=3600, deadlines=deadlines) == []
-    assert set(deadlines) == {young.id, default.id}, "each queued job's deadline is remembered"
+    created = {j.id: j.created_at.timestamp() for j in (young, default)}
+    assert index_of(dispatcher) == {young.id: created[young.id] + 10, default.id: created[default.id] + 5}
+    assert sweep_queue_timeouts(dispatcher, default_seconds=3600) == []
     later = utcnow() + timedelta(seconds=11)
-    assert sweep_queue_timeouts(dispatcher, default_seconds=3600, now=later, deadlines=deadlines) == [young.id]
+    assert sweep_queue_timeouts(dispatcher, default_seconds=3600, now=later) == [young.id]
     assert dispatcher.repo.require(young.id).state is JobState.FAILED
+    assert index_of(dispatcher) == {default.id: created[default.id] + 3600}, "moved to its real deadline"
+    # a job queued without an entry (before the index existed) is seen by a full sweep, which indexes it
+    dispatcher.conn.zrem(dispatcher.keys.queue_deadlines, default.id)
+    assert sweep_queue_timeouts(dispatcher, default_seconds=3600, now=later + timedelta(hours=1)) == []
+    assert dispatcher.repo.require(default.id).state is JobState.QUEUED
+    assert sweep_queue_timeouts(dispatcher, default_seconds=3600, now=later, full=True) == []
+    assert index_of(dispatcher) == {default.id: created[default.id] + 3600}
     dispatcher.cancel(default.id)
-    assert sweep_queue_timeouts(dispatcher, default_seconds=3600, now=later + timedelta(hours=1),
-                                deadlines=deadlines) == []
+    assert index_of(dispatcher) == {}, "a cancelled job leaves the index"
     assert dispatcher.repo.require(default.id).state is JobState.CANCELLED
-    assert deadlines == {}, "jobs no longer queued are forgotten"

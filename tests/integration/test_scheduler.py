@@ -274,3 +274,34 @@ def test_a_field_two_writers_change_is_never_lost(dispatcher):
     fresh = dispatcher.repo.get(j.id)
     dispatcher.repo.write(fresh, fresh.model_copy(update={"webhook_deliveries": [delivered]}))
     assert dispatcher.repo.get(j.id).webhook_deliveries == [delivered]
+
+
+def test_a_new_record_leaves_out_its_default_fields_and_readers_see_the_defaults(dispatcher):
+    from comfyfleet.jobs.model import ALWAYS_STORED
+    from comfyfleet.store.jobrepo import NEEDS_FIELD
+
+    j = job(priority=3, pool="gpu-a").model_copy(update={"timeout_seconds": 60})
+    dispatcher.submit(j)
+    stored = {k.decode() for k in dispatcher.conn.hkeys(dispatcher.keys.job(j.id))}
+    assert stored == ALWAYS_STORED | {NEEDS_FIELD, "pool", "timeout_seconds"}
+    assert dispatcher.repo.get(j.id).model_dump(exclude={"workflow"}) == j.model_dump(exclude={"workflow"})
+    [compact] = dispatcher.repo.compact_many([j.id])
+    assert (compact["pool"], compact["timeout_seconds"], compact["endpoint"]) == ("gpu-a", 60, None)
+    plain = job()
+    dispatcher.submit(plain)
+    [compact] = dispatcher.repo.compact_many([plain.id])
+    assert (compact["priority"], compact["timeout_seconds"], compact["pool"]) == (5, 300, None)
+    # a field that changes is stored from then on
+    dispatcher.repo.update(plain.id, lambda x: x.model_copy(update={"cancel_requested": True}))
+    assert dispatcher.conn.hget(dispatcher.keys.job(plain.id), "cancel_requested") == b"true"
+
+
+def test_a_claimed_job_leaves_the_queue_timeout_index(dispatcher):
+    add_pod(dispatcher, "a")
+    first, second = job(), job()
+    dispatcher.submit(first)
+    dispatcher.submit(second)
+    assert dispatcher.conn.zcard(dispatcher.keys.queue_deadlines) == 2
+    [c] = dispatcher.scheduler.claim_batch(1, owner="d1")
+    assert c.job_id == first.id
+    assert [i.decode() for i in dispatcher.conn.zrange(dispatcher.keys.queue_deadlines, 0, -1)] == [second.id]

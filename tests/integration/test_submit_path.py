@@ -16,7 +16,7 @@ from rq.job import JobStatus
 
 from comfyfleet.dispatch.rqconf import SERIALIZER
 from comfyfleet.dispatch.service import Dispatcher
-from comfyfleet.fairuse.limits import FairUse, LimitExceeded, Limits
+from comfyfleet.fairuse.limits import DEPTH_ESTIMATE_MS, FairUse, LimitExceeded, Limits
 from comfyfleet.jobs.model import Job, JobState
 from comfyfleet.settings import DispatchSettings
 from comfyfleet.store.jobevents import job_payload, stream_key
@@ -150,6 +150,32 @@ def test_each_limit_refuses_by_name_and_reserves_nothing(dispatcher):
     with pytest.raises(LimitExceeded) as refused:
         dispatcher.submit(make_job(pool="gpu"), per_pool)
     assert refused.value.limit == "max_queue_depth_per_pool" and "pool gpu" in str(refused.value)
+
+
+def test_the_queue_depth_is_an_estimate_between_exact_counts_and_exact_at_the_limit(dispatcher):
+    limits = fair(dispatcher, queue_depth=4)
+    queue = dispatcher.queue(5)
+    for _ in range(2):
+        dispatcher.submit(make_job(), limits)
+    conn = dispatcher.conn
+    assert conn.get(limits.depth_key) == b"2" and 0 < conn.pttl(limits.depth_key) <= DEPTH_ESTIMATE_MS
+    # what enters a queue without an admit is seen at the next exact count, not by the estimate
+    conn.rpush(queue.key, "outside-1")
+    dispatcher.submit(make_job(), limits)
+    assert conn.get(limits.depth_key) == b"3"
+    # the estimate reaches the limit: the count is exact (4 queued) and refuses
+    with pytest.raises(LimitExceeded) as refused:
+        dispatcher.submit(extra := make_job(), limits)
+    assert (refused.value.limit, refused.value.value) == ("max_queue_depth", 4) and not written(dispatcher, extra)
+    # jobs that left the queue are seen at once near the limit: the estimate never refuses on its own
+    conn.lrem(queue.key, 0, "outside-1")
+    conn.lpop(queue.key)
+    dispatcher.submit(make_job(), limits)
+    assert conn.get(limits.depth_key) == b"3"
+    # a lapsed estimate is counted again from the queues
+    conn.delete(limits.depth_key)
+    dispatcher.submit(make_job(), limits)
+    assert conn.get(limits.depth_key) == b"4"
 
 
 def test_finished_jobs_are_pruned_when_the_set_looks_full(dispatcher):

@@ -20,7 +20,6 @@ from comfyfleet.api.schemas import JobCreate, JobPublic
 from comfyfleet.api.state import AppState
 from comfyfleet.fairuse.limits import FairUse, LimitExceeded
 from comfyfleet.fairuse.pools import known_pools
-from comfyfleet.fairuse.queue_timeout import queue_deadline
 from comfyfleet.jobs.model import ErrorCode, Job, JobState
 from comfyfleet.jobs.templates import UnknownTemplate, render_template
 from comfyfleet.jobs.validation import WorkflowRefused, check_bounds, merge_catalogs, validate_workflow
@@ -196,8 +195,6 @@ async def commit(state: AppState, sub: Submission) -> tuple[Job, bool]:
         log.error("idempotency key of %s resolved to a job of %s: refused", sub.job.owner, job.owner)
         raise ApiError(409, "idempotencyKey: this key cannot be used; choose another",
                        details=[{"field": "idempotencyKey", "message": "key conflict"}])
-    if created:  # this process's queue-timeout sweeper learns the deadline here instead of reading it
-        state.queued_deadlines.append((job.id, queue_deadline(job, state.settings.queue_timeout_seconds)))
     return job, created
 
 

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from comfyfleet.dispatch.submission import earliest_queue_deadline
 from comfyfleet.fairuse.limits import rate_retry_after, still_counts
 from comfyfleet.fairuse.queue_timeout import (
     SWEEP_FIELDS,
@@ -11,10 +12,11 @@ from comfyfleet.fairuse.queue_timeout import (
     expired_fields,
     queue_deadline,
     queue_timeout_error,
-    row_deadline,
+    waiting_deadline,
 )
 from comfyfleet.fairuse.retention import forgettable
 from comfyfleet.jobs.model import ErrorCode, Job, JobState
+from comfyfleet.settings import QUEUE_TIMEOUT_MIN_SECONDS
 from comfyfleet.store.jobrepo import encode_fields
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -62,13 +64,21 @@ def test_the_sweep_decides_from_a_few_fields_as_from_the_record(j, after, result
         seconds=after), 3600)
 
 
-@pytest.mark.parametrize("j", [job(), job(queue_timeout_seconds=10), job(JobState.RUNNING, queue_timeout_seconds=30)])
-def test_the_deadline_a_record_gives_is_the_one_its_submitter_noted(j):
-    """The API's submit path tells its sweeper queue_deadline(job); the sweep reads row_deadline from Redis."""
-    row = [encode_fields(j)[name].encode() for name in SWEEP_FIELDS]
-    assert row_deadline(row, 3600) == queue_deadline(j, 3600)
-    assert row_deadline([None, None, None, None], 3600) is None
-    assert row_deadline([b'"queued"', b"0", b'"not a date"', b"null"], 3600) is None
+@pytest.mark.parametrize(("j", "waits"), [(job(), True), (job(queue_timeout_seconds=10), True),
+                                          (job(JobState.RUNNING, queue_timeout_seconds=30), False),
+                                          (job(attempts=1), False)])
+def test_a_waiting_job_has_the_deadline_of_its_record_and_the_index_never_holds_a_later_one(j, waits):
+    """The sweep moves a due index entry to waiting_deadline (read from Redis) while the job can still time out;
+    the submit's score (earliest_queue_deadline) is never later than that deadline, whatever the default."""
+    row = [encode_fields(j)[name].encode() if name in ("state", "created_at") or name in j.model_fields_set
+           else None for name in SWEEP_FIELDS]  # the record leaves out the fields at their default
+    for default in (QUEUE_TIMEOUT_MIN_SECONDS, 3600):
+        assert waiting_deadline(row, default) == (queue_deadline(j, default) if waits else None)
+        assert earliest_queue_deadline(j) <= queue_deadline(j, default).timestamp()
+    if j.queue_timeout_seconds:
+        assert earliest_queue_deadline(j) == queue_deadline(j, 3600).timestamp()
+    assert waiting_deadline([None, None, None, None], 3600) is None
+    assert waiting_deadline([b'"queued"', b"0", b'"not a date"', b"null"], 3600) is None
 
 
 @pytest.mark.parametrize(("row", "result"), [
