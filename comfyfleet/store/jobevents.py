@@ -3,7 +3,9 @@
 Writer (JobRepo, inside the Lua script of each write: EMIT_LUA) XADDs the event to the job's capped Redis
 Stream `{prefix}:events:{job_id}` and PUBLISHes `<job_id> <stream id> <event> <json>` on the job's own
 channel, `{prefix}:jobevents:{job_id}` (nobody listens to most of them: a publish without subscribers costs
-next to nothing, and no process reads the events of jobs it does not stream).
+next to nothing, and no process reads the events of jobs it does not stream). A job's first event, written as
+the job is created, goes to its stream only: nobody can follow a job before its id exists. Payloads leave out
+the fields at their default (parse_job fills them in).
 
 Readers (SSE, WebSocket, the sync endpoint): `EventHub`, one per process, holds the process's only
 pub/sub connection (always subscribed to `{prefix}:jobevents`, on which nothing is published, plus the
