@@ -27,7 +27,11 @@ MAX_ROUNDS = 20
 
 
 def queue_deadline(job: Job, default_seconds: int) -> datetime:
-    return job.created_at + timedelta(seconds=job.queue_timeout_seconds or default_seconds)
+    return _deadline(job.created_at, job.queue_timeout_seconds, default_seconds)
+
+
+def _deadline(created_at: datetime, queue_timeout_seconds: int | None, default_seconds: int) -> datetime:
+    return created_at + timedelta(seconds=queue_timeout_seconds or default_seconds)
 
 
 def expired(job: Job | None, now: datetime, default_seconds: int) -> bool:
@@ -39,7 +43,7 @@ def expired(job: Job | None, now: datetime, default_seconds: int) -> bool:
 def _expired(state: JobState, attempts: int, created_at: datetime, queue_timeout_seconds: int | None,
              now: datetime, default_seconds: int) -> bool:
     return (state is JobState.QUEUED and attempts == 0
-            and now >= created_at + timedelta(seconds=queue_timeout_seconds or default_seconds))
+            and now >= _deadline(created_at, queue_timeout_seconds, default_seconds))
 
 
 # The record fields `expired` reads: the sweep reads these, not whole records (the workflow can be large, and
@@ -53,12 +57,17 @@ def expired_fields(row: list[bytes | None], now: datetime, default_seconds: int)
     if row[0] is None:
         return False
     try:
-        values: list[Any] = [json.loads(v) if v is not None else None for v in row]
-        state, attempts, created, timeout = values
-        return _expired(JobState(state), int(attempts or 0), datetime.fromisoformat(created),
-                        int(timeout) if timeout is not None else None, now, default_seconds)
+        return _expired(*_read_row(row), now, default_seconds)
     except (ValueError, TypeError, RecursionError):
         return None
+
+
+def _read_row(row: list[bytes | None]) -> tuple[JobState, int, datetime, int | None]:
+    """(state, attempts, created_at, queue_timeout_seconds) from a record's SWEEP_FIELDS (a field the record
+    leaves out is its default); raises ValueError, TypeError or RecursionError when a value does not read."""
+    values: list[Any] = [json.loads(v) if v is not None else None for v in row]
+    state, attempts, created, timeout = values
+    return JobState(state), int(attempts or 0), datetime.fromisoformat(created), int(timeout) if timeout else None
 
 
 def queue_timeout_error(job: Job, default_seconds: int) -> JobError:
@@ -76,13 +85,10 @@ def waiting_deadline(row: list[bytes | None], default_seconds: int) -> datetime 
     if row[0] is None:
         return None
     try:
-        values: list[Any] = [json.loads(v) if v is not None else None for v in row]
-        state, attempts, created, timeout = values
-        if JobState(state) is not JobState.QUEUED or int(attempts or 0) != 0:
-            return None
-        return datetime.fromisoformat(created) + timedelta(seconds=int(timeout) if timeout else default_seconds)
+        state, attempts, created_at, timeout = _read_row(row)
     except (ValueError, TypeError, RecursionError):
         return None
+    return _deadline(created_at, timeout, default_seconds) if state is JobState.QUEUED and attempts == 0 else None
 
 
 def sweep_queue_timeouts(dispatcher: Dispatcher, default_seconds: int, now: datetime | None = None,

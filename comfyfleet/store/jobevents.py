@@ -47,10 +47,16 @@ FEED_QUEUE_SIZE = 1000
 # XADD + EXPIRE + PUBLISH, so the published message carries the id the stream assigned. A Lua function that the
 # job record's own scripts (store/jobrepo.py) call after their write, so a change and its event are one round
 # trip and one atomic step; ADD_EVENT (JobRepo.publish) is the same on its own.
+# record() writes an event to its job's stream; emit() also publishes it on the job's channel (a job's first
+# event is only recorded: nobody can follow a job before its id exists).
 EMIT_LUA = """
-local function emit(stream, maxlen, ttl, event, payload, chan, job_id)
+local function record(stream, maxlen, ttl, event, payload)
   local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event, 'job', payload)
   redis.call('EXPIRE', stream, ttl)
+  return id
+end
+local function emit(stream, maxlen, ttl, event, payload, chan, job_id)
+  local id = record(stream, maxlen, ttl, event, payload)
   redis.call('PUBLISH', chan, job_id .. ' ' .. id .. ' ' .. event .. ' ' .. payload)
   return id
 end

@@ -46,7 +46,7 @@ COMPACT_FIELDS = ("state", "pool", "owner", "priority", NEEDS_FIELD, "endpoint",
 # event stream}; args = {job id, score, idem ttl, track dirty (0/1), job key prefix, the fields as one JSON
 # object of JSON values, then the 6 event_args of store/jobevents.py} (JobRepo.create_call). Returns nil once
 # created, else the id of the live job the key names.
-CREATE_LUA = """
+CREATE_LUA = jobevents.EMIT_LUA + """
 local function flat_pairs(json_object)
   local flat = {}
   for name, value in pairs(cjson.decode(json_object)) do
@@ -69,10 +69,8 @@ local function create_record(keys, args)
   redis.call('ZADD', keys[4], args[2], id)
   redis.call('HINCRBY', keys[5], 'created', 1)
   if args[4] == '1' then redis.call('SADD', keys[6], id) end
-  -- the event goes to the job's stream only: nobody can follow a job before its id is made, so its channel
-  -- has no subscriber yet (a PUBLISH would only build the message)
-  redis.call('XADD', keys[7], 'MAXLEN', '~', args[7], '*', 'event', args[9], 'job', args[10])
-  redis.call('EXPIRE', keys[7], args[8])
+  -- recorded, not published: nobody can follow a job before its id is made, so its channel has no subscriber
+  record(keys[7], args[7], args[8], args[9], args[10])
   return nil
 end
 """
